@@ -1,0 +1,122 @@
+"""TFDS datasets as a source of `keras_ssl_eval.data.load_images` (internal).
+
+Kept apart from `data` so that folder sources never import
+`tensorflow_datasets`, which is slow to import.
+"""
+
+from __future__ import annotations
+
+import os
+
+import tensorflow as tf
+import tensorflow_datasets as tfds
+
+from keras_ssl_eval.data import DatasetInfo, to_rgb_float
+
+_PREPARE_HINT = ("prepare it with `keras-ssl-prepare-data {name}` from keras-ssl or "
+                 "`tfds build {name}` (with --data_dir)")
+
+
+def load(name, split, *, data_dir, image_size, shuffle_files, seed):
+    """Loads split `split` of TFDS dataset `name`; see `data.load_images`."""
+    builder = _builder(name, data_dir)
+    features = builder.info.features
+    if "image" not in features:
+        raise ValueError(f"Dataset {name!r} has no 'image' feature (features: "
+                         f"{sorted(features.keys())}); keras-ssl reads 'image' and "
+                         f"optionally 'label'.")
+    native_size = _check_image_feature(name, features["image"])
+    label_feature = features["label"] if "label" in features else None
+    class_names = tuple(getattr(label_feature, "names", None) or ())
+
+    ds = _as_dataset(builder, name, split, shuffle_files, seed)
+    num_examples = int(ds.cardinality())
+    if num_examples < 0:  # Unknown cardinality: fall back to the metadata.
+        num_examples = builder.info.splits[split].num_examples
+    indexed = _indexer(builder, split, shuffle_files)
+
+    def convert(position, example):
+        image = to_rgb_float(example["image"], image_size)
+        label = (tf.cast(example["label"], tf.int64) if label_feature is not None
+                 else tf.constant(-1, tf.int64))
+        index = indexed(position, example)
+        return {"image": image, "label": label, "index": index}
+
+    ds = ds.enumerate().map(convert, num_parallel_calls=tf.data.AUTOTUNE)
+    info = DatasetInfo(name=name, split=split, num_examples=num_examples,
+                       num_classes=len(class_names), class_names=class_names,
+                       image_size=image_size or native_size)
+    return ds, info
+
+
+def _builder(name, data_dir):
+    searched = data_dir or os.environ.get("TFDS_DATA_DIR") or tfds.core.constants.DATA_DIR
+    try:
+        return tfds.builder(name, data_dir=data_dir, try_gcs=False)
+    except tfds.core.registered.DatasetNotFoundError as e:
+        raise FileNotFoundError(
+            f"Dataset {name!r} is neither a TFDS builder imported in this process nor a "
+            f"prepared dataset in data_dir {searched!r}. Fix: {_PREPARE_HINT.format(name=name)}, "
+            f"pass the --data_dir it was prepared in, or, for a directory of images, "
+            f"use the name 'folder:/path/to/images'.") from e
+
+
+def _as_dataset(builder, name, split, shuffle_files, seed):
+    read_config = tfds.ReadConfig(shuffle_seed=seed, add_tfds_id=shuffle_files)
+    try:
+        return builder.as_dataset(split=split, shuffle_files=shuffle_files,
+                                  read_config=read_config)
+    except AssertionError as e:  # TFDS' way of saying "not prepared".
+        raise FileNotFoundError(
+            f"Dataset {name!r} is known but not prepared in data_dir "
+            f"{builder.data_dir!r}. Fix: {_PREPARE_HINT.format(name=name)}.") from e
+    except (KeyError, ValueError) as e:
+        splits = sorted(builder.info.splits.keys())
+        if splits and split.split("[")[0] not in splits:
+            raise ValueError(f"Dataset {name!r} has no split {split!r}; available "
+                             f"splits: {splits}.") from e
+        raise
+
+
+def _check_image_feature(name, feature):
+    shape = tuple(getattr(feature, "shape", ()) or ())
+    if len(shape) != 3 or shape[-1] not in (1, 3, 4):
+        raise ValueError(
+            f"Dataset {name!r}: feature 'image' has shape {shape}; expected "
+            f"[height, width, channels] with 1 (grey), 3 (RGB) or 4 (RGBA) channels.")
+    height, width = shape[:2]
+    return (height, width) if height and width else None
+
+
+def _indexer(builder, split, shuffle_files):
+    """Returns fn(position, example) -> index of the example within the split.
+
+    Without file shuffling the read order is the split order. With it, the
+    example's ``tfds_id`` (``<shard file>__<index in shard>``) is mapped through
+    the split's file instructions to the position the unshuffled read gives.
+    """
+    try:
+        instructions = builder.info.splits[split].file_instructions if shuffle_files else []
+    except KeyError:  # No split metadata (e.g. under tfds.testing.mock_data).
+        instructions = []
+    if len(instructions) < 2:  # One shard: shuffling files keeps the order.
+        return lambda position, example: position
+
+    keys, offsets, offset = [], [], 0
+    for instruction in instructions:
+        keys.append(os.path.basename(instruction.filename))
+        offsets.append(offset - instruction.skip)
+        offset += instruction.take
+    table = tf.lookup.StaticHashTable(
+        tf.lookup.KeyValueTensorInitializer(tf.constant(keys), tf.constant(offsets, tf.int64)),
+        default_value=-1)
+
+    def index(position, example):
+        del position
+        tfds_id = example["tfds_id"]
+        prefix = tf.strings.regex_replace(tfds_id, "__[0-9]+$", "")
+        shard = tf.strings.regex_replace(prefix, "^.*/", "")
+        within = tf.strings.to_number(tf.strings.regex_replace(tfds_id, "^.*__", ""), tf.int64)
+        return table.lookup(shard) + within
+
+    return index

@@ -1,0 +1,290 @@
+"""Image sources shared by training (keras_ssl) and evaluation.
+
+Two kinds of names are understood by `load_images`:
+
+- ``folder:/path/to/dir``: image files found recursively. Sub-folders holding
+  images are classes (sorted names -> labels 0..K-1), otherwise every label is
+  -1. ``dir/<split>/`` is used for a split when it exists; without split
+  folders the whole directory is the split ``train``.
+- any TFDS name (``cifar10``, ``synthetic_shapes/TCVL``), read from
+  ``data_dir``. A builder whose code is not imported in this process is read
+  from its prepared files (TFDS' read-only builder), so evaluation never needs
+  the code that generated a dataset.
+
+Every element is ``{"image": float32 [H, W, 3] in [0, 1], "label": int64,
+"index": int64}``; ``index`` is the position within the split, fixed before any
+shuffling, so it can key a memory bank or join features with labels.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import dataclasses
+import logging
+import os
+import re
+
+import tensorflow as tf
+
+__all__ = ["DatasetInfo", "load_images", "to_rgb_float", "FOLDER_PREFIX", "IMAGE_EXTENSIONS"]
+
+FOLDER_PREFIX = "folder:"
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp")
+# Pillow format names of files `tf.io.decode_image` can decode (MPO is the
+# multi-picture JPEG some cameras write; TF reads its first frame).
+_DECODABLE_FORMATS = frozenset({"JPEG", "MPO", "PNG", "BMP", "GIF", "WEBP"})
+_MAX_NAMED_SKIPPED = 5
+
+_log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True)
+class DatasetInfo:
+    """What `load_images` knows about a split.
+
+    Attributes:
+        name: The name passed to `load_images`.
+        split: The split read (TFDS slicing syntax is kept as given).
+        num_examples: Number of examples in the split (readable files for folders).
+        num_classes: Number of classes; 0 when the source has no labels (or, for
+            a TFDS label that is not a ClassLabel, when their number is unknown).
+        class_names: Class names, index = label.
+        image_size: ``(height, width)`` of every image, or None when sizes vary.
+        num_skipped: Files of a folder source skipped as unreadable (0 for TFDS).
+    """
+
+    name: str
+    split: str
+    num_examples: int
+    num_classes: int
+    class_names: tuple[str, ...]
+    image_size: tuple[int, int] | None
+    num_skipped: int = 0
+
+
+def load_images(
+    name: str,
+    split: str,
+    *,
+    data_dir: str | None = None,
+    image_size: tuple[int, int] | int | None = None,
+    shuffle_files: bool = False,
+    seed: int | None = None,
+) -> tuple[tf.data.Dataset, DatasetInfo]:
+    """Returns the decoded, unbatched images of one split and its `DatasetInfo`.
+
+    Args:
+        name: ``folder:/path`` or a TFDS dataset name (with config, e.g.
+            ``synthetic_shapes/TCVL``).
+        split: Split name (``train``, ``test``; TFDS slices such as
+            ``train[:10%]`` are accepted for TFDS sources).
+        data_dir: TFDS data directory (TFDS' default when None); ignored for
+            folders.
+        image_size: Resize every image to ``(height, width)`` (an int means a
+            square). Required for folders whose images differ in size.
+        shuffle_files: Shuffle the file (shard) order, e.g. for training. For
+            folders every file is shuffled; ``index`` is unaffected.
+        seed: Seed of that shuffle, for a reproducible sequence of orders.
+
+    Returns:
+        ``(dataset, info)``: a `tf.data.Dataset` of dicts with ``image`` (float32
+        ``[H, W, 3]`` in [0, 1]), ``label`` (int64, -1 when unlabelled) and
+        ``index`` (int64), and a `DatasetInfo`.
+
+    Raises:
+        FileNotFoundError: The folder, split or prepared TFDS dataset is missing.
+        ValueError: Unusable images (none readable, mixed sizes without
+            ``image_size``, wrong shape).
+
+    Example:
+        >>> ds, info = load_images("folder:/data/pets", "train", image_size=64)
+        >>> ds = ds.batch(32)
+    """
+    size = _normalize_size(image_size)
+    if name.startswith(FOLDER_PREFIX):
+        return _load_folder(name, split, size, shuffle_files, seed)
+    # Imported here so that folder sources never import tensorflow_datasets.
+    from keras_ssl_eval import _tfds_source  # pylint: disable=import-outside-toplevel
+
+    return _tfds_source.load(name, split, data_dir=data_dir, image_size=size,
+                             shuffle_files=shuffle_files, seed=seed)
+
+
+def to_rgb_float(image: tf.Tensor, size: tuple[int, int] | None) -> tf.Tensor:
+    """Converts a decoded [H, W, C] image to float32 RGB in [0, 1], resized.
+
+    Args:
+        image: An integer or float image with 1 (grey), 3 (RGB) or 4 (RGBA)
+            channels; integer images are scaled by their dtype's maximum.
+        size: ``(height, width)`` to resize to, or None.
+
+    Returns:
+        A float32 ``[H, W, 3]`` tensor with values in [0, 1].
+
+    Example:
+        >>> to_rgb_float(tf.zeros([28, 28, 1], tf.uint8), (32, 32)).shape
+        TensorShape([32, 32, 3])
+    """
+    image = tf.image.convert_image_dtype(image, tf.float32)
+    channels = image.shape[-1]
+    if channels == 1:
+        image = tf.image.grayscale_to_rgb(image)
+    elif channels == 4:
+        image = image[..., :3]  # Alpha carries no appearance; drop it.
+    if size is not None:
+        image = tf.image.resize(image, size, antialias=True)
+        image = tf.clip_by_value(image, 0.0, 1.0)  # Antialiasing overshoots.
+    return image
+
+
+def _normalize_size(image_size) -> tuple[int, int] | None:
+    if image_size is None:
+        return None
+    if isinstance(image_size, int):
+        image_size = (image_size, image_size)
+    size = tuple(int(s) for s in image_size)
+    if len(size) != 2 or min(size) < 1:
+        raise ValueError(f"image_size must be an int or (height, width) of positive "
+                         f"ints, got {image_size!r}.")
+    return size
+
+
+# ----------------------------------------------------------------- folders --
+
+
+def _load_folder(name, split, size, shuffle_files, seed):
+    root = os.path.expanduser(name[len(FOLDER_PREFIX):])
+    if not os.path.isdir(root):
+        raise FileNotFoundError(
+            f"Dataset {name!r}: directory {root!r} does not exist. Pass "
+            f"'folder:' followed by a directory of images.")
+    split_dir, class_names = _resolve_split(root, split, name)
+    files = _find_images(split_dir)
+    loose = [f for f, cls in files if cls is None]
+    if class_names:
+        if loose:
+            _log.warning("%s: ignoring %d image(s) directly in %s because its "
+                         "sub-folders are used as classes (e.g. %s).", name,
+                         len(loose), split_dir, os.path.basename(loose[0]))
+        label_of = {c: i for i, c in enumerate(class_names)}
+        files = [(f, label_of[c]) for f, c in files if c is not None]
+    else:
+        files = [(f, -1) for f, _ in files]
+    if not files:
+        raise ValueError(f"Dataset {name!r}, split {split!r}: no image files "
+                         f"({', '.join(IMAGE_EXTENSIONS)}) under {split_dir!r}.")
+
+    sizes, bad = _verify(files)
+    if bad:
+        shown = ", ".join(os.path.relpath(f, split_dir) for f in bad[:_MAX_NAMED_SKIPPED])
+        more = f" and {len(bad) - _MAX_NAMED_SKIPPED} more" if len(bad) > _MAX_NAMED_SKIPPED else ""
+        _log.warning("%s, split %s: skipped %d unreadable or corrupt image "
+                     "file(s): %s%s.", name, split, len(bad), shown, more)
+    good = [(f, label) for (f, label), s in zip(files, sizes) if s is not None]
+    if not good:
+        raise ValueError(f"Dataset {name!r}, split {split!r}: none of the {len(files)} "
+                         f"image files under {split_dir!r} could be read.")
+    distinct = {s for s in sizes if s is not None}
+    if size is None and len(distinct) > 1:
+        examples = ", ".join(f"{h}x{w}" for h, w in sorted(distinct)[:4])
+        raise ValueError(f"Dataset {name!r}, split {split!r}: images differ in size "
+                         f"({examples}, ...); pass image_size=(height, width) to "
+                         f"resize them to one size.")
+    common = size or distinct.pop()
+    info = DatasetInfo(name=name, split=split, num_examples=len(good),
+                       num_classes=len(class_names), class_names=tuple(class_names),
+                       image_size=common, num_skipped=len(bad))
+    return _folder_dataset(good, size, common, shuffle_files, seed), info
+
+
+def _resolve_split(root, split, name):
+    """Returns the directory of `split` and the class names of the whole dataset."""
+    split_dir = os.path.join(root, split)
+    if os.path.isdir(split_dir):
+        # Labels must mean the same in every split, so classes are the union of
+        # the class folders of all sibling split folders.
+        siblings = [e.path for e in _subdirs(root)]
+        names = set()
+        for sibling in siblings:
+            names.update(e.name for e in _subdirs(sibling) if _has_image(e.path))
+        return split_dir, sorted(names)
+    if split != "train":
+        found = sorted(e.name for e in _subdirs(root))
+        raise FileNotFoundError(
+            f"Dataset {name!r}: no split folder {split!r} in {root!r} (sub-folders: "
+            f"{found or 'none'}). Put the split's images in {split_dir!r}, or use "
+            f"split 'train', which means the whole folder when it has no split folders.")
+    return root, sorted(e.name for e in _subdirs(root) if _has_image(e.path))
+
+
+def _subdirs(path):
+    with os.scandir(path) as entries:
+        return sorted((e for e in entries if e.is_dir() and not e.name.startswith(".")),
+                      key=lambda e: e.name)
+
+
+def _is_image_name(filename):
+    return filename.lower().endswith(IMAGE_EXTENSIONS) and not filename.startswith(".")
+
+
+def _has_image(path):
+    return any(_is_image_name(f) for _, _, files in os.walk(path) for f in files)
+
+
+def _natural_key(path):
+    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", path)]
+
+
+def _find_images(split_dir):
+    """Returns sorted ``(path, class folder name or None)`` of all image files."""
+    found = []
+    for dirpath, dirnames, filenames in os.walk(split_dir):
+        dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+        rel = os.path.relpath(dirpath, split_dir)
+        cls = None if rel == os.curdir else rel.split(os.sep)[0]
+        found.extend((os.path.join(dirpath, f), cls) for f in filenames if _is_image_name(f))
+    found.sort(key=lambda item: _natural_key(item[0]))
+    return found
+
+
+def _verify_one(path):
+    from PIL import Image  # Only folder sources need Pillow.
+
+    try:
+        with Image.open(path) as image:
+            if image.format not in _DECODABLE_FORMATS:
+                return None
+            width, height = image.size
+            image.verify()  # Header and structure checks, without a full decode.
+        return (height, width)
+    except Exception:  # Pillow raises many types for broken files.  # pylint: disable=broad-except
+        return None
+
+
+def _verify(files):
+    """Returns each file's (h, w) or None, and the unreadable paths."""
+    with concurrent.futures.ThreadPoolExecutor(max_workers=8) as pool:
+        sizes = list(pool.map(_verify_one, [f for f, _ in files]))
+    bad = [f for (f, _), s in zip(files, sizes) if s is None]
+    return sizes, bad
+
+
+def _folder_dataset(files, size, common, shuffle_files, seed):
+    paths = tf.constant([f for f, _ in files])
+    labels = tf.constant([label for _, label in files], tf.int64)
+    indices = tf.range(len(files), dtype=tf.int64)
+    ds = tf.data.Dataset.from_tensor_slices((paths, labels, indices))
+    if shuffle_files:
+        ds = ds.shuffle(len(files), seed=seed, reshuffle_each_iteration=True)
+
+    def decode(path, label, index):
+        image = tf.io.decode_image(tf.io.read_file(path), channels=3,
+                                   expand_animations=False)
+        image = tf.ensure_shape(to_rgb_float(image, size), [*common, 3])
+        return {"image": image, "label": label, "index": index}
+
+    ds = ds.map(decode, num_parallel_calls=tf.data.AUTOTUNE)
+    # A file Pillow accepted may still fail to decode (e.g. a truncated JPEG);
+    # drop it with a logged warning instead of ending a long run.
+    return ds.ignore_errors(log_warning=True)
+

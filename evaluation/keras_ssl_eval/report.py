@@ -1,0 +1,185 @@
+"""Evaluation reports: one JSON document and a markdown table.
+
+JSON layout (``schema_version`` 1)::
+
+    {
+      "schema_version": 1,
+      "protocol": "linear_probe",
+      "created": "2025-01-01T12:00:00+00:00",
+      "settings": {...},              # every option of the run
+      "versions": {"keras_ssl_eval": ..., "tensorflow": ..., "tensorflow_datasets": ...,
+                   "numpy": ..., "scipy": ..., "python": ...},
+      "dataset": {"name": ..., "num_classes": ..., "class_names": [...],
+                  "train": {"split": ..., "num_examples": ..., "num_skipped": ...},
+                  "test": {...}},
+      "models": [
+        {"name": "rotation_revnet50", "path": "...", "metadata": {...},
+         "input_size": [224, 224] or null,
+         "layers": {"block3": {"test_accuracy": 0.41, "train_accuracy": ...,
+                               "l2": ..., "validation_accuracy": {"1e-05": ...},
+                               "iterations": ..., "converged": ..., "grad_norm": ...,
+                               "num_classes": ..., "feature_dim": 8192,
+                               "endpoint_shape": [28, 28, 512], "fit_seconds": ...},
+                    ...}},
+        ...
+      ]
+    }
+"""
+
+from __future__ import annotations
+
+import datetime
+import importlib
+import importlib.metadata
+import json
+import os
+import platform
+
+__all__ = ["SCHEMA_VERSION", "build_report", "markdown_table", "model_column_name",
+           "package_versions", "write_report"]
+
+SCHEMA_VERSION = 1
+
+
+def package_versions() -> dict:
+    """Returns the versions of the packages that determine the results.
+
+    Example:
+        >>> sorted(package_versions())[:2]
+        ['keras_ssl_eval', 'numpy']
+    """
+    from keras_ssl_eval import __version__  # pylint: disable=import-outside-toplevel
+
+    versions = {"keras_ssl_eval": __version__, "python": platform.python_version()}
+    for key, dist in [("tensorflow", "tensorflow"), ("tensorflow_datasets", "tensorflow-datasets"),
+                      ("numpy", "numpy"), ("scipy", "scipy")]:
+        try:
+            versions[key] = importlib.metadata.version(dist)
+        except importlib.metadata.PackageNotFoundError:
+            # e.g. tensorflow-cpu or a source build: ask the module itself.
+            try:
+                versions[key] = getattr(importlib.import_module(key), "__version__", None)
+            except ImportError:
+                versions[key] = None
+    return versions
+
+
+def model_column_name(path: str, metadata: dict) -> str:
+    """Returns a model's display name: metadata ``name``, else the directory name.
+
+    Example:
+        >>> model_column_name("/models/rotation/", {})
+        'rotation'
+    """
+    name = metadata.get("name") if isinstance(metadata, dict) else None
+    return str(name) if name else os.path.basename(os.path.normpath(path))
+
+
+def build_report(models: list[dict], *, settings: dict, dataset: dict) -> dict:
+    """Assembles the JSON-ready report.
+
+    Args:
+        models: One dict per model: ``path``, ``metadata``, ``input_size`` and
+            ``layers`` (``{layer: result dict}``, e.g. from
+            `LinearProbeResult.to_dict` plus feature sizes). A ``name`` is added
+            (see `model_column_name`), made unique by a ``#2``-style suffix.
+        settings: The options of the run.
+        dataset: Dataset description (name, classes, split sizes).
+
+    Returns:
+        The report dict (see the module docstring for its layout).
+
+    Example:
+        >>> report = build_report([], settings={}, dataset={"name": "cifar10"})
+        >>> report["schema_version"]
+        1
+    """
+    seen, named = {}, []
+    for model in models:
+        name = model_column_name(model["path"], model.get("metadata") or {})
+        seen[name] = seen.get(name, 0) + 1
+        if seen[name] > 1:
+            name = f"{name} #{seen[name]}"
+        named.append({"name": name, **{k: v for k, v in model.items() if k != "name"}})
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "protocol": "linear_probe",
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "settings": dict(settings),
+        "versions": package_versions(),
+        "dataset": dict(dataset),
+        "models": named,
+    }
+
+
+def markdown_table(report: dict, metric: str = "test_accuracy") -> str:
+    """Returns a markdown table: rows = layers, columns = models, cells = % accuracy.
+
+    Layers appear in the order the models list them; a model without a layer
+    shows ``-``.
+
+    Args:
+        report: A dict from `build_report`.
+        metric: Which per-layer number to show.
+
+    Returns:
+        The table as a string (ends with a newline).
+
+    Example:
+        >>> print(markdown_table(report))
+        | layer | rotation | exemplar |
+        | --- | ---: | ---: |
+        | pre_logits | 55.4 | 46.0 |
+    """
+    models = report.get("models", [])
+    layers = []
+    for model in models:
+        layers.extend(layer for layer in model["layers"] if layer not in layers)
+    lines = ["| layer | " + " | ".join(_escape(m["name"]) for m in models) + " |",
+             "| --- |" + " ---: |" * len(models)]
+    for layer in layers:
+        cells = []
+        for model in models:
+            value = model["layers"].get(layer, {}).get(metric)
+            cells.append("-" if value is None else f"{100 * value:.1f}")
+        lines.append(f"| {layer} | " + " | ".join(cells) + " |")
+    title = metric.replace("_", " ")
+    dataset = report.get("dataset", {}).get("name", "")
+    caption = f"Linear probe {title} (%) on {dataset}" if dataset else f"Linear probe {title} (%)"
+    return caption + "\n\n" + "\n".join(lines) + "\n"
+
+
+def _escape(text):
+    return str(text).replace("|", "\\|")
+
+
+def write_report(report: dict, output_dir: str) -> tuple[str, str]:
+    """Writes ``results.json`` and ``results.md`` into `output_dir`.
+
+    Args:
+        report: A dict from `build_report`.
+        output_dir: Directory, created if missing.
+
+    Returns:
+        The paths of the JSON and markdown files.
+
+    Example:
+        >>> write_report(report, "/tmp/eval")
+        ('/tmp/eval/results.json', '/tmp/eval/results.md')
+    """
+    os.makedirs(output_dir, exist_ok=True)
+    json_path = os.path.join(output_dir, "results.json")
+    md_path = os.path.join(output_dir, "results.md")
+    with open(json_path, "w") as f:
+        json.dump(report, f, indent=2, sort_keys=False, default=_jsonable)
+        f.write("\n")
+    with open(md_path, "w") as f:
+        f.write(markdown_table(report))
+    return json_path, md_path
+
+
+def _jsonable(value):
+    """Converts numpy scalars/arrays and tuples that json cannot write."""
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    raise TypeError(f"{type(value).__name__} is not JSON serialisable")

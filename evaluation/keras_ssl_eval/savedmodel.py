@@ -1,0 +1,244 @@
+"""Loading keras-ssl SavedModels and extracting features from their end-points.
+
+Evaluation relies only on the SavedModel contract (docs/savedmodel_contract.md):
+a ``representation`` signature mapping float32 images ``[batch, H, W, 3]`` in
+[0, 1] to every named end-point, and optional metadata in
+``assets/keras_ssl.json``. Neither keras nor keras_ssl is imported.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+
+import numpy as np
+import tensorflow as tf
+
+from keras_ssl_eval.pooling import MAX_FEATURE_VALUES, flatten_features
+
+__all__ = ["RepresentationModel", "load_representation_model", "METADATA_FILE",
+           "SIGNATURE"]
+
+SIGNATURE = "representation"
+METADATA_FILE = os.path.join("assets", "keras_ssl.json")
+_CONTRACT = ("docs/savedmodel_contract.md: signature 'representation' maps float32 "
+             "images [batch, height, width, 3] in [0, 1] to a dict of named end-points "
+             "(e.g. after_root, block1..block4, pre_logits)")
+
+_log = logging.getLogger(__name__)
+
+
+def _natural_key(name):
+    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", name)]
+
+
+def _size_from_metadata(metadata):
+    value = metadata.get("input_size", metadata.get("image_size"))
+    if value is None:
+        return None
+    if isinstance(value, (int, float)):
+        return (int(value), int(value))
+    if isinstance(value, (list, tuple)) and len(value) >= 2:
+        return (int(value[0]), int(value[1]))  # [h, w] or [h, w, 3]
+    return None
+
+
+class RepresentationModel:
+    """A loaded SavedModel that maps images to its named end-points.
+
+    Use `load_representation_model` to create one.
+
+    Attributes:
+        path: The SavedModel directory.
+        endpoint_names: Names of the end-points, shallow to deep.
+        metadata: Contents of ``assets/keras_ssl.json`` ({} when absent).
+        input_size: ``(height, width)`` the model expects, or None when unknown.
+        last_endpoint_shapes: ``{layer: [H, W, C] or [D]}``, the per-image shapes
+            of the end-points (before pooling) seen by the last `extract` call.
+    """
+
+    def __init__(self, path: str):
+        self.path = path
+        self._loaded = tf.saved_model.load(path)
+        signatures = dict(self._loaded.signatures)
+        if SIGNATURE not in signatures:
+            raise ValueError(
+                f"SavedModel {path!r} lacks the {SIGNATURE!r} signature (it has: "
+                f"{sorted(signatures) or 'none'}), so its end-points cannot be read. "
+                f"keras-ssl-eval needs the keras-ssl SavedModel contract, see {_CONTRACT}. "
+                f"Re-export the model with keras-ssl's export binary.")
+        self._signature = signatures[SIGNATURE]
+        inputs = self._signature.structured_input_signature[1]
+        if len(inputs) != 1:
+            raise ValueError(f"SavedModel {path!r}: signature {SIGNATURE!r} must take one "
+                             f"images tensor, it takes {sorted(inputs)}; see {_CONTRACT}.")
+        (self._input_name, input_spec), = inputs.items()
+        self.metadata = self._read_metadata(path)
+        outputs = list(self._signature.structured_outputs)
+        listed = [n for n in self.metadata.get("endpoints", []) if n in outputs]
+        rest = sorted((n for n in outputs if n not in listed), key=_natural_key)
+        self.endpoint_names = tuple(listed + rest)
+        static = tuple(input_spec.shape[1:3]) if input_spec.shape.rank == 4 else ()
+        self.input_size = _size_from_metadata(self.metadata) or (
+            static if len(static) == 2 and None not in static else None)
+        self._warned_resize = False
+        self.last_endpoint_shapes = {}
+
+    @staticmethod
+    def _read_metadata(path):
+        file = os.path.join(path, METADATA_FILE)
+        if not tf.io.gfile.exists(file):
+            _log.warning("SavedModel %s has no %s; evaluating it without metadata "
+                         "(model name from the directory, input size from the signature).",
+                         path, METADATA_FILE)
+            return {}
+        with tf.io.gfile.GFile(file) as f:
+            return json.load(f)
+
+    def extract(self, data, layers=None, *, batch_size: int = 64,
+                with_labels: bool = False, max_values: int = MAX_FEATURE_VALUES):
+        """Computes flattened features of `layers` for every image in `data`.
+
+        The ``representation`` signature runs once per batch for all layers.
+        Images whose size differs from `input_size` are resized (one warning).
+        Feature maps with more than `max_values` values per image are adaptively
+        max-pooled (see `keras_ssl_eval.pooling`) and flattened.
+
+        Args:
+            data: Images as an array/tensor ``[N, H, W, 3]`` (floats in [0, 1] or
+                integer pixels, which are scaled to [0, 1]), or a
+                `tf.data.Dataset` of images, of ``(image, label)`` tuples or of dicts
+                with ``image`` (and ``label``), batched or not (e.g. from
+                `keras_ssl_eval.data.load_images`).
+            layers: End-point names (default: all of `endpoint_names`).
+            batch_size: Images per forward pass (ignored for batched datasets).
+            with_labels: Also return the labels (-1 where `data` has none).
+            max_values: Bound on values per image before pooling applies.
+
+        Returns:
+            ``{layer: float32 array [N, D_layer]}``, or ``(that dict, int64 labels
+            [N])`` when `with_labels` is true.
+
+        Raises:
+            KeyError: A requested layer is not an end-point of this model.
+
+        Example:
+            >>> model = load_representation_model("/models/rotation")
+            >>> feats = model.extract(images, ["block3", "pre_logits"])
+            >>> feats["pre_logits"].shape
+            (1000, 2048)
+        """
+        layers = self._check_layers(layers)
+        chunks = {layer: [] for layer in layers}
+        labels = []
+        for images, batch_labels in self._batches(data, batch_size):
+            outputs = self._signature(**{self._input_name: self._resize(images)})
+            for layer in layers:
+                value = outputs[layer].numpy()
+                self.last_endpoint_shapes[layer] = list(value.shape[1:])
+                chunks[layer].append(flatten_features(value, max_values))
+            labels.append(batch_labels)
+        features = {layer: (np.concatenate(c).astype(np.float32, copy=False) if c
+                            else np.zeros([0, 0], np.float32)) for layer, c in chunks.items()}
+        if with_labels:
+            return features, (np.concatenate(labels) if labels else np.zeros([0], np.int64))
+        return features
+
+    def _check_layers(self, layers):
+        if layers is None:
+            return list(self.endpoint_names)
+        if isinstance(layers, str):
+            layers = [layers]
+        unknown = [name for name in layers if name not in self.endpoint_names]
+        if unknown:
+            raise KeyError(f"SavedModel {self.path!r} has no end-point(s) {unknown}; "
+                           f"available end-points: {list(self.endpoint_names)}.")
+        return list(layers)
+
+    def _warn_resize(self, shape):
+        if not self._warned_resize:
+            shown = "x".join("?" if d is None else str(d) for d in shape)
+            _log.warning("Resizing %s images to the input size %sx%s of %s.", shown,
+                         *self.input_size, self.path)
+            self._warned_resize = True
+
+    def _resize(self, images):
+        images = tf.convert_to_tensor(images, tf.float32)
+        if self.input_size is None or tuple(images.shape[1:3]) == self.input_size:
+            return images
+        self._warn_resize(images.shape[1:3])
+        return tf.clip_by_value(tf.image.resize(images, self.input_size, antialias=True), 0.0, 1.0)
+
+    def _batches(self, data, batch_size):
+        """Yields ``(images [B, H, W, 3], int64 labels [B])`` from any accepted input."""
+        if not isinstance(data, tf.data.Dataset):
+            images = np.asarray(data)
+            if np.issubdtype(images.dtype, np.integer):  # e.g. uint8 pixels: to [0, 1].
+                images = images / np.iinfo(images.dtype).max
+            images = images.astype(np.float32, copy=False)
+            if images.ndim != 4 or images.shape[-1] != 3:
+                raise ValueError(f"Expected images [N, H, W, 3], got shape {images.shape}.")
+            for start in range(0, len(images), batch_size):
+                chunk = images[start:start + batch_size]
+                yield chunk, np.full([len(chunk)], -1, np.int64)
+            return
+        data = data.map(_image_and_label, num_parallel_calls=tf.data.AUTOTUNE)
+        rank = data.element_spec[0].shape.rank
+        if rank == 3:
+            static = tuple(data.element_spec[0].shape[:2])
+            if self.input_size is not None and static != self.input_size:
+                # Resize before batching so that images of mixed sizes can be batched.
+                self._warn_resize(static)
+                size = self.input_size
+                data = data.map(lambda image, label: (_resize_image(image, size), label),
+                                num_parallel_calls=tf.data.AUTOTUNE)
+            data = data.batch(batch_size)
+        elif rank != 4:
+            raise ValueError(f"Expected a dataset of images [H, W, 3] or batches "
+                             f"[B, H, W, 3], got rank {rank}.")
+        for images, labels in data.prefetch(tf.data.AUTOTUNE).as_numpy_iterator():
+            yield images, labels
+
+
+def _resize_image(image, size):
+    """Resizes one [H, W, 3] image to `size` unless it already has that size."""
+    same = tf.reduce_all(tf.equal(tf.shape(image)[:2], size))
+    resized = lambda: tf.clip_by_value(tf.image.resize(image, size, antialias=True), 0.0, 1.0)
+    return tf.ensure_shape(tf.cond(same, lambda: image, resized), [*size, 3])
+
+
+def _image_and_label(*element):
+    """Normalises a dataset element to ``(image, int64 label)``."""
+    if len(element) == 1 and isinstance(element[0], dict):
+        element = element[0]
+        image = element["image"]
+        label = element.get("label")
+    else:
+        image = element[0]
+        label = element[1] if len(element) > 1 else None
+    image = tf.image.convert_image_dtype(image, tf.float32)  # Integer pixels -> [0, 1].
+    if label is None:
+        label = tf.fill(tf.shape(image)[:-3], tf.constant(-1, tf.int64))
+    return image, tf.cast(label, tf.int64)
+
+
+def load_representation_model(path: str) -> RepresentationModel:
+    """Loads a SavedModel that follows the keras-ssl contract.
+
+    Args:
+        path: The SavedModel directory (local or any `tf.io.gfile` path).
+
+    Returns:
+        A `RepresentationModel`.
+
+    Raises:
+        ValueError: The SavedModel has no ``representation`` signature.
+
+    Example:
+        >>> model = load_representation_model("/models/rotation")
+        >>> model.endpoint_names
+        ('after_root', 'block1', 'block2', 'block3', 'block4', 'pre_logits')
+    """
+    return RepresentationModel(path)

@@ -1,0 +1,24 @@
+"""`keras-ssl-prepare-data NAME [NAME ...]`: generate or download datasets.
+
+Prepared datasets can be read by `keras-ssl-eval`, which never imports the
+builders' code (TFDS reads prepared datasets from their files).
+"""
+
+from absl import app, flags
+
+from keras_ssl.datasets import prepare_dataset
+
+_DATA_DIR = flags.DEFINE_string("data_dir", None, "TFDS data directory (TFDS' default if unset).")
+
+
+def main(argv):
+    names = argv[1:]
+    if not names:
+        raise app.UsageError("Name at least one dataset, e.g. synthetic_shapes/TCVL.")
+    for name in names:
+        prepare_dataset(name, _DATA_DIR.value)
+        print(f"prepared {name} in {_DATA_DIR.value or 'the TFDS default data_dir'}")
+
+
+def run():
+    app.run(main)

@@ -1,0 +1,453 @@
+"""`synthetic_shapes`: procedurally rendered 2-D shapes with switchable nuisance factors.
+
+Each image shows one of twelve shapes (most with a canonical "up", so rotation prediction has
+signal). Four nuisance factors can be switched on or off independently, after the synthetic
+datasets of Newell & Deng, "How Useful is Self-Supervised Pretraining for Visual Tasks?"
+(CVPR 2020):
+
+* T, texture: shape and background filled with random stripes, checkers or smooth noise
+  (off: flat fills).
+* C, colour: random hues for shape and background, one light and one dark so the shape
+  stays visible (off: a light grey shape on a mid-grey background).
+* V, viewpoint: in-plane rotation in [-45, 45] degrees, scale 0.55-0.95 of the canvas and a
+  translation that keeps the shape in frame (off: upright, centred, scale 0.75).
+* L, lighting: a linear illumination gradient lit from within 60 degrees of "above", with
+  random strength and ambient level, multiplied into the image (off: uniform).
+
+A factor string lists them in the order T, C, V, L, with the letter for "on" and "-" for
+"off": "TCVL" (all on), "-C-L", "----" (all off).
+
+Every example is rendered from `np.random.default_rng([seed, split_id, index])` and draws
+the same random numbers whatever the factors, so two configs that differ in one factor show
+the same shapes with the same values of every other nuisance.
+
+Example:
+    >>> import tensorflow_datasets as tfds
+    >>> cfg = synthetic_shapes_config("TC--", image_size=32, train_size=96, test_size=24)
+    >>> builder = tfds.builder("synthetic_shapes", config=cfg, data_dir="/tmp/tfds")
+    >>> builder.download_and_prepare()
+    >>> ds = builder.as_dataset(split="train", as_supervised=True)
+"""
+
+import collections
+import dataclasses
+import functools
+import itertools
+
+import numpy as np
+import tensorflow_datasets as tfds
+
+CLASS_NAMES = (
+    "triangle", "arrow", "heart", "house", "crescent", "t_shape",
+    "l_shape", "star", "semicircle", "square", "circle", "cross",
+)
+FACTOR_LETTERS = "TCVL"
+FACTOR_STRINGS = tuple(
+    "".join(letter if on else "-" for letter, on in zip(FACTOR_LETTERS, bits))
+    for bits in itertools.product((True, False), repeat=4))
+MIN_IMAGE_SIZE, MAX_IMAGE_SIZE = 16, 256
+SPLIT_IDS = {"train": 0, "test": 1}
+
+Factors = collections.namedtuple("Factors", ["texture", "color", "viewpoint", "lighting"])
+
+_SUPERSAMPLE = 4
+_CANONICAL_SCALE = 0.75
+# Fixed colours for "C off", and the value ranges for "C on": the light region's darkest
+# texture tone stays above the dark region's lightest, so the shape never dissolves.
+_GREY_LIGHT, _GREY_DARK = 0.9, 0.45
+_LIGHT_RANGE, _DARK_RANGE = (0.8, 1.0), (0.2, 0.45)
+_LIGHT_SECONDARY, _DARK_SECONDARY = 0.72, 0.55
+_NOISE_GRID = 5
+
+
+def parse_factors(factors):
+  """Parses a factor string such as "TCVL" or "-C-L".
+
+  Args:
+    factors: four characters in the order T (texture), C (colour), V (viewpoint),
+      L (lighting); the letter switches the factor on, "-" switches it off. A `Factors`
+      tuple is passed through.
+
+  Returns:
+    A `Factors(texture, color, viewpoint, lighting)` namedtuple of bools.
+
+  Raises:
+    ValueError: if `factors` is not such a string.
+
+  Example:
+    >>> parse_factors("T--L")
+    Factors(texture=True, color=False, viewpoint=False, lighting=True)
+  """
+  if isinstance(factors, Factors):
+    return factors
+  ok = isinstance(factors, str) and len(factors) == 4 and all(
+      ch in (letter, "-") for ch, letter in zip(factors, FACTOR_LETTERS))
+  if not ok:
+    raise ValueError(
+        f"Bad factor string {factors!r}: expected 4 characters in the order T, C, V, L, "
+        "each the letter (factor on) or '-' (off), e.g. 'TCVL', '-C-L' or '----'.")
+  return Factors(*(ch != "-" for ch in factors))
+
+
+def _check_image_size(image_size):
+  if (not isinstance(image_size, (int, np.integer)) or isinstance(image_size, bool)
+      or not MIN_IMAGE_SIZE <= image_size <= MAX_IMAGE_SIZE):
+    raise ValueError(f"image_size must be an integer in [{MIN_IMAGE_SIZE}, "
+                     f"{MAX_IMAGE_SIZE}], got {image_size!r}.")
+  return int(image_size)
+
+
+# Shapes live in object coordinates with y pointing up and fit inside the unit circle, so
+# a scale s (radius in canvas units, the canvas spanning [-1, 1]) keeps them in frame.
+def _polygon(vertices):
+  """Returns an even-odd point-in-polygon test, vectorised over points."""
+  edges = []
+  for (x1, y1), (x2, y2) in zip(vertices, vertices[1:] + vertices[:1]):
+    if y1 != y2:  # Horizontal edges never cross a horizontal ray.
+      edges.append((x1, y1, y2, (x2 - x1) / (y2 - y1)))
+
+  def inside(x, y):
+    result = np.zeros(x.shape, bool)
+    for x1, y1, y2, slope in edges:
+      straddles = (y1 > y) != (y2 > y)
+      result ^= straddles & (x < x1 + (y - y1) * slope)
+    return result
+  return inside
+
+
+def _star_vertices(points=5, outer=0.95, inner=0.4):
+  angles = np.pi / 2 + np.arange(2 * points) * np.pi / points
+  radii = np.where(np.arange(2 * points) % 2 == 0, outer, inner)
+  return [(float(r * np.cos(a)), float(r * np.sin(a))) for r, a in zip(radii, angles)]
+
+
+def _heart(x, y):
+  hx, hy = x / 0.75, y / 0.75 + 0.1
+  return (hx * hx + hy * hy - 1) ** 3 - hx * hx * hy ** 3 <= 0
+
+
+_SHAPES = (
+    _polygon([(0, 0.9), (-0.8, -0.55), (0.8, -0.55)]),
+    _polygon([(0, 0.95), (-0.6, 0.3), (-0.22, 0.3), (-0.22, -0.9), (0.22, -0.9),
+              (0.22, 0.3), (0.6, 0.3)]),
+    _heart,
+    _polygon([(-0.6, -0.75), (0.6, -0.75), (0.6, 0.15), (0.8, 0.15), (0, 0.85),
+              (-0.8, 0.15), (-0.6, 0.15)]),
+    lambda x, y: (x * x + y * y <= 0.85 ** 2) & (x * x + (y - 0.4) ** 2 >= 0.75 ** 2),
+    _polygon([(-0.75, 0.6), (0.75, 0.6), (0.75, 0.25), (0.2, 0.25), (0.2, -0.85),
+              (-0.2, -0.85), (-0.2, 0.25), (-0.75, 0.25)]),
+    _polygon([(-0.5, 0.8), (-0.1, 0.8), (-0.1, -0.35), (0.6, -0.35), (0.6, -0.75),
+              (-0.5, -0.75)]),
+    _polygon(_star_vertices()),
+    lambda x, y: (x * x + (y + 0.4) ** 2 <= 0.9 ** 2) & (y >= -0.4),
+    _polygon([(-0.65, -0.65), (0.65, -0.65), (0.65, 0.65), (-0.65, 0.65)]),
+    lambda x, y: x * x + y * y <= 0.8 ** 2,
+    _polygon([(-0.22, 0.85), (0.22, 0.85), (0.22, 0.22), (0.85, 0.22), (0.85, -0.22),
+              (0.22, -0.22), (0.22, -0.85), (-0.22, -0.85), (-0.22, -0.22),
+              (-0.85, -0.22), (-0.85, 0.22), (-0.22, 0.22)]),
+)
+assert len(_SHAPES) == len(CLASS_NAMES)
+
+
+@functools.lru_cache(maxsize=8)
+def _canvas_grid(size):
+  """Canvas coordinates (x right, y up, in [-1, 1]) of the centres of a size x size grid."""
+  centres = (np.arange(size) + 0.5) / size * 2 - 1
+  x, y = np.meshgrid(centres, -centres)
+  return x, y
+
+
+def _hsv_to_rgb(h, s, v):
+  k = (np.array([5.0, 3.0, 1.0]) + h * 6) % 6
+  return v - v * s * np.clip(np.minimum(k, 4 - k), 0, 1)
+
+
+def _draw_colours(rng):
+  """Draws (primary, secondary) RGB colours for shape and background."""
+  hues, sats = rng.random(2), rng.uniform(0.35, 0.9, 2)
+  light_v, dark_v = rng.uniform(*_LIGHT_RANGE), rng.uniform(*_DARK_RANGE)
+  shape_is_light = rng.random() < 0.5
+  light = _hsv_to_rgb(hues[0], sats[0], light_v)
+  dark = _hsv_to_rgb(hues[1], sats[1], dark_v)
+  pairs = [(light, light * _LIGHT_SECONDARY), (dark, dark * _DARK_SECONDARY)]
+  return pairs if shape_is_light else pairs[::-1]
+
+
+def _draw_texture(rng):
+  """Draws the parameters of one procedural texture; always the same number of draws."""
+  return dict(kind=int(rng.integers(3)), freq=rng.uniform(1.0, 3.0),
+              theta=rng.uniform(0, np.pi), phase=rng.uniform(0, 2 * np.pi),
+              cell=rng.uniform(0.2, 0.45), grid=rng.random((_NOISE_GRID, _NOISE_GRID)))
+
+
+def _texture(params, x, y):
+  """Evaluates a texture at points (x, y), giving a pattern in [0, 1]."""
+  c, s = np.cos(params["theta"]), np.sin(params["theta"])
+  a, b = c * x + s * y, -s * x + c * y
+  if params["kind"] == 0:  # Stripes.
+    return 0.5 + 0.5 * np.sin(2 * np.pi * params["freq"] * a + params["phase"])
+  if params["kind"] == 1:  # Checkers, with soft edges so small images do not alias.
+    wave = np.sin(np.pi * a / params["cell"]) * np.sin(np.pi * b / params["cell"])
+    return 0.5 + 0.5 * np.tanh(4 * wave)
+  grid = params["grid"]  # Smooth noise: bilinear interpolation of a coarse random grid.
+  n = grid.shape[0] - 1
+  gx = np.clip((x + 1.2) / 2.4 * n, 0, n - 1e-6)
+  gy = np.clip((y + 1.2) / 2.4 * n, 0, n - 1e-6)
+  ix, iy = gx.astype(int), gy.astype(int)
+  fx, fy = gx - ix, gy - iy
+  value = (grid[iy, ix] * (1 - fx) * (1 - fy) + grid[iy, ix + 1] * fx * (1 - fy)
+           + grid[iy + 1, ix] * (1 - fx) * fy + grid[iy + 1, ix + 1] * fx * fy)
+  return (value - grid.min()) / max(grid.max() - grid.min(), 1e-6)
+
+
+def render_example(rng_or_seed, label, factors, image_size=32):
+  """Renders one antialiased example.
+
+  Args:
+    rng_or_seed: a `np.random.Generator`, or anything `np.random.default_rng` accepts
+      (an int, a list of ints).
+    label: class index in `[0, len(CLASS_NAMES))`.
+    factors: a factor string such as "TCVL" (see `parse_factors`) or a `Factors` tuple.
+    image_size: side S of the square image, in [16, 256].
+
+  Returns:
+    `(image, pose, mask)`: uint8 image [S, S, 3]; the in-plane rotation in degrees
+    (counter-clockwise, 0.0 when viewpoint is off); uint8 mask [S, S, 1] that is
+    `label + 1` where the shape covers at least half a pixel and 0 elsewhere.
+
+  Example:
+    >>> image, pose, mask = render_example(0, CLASS_NAMES.index("arrow"), "--V-")
+    >>> image.shape, mask.shape
+    ((32, 32, 3), (32, 32, 1))
+  """
+  factors = parse_factors(factors)
+  size = _check_image_size(image_size)
+  if not 0 <= label < len(CLASS_NAMES):
+    raise ValueError(f"label must be in [0, {len(CLASS_NAMES)}), got {label!r}.")
+  rng = (rng_or_seed if isinstance(rng_or_seed, np.random.Generator)
+         else np.random.default_rng(rng_or_seed))
+  # Draw everything in a fixed order, whether or not the factor uses it (see module doc).
+  colours = _draw_colours(rng)
+  textures = [_draw_texture(rng), _draw_texture(rng)]
+  angle, scale = rng.uniform(-45, 45), rng.uniform(0.55, 0.95)
+  shift = rng.uniform(-1, 1, 2)
+  light_dir, ambient, strength = rng.uniform(-60, 60), rng.uniform(0.3, 0.6), rng.uniform(0.4, 0.8)
+
+  if not factors.viewpoint:
+    angle, scale, shift = 0.0, _CANONICAL_SCALE, np.zeros(2)
+  shift = shift * (1 - scale)  # The shape's bounding circle stays inside the canvas.
+  cos, sin = np.cos(np.radians(angle)), np.sin(np.radians(angle))
+
+  def to_object(x, y):
+    dx, dy = x - shift[0], y - shift[1]
+    return (cos * dx + sin * dy) / scale, (-sin * dx + cos * dy) / scale
+
+  fine = size * _SUPERSAMPLE
+  inside = _SHAPES[label](*to_object(*_canvas_grid(fine)))
+  coverage = inside.reshape(size, _SUPERSAMPLE, size, _SUPERSAMPLE).mean(axis=(1, 3))
+
+  x, y = _canvas_grid(size)
+  if not factors.color:
+    colours = [(np.full(3, _GREY_LIGHT), np.full(3, _GREY_LIGHT * _LIGHT_SECONDARY)),
+               (np.full(3, _GREY_DARK), np.full(3, _GREY_DARK * _DARK_SECONDARY))]
+  fills = []
+  # The shape's texture is painted on the object (it turns with it); the background's is not.
+  for (primary, secondary), params, coords in zip(
+      colours, textures, (to_object(x, y), (x, y))):
+    if factors.texture:
+      pattern = _texture(params, *coords)[..., None]
+      fills.append(primary * (1 - pattern) + secondary * pattern)
+    else:
+      fills.append(np.broadcast_to(primary, (size, size, 3)))
+  image = coverage[..., None] * fills[0] + (1 - coverage[..., None]) * fills[1]
+
+  if factors.lighting:
+    phi = np.radians(light_dir)
+    along = (np.sin(phi) * x + np.cos(phi) * y) / np.sqrt(2)  # In [-1, 1], 1 toward light.
+    image = image * (ambient + strength * (0.5 + 0.5 * along))[..., None]
+
+  image = np.round(np.clip(image, 0, 1) * 255).astype(np.uint8)
+  mask = ((coverage >= 0.5) * (label + 1)).astype(np.uint8)[..., None]
+  return image, float(angle), mask
+
+
+def example_rng(seed, split, index):
+  """Returns the generator that renders example `index` of `split` ("train" or "test")."""
+  return np.random.default_rng([seed, SPLIT_IDS[split], index])
+
+
+def example_label(index):
+  """Returns the class of example `index`: cycling through classes keeps splits balanced."""
+  return index % len(CLASS_NAMES)
+
+
+def render_split(factors="TCVL", image_size=32, num_examples=100, seed=0, split="train"):
+  """Renders examples `0..num_examples-1` of a split as numpy arrays, without TFDS.
+
+  Args:
+    factors: factor string, see `parse_factors`.
+    image_size: side of the images, in [16, 256].
+    num_examples: how many examples to render.
+    seed: dataset seed.
+    split: "train" or "test".
+
+  Returns:
+    A dict of arrays: "image" uint8 [N, S, S, 3], "label" int64 [N], "pose" float32 [N],
+    "segmentation_mask" uint8 [N, S, S, 1] and "index" int64 [N]; example i is identical
+    to example i of the TFDS split with the same factors, size and seed.
+
+  Example:
+    >>> render_split("----", 16, num_examples=12)["image"].shape
+    (12, 16, 16, 3)
+  """
+  if split not in SPLIT_IDS:
+    raise ValueError(f"split must be one of {sorted(SPLIT_IDS)}, got {split!r}.")
+  factors = parse_factors(factors)
+  labels = np.array([example_label(i) for i in range(num_examples)], np.int64)
+  rendered = [render_example(example_rng(seed, split, i), int(label), factors, image_size)
+              for i, label in enumerate(labels)]
+  size = _check_image_size(image_size)
+  return {
+      "image": np.stack([r[0] for r in rendered]) if rendered
+               else np.zeros((0, size, size, 3), np.uint8),
+      "label": labels,
+      "pose": np.array([r[1] for r in rendered], np.float32),
+      "segmentation_mask": np.stack([r[2] for r in rendered]) if rendered
+                           else np.zeros((0, size, size, 1), np.uint8),
+      "index": np.arange(num_examples, dtype=np.int64),
+  }
+
+
+@dataclasses.dataclass(eq=False)
+class SyntheticShapesConfig(tfds.core.BuilderConfig):
+  """BuilderConfig for `synthetic_shapes`.
+
+  Attributes:
+    factors: factor string, see `parse_factors`.
+    image_size: side of the square images, in [16, 256].
+    train_size: number of training examples.
+    test_size: number of test examples.
+    seed: dataset seed; examples depend only on (seed, split, index).
+  """
+  factors: str = "TCVL"
+  image_size: int = 32
+  train_size: int = 10000
+  test_size: int = 2000
+  seed: int = 0
+
+  def __post_init__(self):
+    parse_factors(self.factors)
+    _check_image_size(self.image_size)
+    for field in ("train_size", "test_size"):
+      if getattr(self, field) < 1:
+        raise ValueError(f"{field} must be >= 1, got {getattr(self, field)!r}.")
+
+
+def _describe(factors, image_size, train_size, test_size, seed):
+  on = parse_factors(factors)
+  names = [n for n, flag in zip(("texture", "colour", "viewpoint", "lighting"), on) if flag]
+  return (f"{image_size}px, nuisance factors on: {', '.join(names) or 'none'}; "
+          f"{train_size} train / {test_size} test examples, seed {seed}.")
+
+
+def synthetic_shapes_config(factors="TCVL", image_size=32, train_size=10000,
+                            test_size=2000, seed=0):
+  """Returns a `SyntheticShapesConfig` with a name derived from all its fields.
+
+  Args:
+    factors: factor string such as "TCVL" or "-C-L", see `parse_factors`.
+    image_size: side of the square images, in [16, 256].
+    train_size: number of training examples.
+    test_size: number of test examples.
+    seed: dataset seed.
+
+  Returns:
+    A config named like "TCVL_32px_n512x128_s0", so differently sized or seeded versions
+    are prepared into different directories.
+
+  Example:
+    >>> synthetic_shapes_config("-C-L", 16, 48, 24).name
+    '-C-L_16px_n48x24_s0'
+  """
+  parse_factors(factors)
+  _check_image_size(image_size)
+  return SyntheticShapesConfig(
+      name=f"{factors}_{image_size}px_n{train_size}x{test_size}_s{seed}",
+      description=_describe(factors, image_size, train_size, test_size, seed),
+      factors=factors, image_size=image_size, train_size=train_size,
+      test_size=test_size, seed=seed)
+
+
+def _standard_configs():
+  configs = []
+  for size, suffix in ((32, ""), (64, "_64")):
+    for factors in FACTOR_STRINGS:
+      configs.append(SyntheticShapesConfig(
+          name=factors + suffix, factors=factors, image_size=size,
+          description=_describe(factors, size, 10000, 2000, 0)))
+  return configs
+
+
+class SyntheticShapes(tfds.core.GeneratorBasedBuilder):
+  """Synthetic shapes with switchable texture, colour, viewpoint and lighting.
+
+  Twelve shape classes rendered procedurally (no download); the nuisance factors follow
+  Newell & Deng, "How Useful is Self-Supervised Pretraining for Visual Tasks?", CVPR 2020.
+  Configs "TCVL" ... "----" (32 px) and "TCVL_64" ... "----_64" (64 px) hold 10,000 train
+  and 2,000 test examples; `synthetic_shapes_config` makes other sizes and seeds.
+
+  Example:
+    >>> ds = tfds.load("synthetic_shapes/-C-L", split="test", data_dir="/tmp/tfds")
+  """
+
+  VERSION = tfds.core.Version("1.0.0")
+  RELEASE_NOTES = {"1.0.0": "Initial release."}
+  BUILDER_CONFIGS = _standard_configs()
+  DEFAULT_CONFIG_NAME = "TCVL"
+
+  def _info(self):
+    size = self.builder_config.image_size
+    return self.dataset_info_from_configs(
+        description=(
+            "Procedurally rendered shapes (" + ", ".join(CLASS_NAMES) + ") with four "
+            "switchable nuisance factors after Newell & Deng, 'How Useful is Self-Supervised "
+            "Pretraining for Visual Tasks?' (CVPR 2020): T texture (stripes, checkers or "
+            "smooth noise instead of flat fills), C colour (random hues for shape and "
+            "background instead of grey), V viewpoint (rotation in [-45, 45] degrees, scale "
+            "and translation instead of an upright centred shape), L lighting (a gradient "
+            "lit from above with random strength and ambient level instead of uniform "
+            "light). Labels: class, pose (rotation in degrees) and a segmentation mask "
+            "(0 background, class + 1 on the shape)."),
+        features=tfds.features.FeaturesDict({
+            "image": tfds.features.Image(shape=(size, size, 3)),
+            "label": tfds.features.ClassLabel(names=list(CLASS_NAMES)),
+            "pose": tfds.features.Scalar(
+                np.float32, doc="In-plane rotation, degrees counter-clockwise."),
+            "segmentation_mask": tfds.features.Image(shape=(size, size, 1),
+                                                     use_colormap=True),
+            "index": tfds.features.Scalar(np.int64, doc="Index within the split."),
+        }),
+        supervised_keys=("image", "label"),
+        citation="""@inproceedings{newell2020useful,
+  title={How Useful is Self-Supervised Pretraining for Visual Tasks?},
+  author={Newell, Alejandro and Deng, Jia},
+  booktitle={CVPR},
+  year={2020}
+}""",
+    )
+
+  def _split_generators(self, dl_manager):
+    del dl_manager  # Everything is rendered; nothing to download.
+    cfg = self.builder_config
+    return {"train": self._generate_examples("train", cfg.train_size),
+            "test": self._generate_examples("test", cfg.test_size)}
+
+  def _generate_examples(self, split, num_examples):
+    cfg = self.builder_config
+    factors = parse_factors(cfg.factors)
+    for index in range(num_examples):
+      label = example_label(index)
+      image, pose, mask = render_example(
+          example_rng(cfg.seed, split, index), label, factors, cfg.image_size)
+      yield index, {"image": image, "label": label, "pose": np.float32(pose),
+                    "segmentation_mask": mask, "index": index}

@@ -1,0 +1,234 @@
+"""Export of a backbone to the keras-ssl SavedModel contract.
+
+The SavedModel (see docs/savedmodel_contract.md) loads with plain
+`tf.saved_model.load`, without keras or keras_ssl:
+
+- `model(images, training=False)` -> pre-logits `[batch, D]`; also traced
+  for `training=True` (batch norm in training mode) for fine-tuning;
+  `model.variables`, `model.trainable_variables`,
+  `model.regularization_losses`;
+- signature `serving_default`: `images` -> `{"pre_logits"}`;
+- signature `representation`: `images` -> every end-point in one pass;
+- `assets/keras_ssl.json`: what the model is and how it was trained.
+
+Exports are written to a temporary directory and renamed into place, so a
+crash never leaves a half-written model at the destination.
+
+Binary: `keras-ssl-export --model_dir=RUN [--step=N] [--export_dir=DIR]`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+
+import tensorflow as tf
+
+import keras_ssl
+from keras_ssl.backbones import PRE_LOGITS, backbone_spec
+
+METADATA_FILE = "keras_ssl.json"
+SIGNATURE_REPRESENTATION = "representation"
+
+
+def export_backbone(backbone, export_dir: str, metadata: dict, image_size: int | None) -> str:
+    """Writes `backbone` as a contract SavedModel to `export_dir`, atomically.
+
+    Args:
+      backbone: A backbone model returning a dict of end-points.
+      export_dir: Destination; replaced if it exists.
+      metadata: Extra fields for `assets/keras_ssl.json` (method, dataset,
+        steps, gin config...).
+      image_size: The square input size the model was trained at.
+
+    Returns:
+      `export_dir`.
+
+    Example:
+
+    >>> from keras_ssl.backbones import build_backbone         # doctest: +SKIP
+    >>> net = build_backbone("resnet_v2", depth=10, widening_factor=1)
+    >>> export_backbone(net, "/tmp/net", {}, image_size=32)    # doctest: +SKIP
+    """
+    images_spec = tf.TensorSpec([None, None, None, 3], tf.float32, name="images")
+    endpoint_names = list(backbone.endpoint_names)
+
+    @tf.function
+    def call(images, training=False):
+        return backbone(images, training=training)[PRE_LOGITS]
+
+    @tf.function(input_signature=[images_spec])
+    def serving(images):
+        return {PRE_LOGITS: backbone(images, training=False)[PRE_LOGITS]}
+
+    @tf.function(input_signature=[images_spec])
+    def representation(images):
+        outputs = backbone(images, training=False)
+        return {name: outputs[name] for name in endpoint_names}
+
+    # Concrete functions for both modes, so the loaded object can be called
+    # with training=True (fine-tuning) as well as for inference.
+    call.get_concrete_function(images_spec, training=False)
+    call.get_concrete_function(images_spec, training=True)
+
+    size = [int(image_size), int(image_size)] if image_size else None
+    probe = tf.zeros([1] + (size or [32, 32]) + [3])
+    shapes = {
+        name: [None] + list(value.shape[1:])
+        for name, value in backbone(probe, training=False).items()
+    }
+    full_metadata = {
+        "format": "keras_ssl.savedmodel/1",
+        "library_version": keras_ssl.__version__,
+        "backbone": backbone_spec(backbone) | {"name": backbone.name},
+        "input_size": size,
+        "input_value_range": [0.0, 1.0],
+        "input_form": "image",
+        "endpoints": endpoint_names,
+        "endpoint_shapes_at_input_size": shapes,
+        **metadata,
+    }
+
+    parent = os.path.dirname(os.path.abspath(export_dir))
+    os.makedirs(parent, exist_ok=True)
+    staging = tempfile.mkdtemp(prefix=".export-", dir=parent)
+    try:
+        metadata_path = os.path.join(staging, "metadata", METADATA_FILE)
+        os.makedirs(os.path.dirname(metadata_path))
+        with open(metadata_path, "w") as f:
+            json.dump(full_metadata, f, indent=2, default=str)
+
+        root = tf.train.Checkpoint()
+        root.backbone = backbone
+        root.__call__ = call
+        root.variables = list(backbone.variables)
+        root.trainable_variables = list(backbone.trainable_variables)
+        root.regularization_losses = []
+        root.metadata_file = tf.saved_model.Asset(metadata_path)
+        model_path = os.path.join(staging, "model")
+        tf.saved_model.save(
+            root,
+            model_path,
+            signatures={"serving_default": serving, SIGNATURE_REPRESENTATION: representation},
+        )
+        _replace_dir(model_path, export_dir)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return export_dir
+
+
+def _replace_dir(source: str, destination: str) -> None:
+    """Moves `source` to `destination`; an old `destination` is removed only after."""
+    if os.path.exists(destination):
+        old = f"{destination}.old-{os.getpid()}"
+        os.rename(destination, old)
+        os.rename(source, destination)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.rename(source, destination)
+
+
+def export_method(method, model_dir: str, step: int, export_dir: str | None = None) -> str:
+    """Exports the backbone of an in-memory method of the run in `model_dir`.
+
+    Args:
+      method: The trained `keras_ssl.Method`.
+      model_dir: The run directory (its run.json and config.gin go into the
+        metadata).
+      step: The training step the weights are from.
+      export_dir: Destination (default `model_dir/export/step_<step>`).
+
+    Returns:
+      The export directory.
+    """
+    from keras_ssl.training import CONFIG_FILE, read_run_file
+
+    run = read_run_file(model_dir)
+    with open(os.path.join(model_dir, CONFIG_FILE)) as f:
+        gin_config = f.read()
+    export_dir = export_dir or os.path.join(model_dir, "export", f"step_{step}")
+    metadata = {
+        "name": f"{run['method']}@{step}",
+        "method": run["method"],
+        "augmentation": getattr(method, "augmentation_name", None),
+        "dataset": run["dataset"],
+        "steps": step,
+        "train_steps": run["train_steps"],
+        "batch_size": run["batch_size"],
+        "gin_config": gin_config,
+    }
+    path = export_backbone(method.backbone, export_dir, metadata, run["image_size"])
+    print(f"exported step {step} to {path}", flush=True)
+    return path
+
+
+def export_checkpoint(model_dir: str, step: int | None = None, export_dir: str | None = None) -> str:
+    """Rebuilds the run's method from its config and exports a checkpoint.
+
+    Args:
+      model_dir: The run directory written by `keras_ssl.training.train`.
+      step: Step of the checkpoint (default: the latest). Step 0 is the
+        random initialisation kept by every run.
+      export_dir: Destination (default `model_dir/export/step_<step>`).
+
+    Returns:
+      The export directory.
+
+    Raises:
+      FileNotFoundError: No checkpoint for that step; the message lists the
+        steps available.
+    """
+    from keras_ssl.config import parse_gin
+    from keras_ssl.training import CONFIG_FILE, INIT_CHECKPOINT, build_method, make_checkpoint
+
+    available = _available_steps(model_dir)
+    if step is None:
+        if not available:
+            raise FileNotFoundError(f"No checkpoint in {model_dir!r}.")
+        step = max(available)
+    if step not in available:
+        raise FileNotFoundError(
+            f"No checkpoint for step {step} in {model_dir!r}; available steps: "
+            f"{sorted(available) or 'none'}."
+        )
+    parse_gin([os.path.join(model_dir, CONFIG_FILE)])
+    method = build_method()
+    path = available[step]
+    make_checkpoint(method).restore(path).expect_partial()
+    return export_method(method, model_dir, step, export_dir)
+
+
+def _available_steps(model_dir: str) -> dict[int, str]:
+    from keras_ssl.training import INIT_CHECKPOINT
+
+    steps = {}
+    state = tf.train.get_checkpoint_state(model_dir)
+    for path in state.all_model_checkpoint_paths if state else []:
+        steps[int(path.rsplit("-", 1)[1])] = path
+    init = os.path.join(model_dir, INIT_CHECKPOINT)
+    if tf.io.gfile.exists(init + ".index"):
+        steps.setdefault(0, init)
+    return steps
+
+
+def main(argv):
+    del argv
+    from absl import flags
+
+    values = flags.FLAGS
+    export_checkpoint(values.model_dir, values.step, values.export_dir)
+
+
+def run():
+    from absl import app, flags
+
+    flags.DEFINE_string("model_dir", None, "Run directory written by keras-ssl-train.", required=True)
+    flags.DEFINE_integer("step", None, "Checkpoint step to export (default: latest; 0 = random init).")
+    flags.DEFINE_string("export_dir", None, "Destination (default MODEL_DIR/export/step_N).")
+    app.run(main)
+
+
+if __name__ == "__main__":
+    run()

@@ -15,6 +15,7 @@ keras-ssl-export --model_dir="$run_dir" --step=0
 final=$(ls -d "$run_dir"/export/step_* | sort -t_ -k2 -n | tail -1)
 keras-ssl-eval \
   --saved_model="$run_dir/export/step_0" --saved_model="$final" \
-  --dataset=synthetic_shapes/TCVL --layers=block2,block3,pre_logits \
+  --dataset=synthetic_shapes/TCV- --layers=block2,block3,pre_logits \
+  --max_train_examples=2000 --max_test_examples=1000 \
   --output="$run_dir/eval"
 echo "quickstart finished in $(( $(date +%s) - start )) s; results in $run_dir/eval/results.md"

@@ -26,6 +26,9 @@ _TPU = flags.DEFINE_string("tpu", None, "TPU name or address for --strategy=tpu.
 
 def main(argv):
     del argv
+    if not flags.FLAGS["verbosity"].present:
+        # TensorFlow's INFO logs drown the progress lines; --verbosity=0 restores them.
+        logging.set_verbosity(logging.WARNING)
     from keras_ssl import config, training
 
     from keras_ssl.registry import PluginError
@@ -34,13 +37,11 @@ def main(argv):
         config.parse_gin(_GIN_FILE.value, _GIN_BINDINGS.value)
         strategy = get_strategy(_STRATEGY.value, _TPU.value)
         training.train(_MODEL_DIR.value, strategy=strategy)
-    except (config.ConfigError, PluginError, training.NonFiniteLossError) as e:
+    except (config.ConfigError, PluginError, FileNotFoundError, training.NonFiniteLossError) as e:
         sys.exit(f"keras-ssl-train: {e}")
 
 
 def run():
-    # TensorFlow's INFO logs drown the progress lines; --verbosity=0 restores them.
-    flags.FLAGS.set_default("verbosity", logging.WARNING)
     app.run(main)
 
 

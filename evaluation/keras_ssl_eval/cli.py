@@ -10,6 +10,8 @@ markdown table (rows = layers, columns = models).
 
 from __future__ import annotations
 
+import logging as python_logging
+
 from absl import app, flags, logging
 
 from keras_ssl_eval.evaluate import evaluate_linear
@@ -80,6 +82,11 @@ def main(argv, flag_values: flags.FlagValues = flags.FLAGS):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     fv = flag_values
+    if "verbosity" in fv and not fv["verbosity"].present:
+        # TensorFlow's INFO logs drown the evaluation's own progress lines,
+        # which stay visible; --verbosity=0 shows everything.
+        logging.set_verbosity(logging.WARNING)
+        python_logging.getLogger("keras_ssl_eval").setLevel(python_logging.INFO)
     try:
         l2_grid = [float(v) for v in fv.l2_grid]
     except ValueError as e:

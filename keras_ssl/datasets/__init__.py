@@ -41,7 +41,15 @@ def prepare_dataset(name: str, data_dir: str | None = None) -> None:
     import tensorflow_datasets as tfds
 
     _import_builder(name)
-    builder = tfds.builder(name, data_dir=data_dir)
+    try:
+        builder = tfds.builder(name, data_dir=data_dir)
+    except tfds.core.registered.DatasetNotFoundError as e:
+        raise FileNotFoundError(
+            f"Unknown dataset {name!r}: it is neither synthetic_shapes, nor a dataset "
+            f"plugin (keras-ssl-list shows them), nor a TFDS dataset, nor prepared in "
+            f"data_dir {data_dir or 'the TFDS default'}. For a directory of images use "
+            f"'folder:/path/to/images'."
+        ) from e
     builder.download_and_prepare()
 
 

@@ -1,0 +1,65 @@
+"""keras_ssl.datasets: the names training accepts, decoded the same way as evaluation."""
+
+import numpy as np
+import pytest
+import tensorflow_datasets as tfds
+
+from conftest import tiny_shapes_name
+from keras_ssl.datasets import load_dataset
+from keras_ssl_eval.testing import write_image_folder
+
+
+def _check_examples(dataset, size, count):
+    examples = list(dataset.take(count))
+    assert len(examples) == count
+    for example in examples:
+        assert set(example) == {"image", "label", "index"}
+        assert example["image"].dtype.name == "float32"
+        assert tuple(example["image"].shape) == (size, size, 3)
+        image = example["image"].numpy()
+        assert 0.0 <= image.min() and image.max() <= 1.0
+    return examples
+
+
+def test_synthetic_shapes_by_name(data_dir):
+    dataset, info = load_dataset(tiny_shapes_name(), "train", data_dir=data_dir)
+    assert info.num_classes == 12 and info.num_examples == 96
+    examples = _check_examples(dataset, 16, 24)
+    assert [int(e["index"]) for e in examples] == list(range(24))
+    assert {int(e["label"]) for e in dataset} == set(range(12))
+
+
+def test_resizing_to_image_size(data_dir):
+    dataset, _ = load_dataset(tiny_shapes_name(), "test", data_dir=data_dir, image_size=24)
+    _check_examples(dataset, 24, 2)
+
+
+def test_folder_with_class_subfolders(tmp_path):
+    write_image_folder(str(tmp_path / "pets"), {"cat": 3, "dog": 2}, size=20)
+    (tmp_path / "pets" / "dog" / "broken.png").write_bytes(b"not a png")
+    dataset, info = load_dataset(f"folder:{tmp_path / 'pets'}", "train", image_size=16)
+    assert info.class_names == ("cat", "dog") and info.num_examples == 5
+    labels = sorted(int(e["label"]) for e in _check_examples(dataset, 16, 5))
+    assert labels == [0, 0, 0, 1, 1]
+
+
+def test_any_tfds_name_through_mock_data():
+    with tfds.testing.mock_data(num_examples=4):
+        dataset, info = load_dataset("cifar10", "train")
+        examples = _check_examples(dataset, 32, 4)
+    assert info.num_classes == 10
+    assert all(0 <= int(e["label"]) < 10 for e in examples)
+
+
+def test_unknown_name_says_what_names_are_accepted(tmp_path):
+    with pytest.raises(FileNotFoundError, match="Unknown dataset 'no_such_dataset_xyz'") as info:
+        load_dataset("no_such_dataset_xyz", "train", data_dir=str(tmp_path))
+    assert "folder:" in str(info.value)
+
+
+def test_synthetic_shapes_images_are_deterministic(data_dir):
+    first, _ = load_dataset(tiny_shapes_name(), "train", data_dir=data_dir)
+    second, _ = load_dataset(tiny_shapes_name(), "train", data_dir=data_dir)
+    a = next(iter(first.take(1)))["image"].numpy()
+    b = next(iter(second.take(1)))["image"].numpy()
+    np.testing.assert_array_equal(a, b)

@@ -96,3 +96,17 @@ def test_to_dict_is_json_ready():
     assert set(summary) >= {"train_accuracy", "test_accuracy", "l2", "iterations", "converged",
                             "grad_norm", "validation_accuracy"}
     json.dumps(summary)
+
+
+def test_more_dimensions_than_examples_solves_the_same_problem():
+    """The row-space reduction used when D > N gives the full-space optimum."""
+    x, y = _blobs(60, 200, 3, 4.0, seed=7)
+    xt, yt = _blobs(60, 200, 3, 4.0, seed=8)
+    reduced = fit_linear_probe(x, y, xt, yt, l2_grid=[1e-2], tolerance=1e-9, dtype=np.float64)
+    # Appending examples that are copies of the data turns D > N into D < N
+    # without changing the optimum of the mean loss.
+    full = fit_linear_probe(np.tile(x, (4, 1)), np.tile(y, 4), xt, yt, l2_grid=[1e-2],
+                            tolerance=1e-9, dtype=np.float64)
+    np.testing.assert_allclose(reduced.weights, full.weights, atol=1e-4)
+    np.testing.assert_allclose(reduced.predict(xt), full.predict(xt))
+    assert reduced.test_accuracy == full.test_accuracy

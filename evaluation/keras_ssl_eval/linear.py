@@ -124,6 +124,13 @@ def fit_linear_probe(train_features, train_labels, test_features=None, test_labe
     std = x.std(axis=0)
     std[std == 0] = 1  # Constant features carry no signal; avoid 0/0.
     x = (x - mean) / std
+    # With more dimensions than examples, the regularised optimum lies in the
+    # span of the training rows (representer theorem), and an orthonormal
+    # basis of that span keeps ||W|| unchanged: solving there is exact and
+    # costs N instead of D per example.
+    basis = _row_space_basis(x) if x.shape[1] > x.shape[0] else None
+    if basis is not None:
+        x = x @ basis
 
     grid = sorted({float(v) for v in l2_grid}, reverse=True)
     if not grid or min(grid) < 0:
@@ -145,6 +152,8 @@ def fit_linear_probe(train_features, train_labels, test_features=None, test_labe
     params, info = _minimise(x, targets, len(classes), chosen, solutions.get(chosen),
                              max_iterations, tolerance)
     weights, bias = _unpack(params, x.shape[1], len(classes))
+    if basis is not None:
+        weights = basis @ weights
     if not info.success:
         _log.warning("L-BFGS stopped before convergence (l2=%g, %d iterations, gradient "
                      "%.3g): %s", chosen, info.nit, np.abs(info.jac).max(), info.message)
@@ -152,10 +161,12 @@ def fit_linear_probe(train_features, train_labels, test_features=None, test_labe
     test_accuracy = None
     if test_features is not None:
         xt = _as_matrix(test_features, "test_features", dtype)
-        if xt.shape[1] != x.shape[1]:
+        if xt.shape[1] != len(mean):
             raise ValueError(f"test_features have {xt.shape[1]} dimensions, train_features "
-                             f"{x.shape[1]}.")
+                             f"{len(mean)}.")
         xt = (xt - mean) / std
+        if basis is not None:
+            xt = xt @ basis
         yt = _as_labels(test_labels, len(xt), "test")
         unseen = ~np.isin(yt, classes)
         if unseen.any():
@@ -170,6 +181,18 @@ def fit_linear_probe(train_features, train_labels, test_features=None, test_labe
         iterations=int(info.nit), converged=bool(info.success),
         grad_norm=float(np.abs(info.jac).max()), num_classes=len(classes), classes=classes,
         weights=weights, bias=bias, feature_mean=mean, feature_std=std)
+
+
+def _row_space_basis(x):
+    """Orthonormal [D, r] basis of the span of the rows of `x` (r <= N < D)."""
+    # From the N x N Gram matrix: one matrix product and a small
+    # eigendecomposition, several times cheaper than a QR or SVD of x itself.
+    # Float64 keeps the small eigenvalues; directions below 1e-10 of the
+    # largest hold no measurable part of the data and are dropped.
+    x64 = x.astype(np.float64)
+    eigenvalues, eigenvectors = np.linalg.eigh(x64 @ x64.T)
+    keep = eigenvalues > eigenvalues.max() * 1e-10
+    return (x64.T @ (eigenvectors[:, keep] / np.sqrt(eigenvalues[keep]))).astype(x.dtype)
 
 
 def _as_matrix(features, name, dtype):

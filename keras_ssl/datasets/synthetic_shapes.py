@@ -52,10 +52,10 @@ Factors = collections.namedtuple("Factors", ["texture", "color", "viewpoint", "l
 
 _SUPERSAMPLE = 4
 _CANONICAL_SCALE = 0.75
-# Fixed colours for "C off", and the value ranges for "C on": the light region's darkest
+# Fixed colours for "C off", and the luminance ranges for "C on": the light region's darkest
 # texture tone stays above the dark region's lightest, so the shape never dissolves.
 _GREY_LIGHT, _GREY_DARK = 0.9, 0.45
-_LIGHT_RANGE, _DARK_RANGE = (0.8, 1.0), (0.2, 0.45)
+_LIGHT_RANGE, _DARK_RANGE = (0.68, 0.92), (0.12, 0.35)
 _LIGHT_SECONDARY, _DARK_SECONDARY = 0.72, 0.55
 _NOISE_GRID = 5
 
@@ -122,8 +122,9 @@ def _star_vertices(points=5, outer=0.95, inner=0.4):
 
 
 def _heart(x, y):
-  hx, hy = x / 0.75, y / 0.75 + 0.1
-  return (hx * hx + hy * hy - 1) ** 3 - hx * hx * hy ** 3 <= 0
+  hx2, hy = (x / 0.75) ** 2, y / 0.75 + 0.1
+  r = hx2 + hy * hy - 1
+  return r * r * r <= hx2 * hy * hy * hy  # Products: float `** 3` is several times slower.
 
 
 _SHAPES = (
@@ -162,13 +163,25 @@ def _hsv_to_rgb(h, s, v):
   return v - v * s * np.clip(np.minimum(k, 4 - k), 0, 1)
 
 
+_LUMA = np.array([0.299, 0.587, 0.114])
+
+
+def _with_luminance(rgb, target):
+  """Moves `rgb` to luminance `target`, keeping its hue: hue alone says little about
+  brightness (saturated blue is dark, yellow light), and contrast must be guaranteed."""
+  luma = float(rgb @ _LUMA)
+  if luma > target:
+    return rgb * (target / luma)
+  return rgb + (1 - rgb) * ((target - luma) / (1 - luma))
+
+
 def _draw_colours(rng):
   """Draws (primary, secondary) RGB colours for shape and background."""
   hues, sats = rng.random(2), rng.uniform(0.35, 0.9, 2)
-  light_v, dark_v = rng.uniform(*_LIGHT_RANGE), rng.uniform(*_DARK_RANGE)
+  light_y, dark_y = rng.uniform(*_LIGHT_RANGE), rng.uniform(*_DARK_RANGE)
   shape_is_light = rng.random() < 0.5
-  light = _hsv_to_rgb(hues[0], sats[0], light_v)
-  dark = _hsv_to_rgb(hues[1], sats[1], dark_v)
+  light = _with_luminance(_hsv_to_rgb(hues[0], sats[0], 1.0), light_y)
+  dark = _with_luminance(_hsv_to_rgb(hues[1], sats[1], 1.0), dark_y)
   pairs = [(light, light * _LIGHT_SECONDARY), (dark, dark * _DARK_SECONDARY)]
   return pairs if shape_is_light else pairs[::-1]
 
@@ -308,12 +321,11 @@ def render_split(factors="TCVL", image_size=32, num_examples=100, seed=0, split=
               for i, label in enumerate(labels)]
   size = _check_image_size(image_size)
   return {
-      "image": np.stack([r[0] for r in rendered]) if rendered
-               else np.zeros((0, size, size, 3), np.uint8),
+      "image": np.array([r[0] for r in rendered], np.uint8).reshape(-1, size, size, 3),
       "label": labels,
       "pose": np.array([r[1] for r in rendered], np.float32),
-      "segmentation_mask": np.stack([r[2] for r in rendered]) if rendered
-                           else np.zeros((0, size, size, 1), np.uint8),
+      "segmentation_mask": np.array([r[2] for r in rendered], np.uint8).reshape(
+          -1, size, size, 1),
       "index": np.arange(num_examples, dtype=np.int64),
   }
 

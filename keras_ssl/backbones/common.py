@@ -1,0 +1,164 @@
+"""Building blocks shared by the backbone families.
+
+Every family builds its convolutions and batch norms through `Layers`, so the
+shared options (`weight_decay`, `bn_momentum`, `bn_epsilon`,
+`synchronized_bn`) mean the same thing everywhere, and checks its arguments
+with the helpers below so a bad value fails the same way in every family.
+"""
+
+from __future__ import annotations
+
+import keras
+import tensorflow as tf
+
+# depth -> (unit type, units per block), for the residual and reversible nets.
+RESNET_DEPTHS = {
+    10: ("basic", (1, 1, 1, 1)),
+    18: ("basic", (2, 2, 2, 2)),
+    26: ("bottleneck", (2, 2, 2, 2)),
+    34: ("basic", (3, 4, 6, 3)),
+    50: ("bottleneck", (3, 4, 6, 3)),
+    101: ("bottleneck", (3, 4, 23, 3)),
+    152: ("bottleneck", (3, 8, 36, 3)),
+}
+
+
+def resnet_widths(kind: str, k: int) -> list[int]:
+    """Output widths of blocks 1-4: `64 k .. 512 k`, or `16 k .. 128 k` for basic units."""
+    widths = [64 * k * 2**i for i in range(4)]
+    return [w // 4 for w in widths] if kind == "basic" else widths
+
+
+class Layers:
+    """Builds convolutions and batch norms with the network's shared options.
+
+    Args:
+      weight_decay: Decay on convolution kernels; the gradient is `wd * w`.
+      bn_momentum: Batch-norm moving-average momentum.
+      bn_epsilon: Batch-norm epsilon.
+      synchronized_bn: Compute batch statistics across replicas.
+    """
+
+    def __init__(self, weight_decay, bn_momentum, bn_epsilon, synchronized_bn):
+        # Keras' L2(l) adds l * sum(w^2), whose gradient is 2 l w; weight
+        # decay wd in the papers means a gradient of wd * w, hence wd / 2.
+        self.regularizer = (
+            keras.regularizers.L2(weight_decay / 2) if weight_decay else None
+        )
+        self.bn_options = dict(
+            momentum=bn_momentum, epsilon=bn_epsilon, synchronized=synchronized_bn
+        )
+
+    def conv_layer(self, filters, kernel, stride, name, padding="same"):
+        return keras.layers.Conv2D(
+            filters,
+            kernel,
+            strides=stride,
+            padding=padding,
+            use_bias=False,
+            kernel_initializer="he_normal",
+            kernel_regularizer=self.regularizer,
+            name=name,
+        )
+
+    def conv(self, x, filters, kernel, stride, name, padding="same"):
+        return self.conv_layer(filters, kernel, stride, name, padding)(x)
+
+    def bn_layer(self, name):
+        return keras.layers.BatchNormalization(name=name, **self.bn_options)
+
+    def bn_relu(self, x, name, relu=True):
+        x = self.bn_layer(f"{name}_bn")(x)
+        return keras.layers.ReLU(name=f"{name}_relu")(x) if relu else x
+
+    def conv_bn_relu(self, x, filters, kernel, stride, name, relu=True, padding="same"):
+        x = self.conv(x, filters, kernel, stride, name, padding)
+        return self.bn_relu(x, name, relu=relu)
+
+
+class PadToAtLeast(keras.layers.Layer):
+    """Zero-pads height and width (evenly on both sides) up to at least `size`.
+
+    Lets a network whose standard form has a valid pooling or a "fully
+    connected" convolution of a fixed kernel (AlexNet, VGG) run on images of
+    any size; a map that is already large enough passes unchanged, so at the
+    standard input size the network is exactly the standard one.
+    """
+
+    def __init__(self, size: int, **kwargs):
+        super().__init__(**kwargs)
+        self.size = int(size)
+
+    def call(self, x):
+        shape = tf.shape(x)
+        pads = [tf.maximum(self.size - shape[i], 0) for i in (1, 2)]
+        paddings = [[0, 0], [pads[0] // 2, pads[0] - pads[0] // 2],
+                    [pads[1] // 2, pads[1] - pads[1] // 2], [0, 0]]
+        return tf.pad(x, paddings)
+
+    def compute_output_shape(self, input_shape):
+        def grow(d):
+            return None if d is None else max(d, self.size)
+
+        return (input_shape[0], grow(input_shape[1]), grow(input_shape[2]), input_shape[3])
+
+    def get_config(self):
+        return {**super().get_config(), "size": self.size}
+
+
+def check_widening_factor(family: str, widening_factor) -> int:
+    if (
+        isinstance(widening_factor, bool)
+        or int(widening_factor) != widening_factor
+        or widening_factor < 1
+    ):
+        raise ValueError(
+            f"{family}: widening_factor must be a positive integer, got "
+            f"{widening_factor}."
+        )
+    return int(widening_factor)
+
+
+def check_depth(family: str, depth, depths) -> None:
+    if depth not in depths:
+        raise ValueError(
+            f"{family}: unsupported depth {depth}; choose one of {sorted(depths)}."
+        )
+
+
+def check_strides(family: str, name: str, strides, n: int) -> tuple:
+    strides = tuple(strides)
+    if len(strides) != n or any(int(s) != s or s < 1 for s in strides):
+        raise ValueError(
+            f"{family}: {name} needs {n} entries (positive integers), got {strides}."
+        )
+    return tuple(int(s) for s in strides)
+
+
+def image_input(image_size: int | None):
+    """The `images` input: `[batch, image_size, image_size, 3]` (any size if None)."""
+    return keras.Input((image_size, image_size, 3), name="images")
+
+
+def residual_stem(layers: Layers, inputs, width, *, small_image_stem, root_stride,
+                  root_pool, bn_relu):
+    """Root of the residual/reversible nets: 7x7 conv (or 3x3 stride 1), optional BN-ReLU, max-pool.
+
+    `small_image_stem` (3x3 stride 1, no max-pool) overrides `root_stride`
+    and `root_pool`.
+    """
+    if small_image_stem:
+        x = layers.conv(inputs, width, 3, 1, "root_conv")
+        if bn_relu:
+            x = layers.bn_relu(x, "root")
+        return x
+    x = layers.conv(inputs, width, 7, root_stride, "root_conv")
+    if bn_relu:
+        x = layers.bn_relu(x, "root")
+    if root_pool:
+        x = keras.layers.MaxPooling2D(3, 2, padding="same", name="root_pool")(x)
+    return x
+
+
+def global_average(x, name="pre_logits"):
+    return keras.layers.GlobalAveragePooling2D(name=name)(x)

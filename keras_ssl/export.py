@@ -11,6 +11,21 @@ The SavedModel (see docs/savedmodel_contract.md) loads with plain
 - signature `representation`: `images` -> every end-point in one pass;
 - `assets/keras_ssl.json`: what the model is and how it was trained.
 
+Optional method hooks (read with `getattr`, so methods without them export as
+before):
+
+- `method.export_metadata()` -> dict merged into the metadata; patch-based
+  methods (Jigsaw, Relative Patch Location) return `input_form: "patches"`,
+  `patch_grid: [rows, cols]`, `patch_size: [h, w]` and `input_size` (the
+  whole-image size the grid is cut from). The end-point shapes are then
+  recorded at `patch_size`, the size the backbone sees.
+- `method.export_input_transform(images)` -> the transform the method applies
+  to images before its backbone (per-patch standardisation, RGB -> L); it is
+  built into every exported function so clients feed plain [0, 1] RGB.
+- `method.export_signatures()` -> `({name: fn(images) -> dict}, {attr: trackable})`:
+  extra signatures (e.g. colorization's dense head, `colorize`) and the
+  objects holding their variables.
+
 Exports are written to a temporary directory and renamed into place, so a
 crash never leaves a half-written model at the destination.
 
@@ -33,7 +48,16 @@ METADATA_FILE = "keras_ssl.json"
 SIGNATURE_REPRESENTATION = "representation"
 
 
-def export_backbone(backbone, export_dir: str, metadata: dict, image_size: int | None) -> str:
+def export_backbone(
+    backbone,
+    export_dir: str,
+    metadata: dict,
+    image_size: int | None,
+    *,
+    input_transform=None,
+    extra_signatures: dict | None = None,
+    extra_objects: dict | None = None,
+) -> str:
     """Writes `backbone` as a contract SavedModel to `export_dir`, atomically.
 
     Args:
@@ -42,6 +66,12 @@ def export_backbone(backbone, export_dir: str, metadata: dict, image_size: int |
       metadata: Extra fields for `assets/keras_ssl.json` (method, dataset,
         steps, gin config...).
       image_size: The square input size the model was trained at.
+      input_transform: Optional `images -> images` applied before the
+        backbone in every exported function.
+      extra_signatures: Optional `{name: fn(images) -> dict of tensors}`,
+        saved as signatures taking `images` like `representation`.
+      extra_objects: Optional `{attribute: trackable}` set on the root so the
+        variables the extra signatures use are saved.
 
     Returns:
       `export_dir`.
@@ -54,19 +84,27 @@ def export_backbone(backbone, export_dir: str, metadata: dict, image_size: int |
     """
     images_spec = tf.TensorSpec([None, None, None, 3], tf.float32, name="images")
     endpoint_names = list(backbone.endpoint_names)
+    transform = input_transform or (lambda images: images)
+
+    def net(images, training):
+        return backbone(transform(images), training=training)
 
     @tf.function
     def call(images, training=False):
-        return backbone(images, training=training)[PRE_LOGITS]
+        return net(images, training)[PRE_LOGITS]
 
     @tf.function(input_signature=[images_spec])
     def serving(images):
-        return {PRE_LOGITS: backbone(images, training=False)[PRE_LOGITS]}
+        return {PRE_LOGITS: net(images, False)[PRE_LOGITS]}
 
     @tf.function(input_signature=[images_spec])
     def representation(images):
-        outputs = backbone(images, training=False)
+        outputs = net(images, False)
         return {name: outputs[name] for name in endpoint_names}
+
+    signatures = {"serving_default": serving, SIGNATURE_REPRESENTATION: representation}
+    for name, fn in (extra_signatures or {}).items():
+        signatures[name] = tf.function(fn, input_signature=[images_spec])
 
     # Concrete functions for both modes, so the loaded object can be called
     # with training=True (fine-tuning) as well as for inference.
@@ -74,10 +112,12 @@ def export_backbone(backbone, export_dir: str, metadata: dict, image_size: int |
     call.get_concrete_function(images_spec, training=True)
 
     size = [int(image_size), int(image_size)] if image_size else None
-    probe = tf.zeros([1] + (size or [32, 32]) + [3])
+    # Patch-based models see patches: record the end-points at that size.
+    probe_size = list(metadata.get("patch_size") or size or [32, 32])
+    probe = tf.random.uniform([1] + probe_size + [3])
     shapes = {
         name: [None] + list(value.shape[1:])
-        for name, value in backbone(probe, training=False).items()
+        for name, value in net(probe, False).items()
     }
     full_metadata = {
         "format": "keras_ssl.savedmodel/1",
@@ -107,12 +147,10 @@ def export_backbone(backbone, export_dir: str, metadata: dict, image_size: int |
         root.trainable_variables = list(backbone.trainable_variables)
         root.regularization_losses = []
         root.metadata_file = tf.saved_model.Asset(metadata_path)
+        for attribute, trackable in (extra_objects or {}).items():
+            setattr(root, attribute, trackable)
         model_path = os.path.join(staging, "model")
-        tf.saved_model.save(
-            root,
-            model_path,
-            signatures={"serving_default": serving, SIGNATURE_REPRESENTATION: representation},
-        )
+        tf.saved_model.save(root, model_path, signatures=signatures)
         _replace_dir(model_path, export_dir)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
@@ -159,9 +197,21 @@ def export_method(method, model_dir: str, step: int, export_dir: str | None = No
         "batch_size": run["batch_size"],
         "gin_config": gin_config,
     }
-    path = export_backbone(method.backbone, export_dir, metadata, run["image_size"])
+    metadata.update(_call_hook(method, "export_metadata") or {})
+    extra_signatures, extra_objects = _call_hook(method, "export_signatures") or ({}, {})
+    path = export_backbone(
+        method.backbone, export_dir, metadata, run["image_size"],
+        input_transform=getattr(method, "export_input_transform", None),
+        extra_signatures=extra_signatures, extra_objects=extra_objects,
+    )
     print(f"exported step {step} to {path}", flush=True)
     return path
+
+
+def _call_hook(method, name):
+    """Calls the optional method hook `name` (see the module docstring) if it exists."""
+    hook = getattr(method, name, None)
+    return hook() if callable(hook) else None
 
 
 def export_checkpoint(model_dir: str, step: int | None = None, export_dir: str | None = None) -> str:

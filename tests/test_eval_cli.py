@@ -41,7 +41,7 @@ def test_cli_writes_results(workspace, tmp_path, capsys):
                      f"--saved_model={workspace['models'][1]}",
                      f"--dataset={workspace['dataset']}", "--layers=after_root,pre_logits",
                      f"--output={out}", "--batch_size=8", "--max_train_examples=12",
-                     "--l2_grid=1e-4,1e-2"])
+                     "--l2_grid=1e-4,1e-2", f"--cache_dir={tmp_path / 'cache'}"])
     printed = capsys.readouterr().out
     assert "| layer | toy_a | second_model |" in printed
 
@@ -67,7 +67,7 @@ def test_cli_unknown_layer(workspace, tmp_path):
     with pytest.raises(KeyError, match="block7.*available end-points"):
         _run_in_process([f"--saved_model={workspace['models'][0]}",
                          f"--dataset={workspace['dataset']}", "--layers=block7",
-                         f"--output={tmp_path}"])
+                         f"--output={tmp_path}", "--cache_dir="])
 
 
 def test_unlabelled_dataset_is_an_error(workspace, tmp_path):
@@ -119,7 +119,7 @@ def test_cli_runs_without_keras(workspace, tmp_path):
     proc = subprocess.run(
         [sys.executable, "-c", code, f"--saved_model={workspace['models'][0]}",
          f"--dataset={workspace['dataset']}", "--layers=pre_logits", f"--output={out}",
-         "--l2_grid=1e-3"], env=env, capture_output=True, text=True, timeout=300, check=False)
+         "--l2_grid=1e-3", f"--cache_dir={tmp_path / 'cache'}"], env=env, capture_output=True, text=True, timeout=300, check=False)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "| pre_logits |" in proc.stdout
     assert "TFDS-OK" in proc.stdout and "not prepared" in proc.stdout

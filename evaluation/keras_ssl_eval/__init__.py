@@ -10,20 +10,34 @@ Example:
     >>> feats, labels = model.extract(ds, ["pre_logits"], with_labels=True)
 """
 
+from keras_ssl_eval.cache import DEFAULT_CACHE_DIR, FeatureCache
+from keras_ssl_eval.compare import compare_reports, load_reports
 from keras_ssl_eval.data import FOLDER_PREFIX, DatasetInfo, load_images, to_rgb_float
-from keras_ssl_eval.evaluate import evaluate_linear
+from keras_ssl_eval.evaluate import PROTOCOLS, evaluate, evaluate_linear
+from keras_ssl_eval.features import split_features
+from keras_ssl_eval.heads import HeadResult, train_head
+from keras_ssl_eval.knn import knn_accuracy, knn_classify
 from keras_ssl_eval.linear import DEFAULT_L2_GRID, LinearProbeResult, fit_linear_probe
-from keras_ssl_eval.pooling import (MAX_FEATURE_VALUES, adaptive_max_pool, flatten_features,
-                                    pooled_grid)
-from keras_ssl_eval.report import build_report, markdown_table, write_report
+from keras_ssl_eval.lowshot import DEFAULT_SHOTS, low_shot, sample_per_class
+from keras_ssl_eval.patches import PatchSpec, cut_patches
+from keras_ssl_eval.plots import write_plots
+from keras_ssl_eval.pooling import (MAX_FEATURE_VALUES, adaptive_max_pool, avg_pool,
+                                    flatten_features, pooled_grid)
+from keras_ssl_eval.report import build_report, markdown_report, markdown_table, write_report
 from keras_ssl_eval.savedmodel import RepresentationModel, load_representation_model
+from keras_ssl_eval.svm import LinearSVM, fit_svm, fit_svm_cv
+from keras_ssl_eval.utility import labels_needed, utility_curve
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "DEFAULT_L2_GRID", "FOLDER_PREFIX", "MAX_FEATURE_VALUES", "DatasetInfo",
-    "LinearProbeResult", "RepresentationModel", "adaptive_max_pool", "build_report",
-    "evaluate_linear", "fit_linear_probe", "flatten_features", "load_images",
-    "load_representation_model", "markdown_table", "pooled_grid", "to_rgb_float",
-    "write_report", "__version__",
+    "DEFAULT_CACHE_DIR", "DEFAULT_L2_GRID", "DEFAULT_SHOTS", "FOLDER_PREFIX",
+    "MAX_FEATURE_VALUES", "PROTOCOLS", "DatasetInfo", "FeatureCache", "HeadResult",
+    "LinearProbeResult", "LinearSVM", "PatchSpec", "RepresentationModel", "adaptive_max_pool",
+    "avg_pool", "build_report", "compare_reports", "cut_patches", "evaluate",
+    "evaluate_linear", "fit_linear_probe", "fit_svm", "fit_svm_cv", "flatten_features",
+    "knn_accuracy", "knn_classify", "labels_needed", "load_images", "load_reports",
+    "load_representation_model", "low_shot", "markdown_report", "markdown_table",
+    "pooled_grid", "sample_per_class", "split_features", "to_rgb_float", "train_head",
+    "utility_curve", "write_plots", "write_report", "__version__",
 ]

@@ -1,11 +1,14 @@
-"""``keras-ssl-eval``: linear evaluation of SavedModels, side by side.
+"""``keras-ssl-eval``: evaluation of SavedModels, side by side.
 
 Usage:
     keras-ssl-eval --saved_model=/models/rotation --saved_model=/models/exemplar \\
         --dataset=cifar10 --layers=block3,pre_logits --output=/tmp/eval
+    keras-ssl-eval --protocol=grid,knn,lowshot --saved_model=... --dataset=... --output=...
+    keras-ssl-eval --protocol=utility --scratch_model=/runs/x/export/step_0 ...
+    keras-ssl-eval compare --results=/tmp/a/results.json,/tmp/b/results.json --output=/tmp/ab
 
-Writes ``results.json`` and ``results.md`` to ``--output`` and prints the
-markdown table (rows = layers, columns = models).
+Writes ``results.json``, ``results.md`` and plots to ``--output`` and prints
+the markdown tables (rows = layers, columns = models).
 """
 
 from __future__ import annotations
@@ -14,9 +17,13 @@ import logging as python_logging
 
 from absl import app, flags, logging
 
-from keras_ssl_eval.evaluate import evaluate_linear
+from keras_ssl_eval.cache import DEFAULT_CACHE_DIR
+from keras_ssl_eval.compare import compare_reports, load_reports
+from keras_ssl_eval.evaluate import PROTOCOLS, evaluate
 from keras_ssl_eval.linear import DEFAULT_L2_GRID
-from keras_ssl_eval.report import markdown_table, write_report
+from keras_ssl_eval.lowshot import DEFAULT_SHOTS
+from keras_ssl_eval.plots import write_plots
+from keras_ssl_eval.report import markdown_report, write_report
 
 __all__ = ["define_flags", "main", "run"]
 
@@ -66,7 +73,50 @@ def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
         "L2 strengths the probe chooses from by hold-out accuracy.", flag_values=fv)
     flags.DEFINE_integer("seed", 0, "Seed of the subsets and the probe's hold-out split.",
                          flag_values=fv)
-    flags.mark_flags_as_required(["saved_model", "dataset", "output"], flag_values=fv)
+    flags.DEFINE_list("protocol", ["linear"], f"Protocols: any of {', '.join(PROTOCOLS)}, or "
+                      "all (utility only with --scratch_model).", flag_values=fv)
+    flags.DEFINE_string("cache_dir", DEFAULT_CACHE_DIR, "Feature cache directory; empty "
+                        "disables the cache.", flag_values=fv)
+    flags.DEFINE_enum("pooling", "adaptive", ["adaptive", "vissl"], "Pooling of feature maps: "
+                      "Kolesnikov adaptive max, or VISSL's fixed pools (ResNet-50 224 px; "
+                      "other maps fall back to adaptive).", flag_values=fv)
+    flags.DEFINE_bool("progress", True, "Show a progress bar while extracting.", flag_values=fv)
+    flags.DEFINE_bool("plots", True, "Write PNG plots next to the results.", flag_values=fv)
+    flags.DEFINE_list("heads", ["linear", "mlp"], "grid: heads.", flag_values=fv)
+    flags.DEFINE_enum("solver", "fast", ["fast", "sgd"], "grid: solver of the linear head "
+                      "(fast = L-BFGS to the optimum, sgd = the paper's schedule).",
+                      flag_values=fv)
+    flags.DEFINE_integer("epochs", 70, "grid: SGD epochs (lr x0.1 at 30/70 and 50/70).",
+                         lower_bound=1, flag_values=fv)
+    flags.DEFINE_integer("sgd_batch_size", 256, "grid: SGD batch size.", lower_bound=1,
+                         flag_values=fv)
+    flags.DEFINE_integer("mlp_hidden", 1000, "grid: MLP hidden width.", lower_bound=1,
+                         flag_values=fv)
+    flags.DEFINE_integer("knn_k", 200, "knn: neighbours.", lower_bound=1, flag_values=fv)
+    flags.DEFINE_float("knn_temperature", 0.1, "knn: vote temperature.", flag_values=fv)
+    flags.DEFINE_list("shots", [str(k) for k in DEFAULT_SHOTS], "lowshot: examples per class.",
+                      flag_values=fv)
+    flags.DEFINE_integer("draws", 5, "lowshot: seeded draws per k.", lower_bound=1,
+                         flag_values=fv)
+    flags.DEFINE_string("scratch_model", None, "utility: step-0 export trained from scratch.",
+                        flag_values=fv)
+    flags.DEFINE_list("budgets", ["10", "100", "1000"], "utility: label budgets n.",
+                      flag_values=fv)
+    flags.DEFINE_integer("finetune_steps", 100, "utility: steps per budget.", lower_bound=1,
+                         flag_values=fv)
+    flags.DEFINE_integer("finetune_batch_size", 32, "utility: batch size.", lower_bound=1,
+                         flag_values=fv)
+    flags.DEFINE_float("finetune_learning_rate", 0.01, "utility: SGD learning rate.",
+                       flag_values=fv)
+    flags.DEFINE_list("results", None, "compare: results.json files to put side by side.",
+                      flag_values=fv)
+
+
+def _ints(values, name):
+    try:
+        return [int(v) for v in values]
+    except ValueError as e:
+        raise app.UsageError(f"--{name} must be integers: {e}") from e
 
 
 def main(argv, flag_values: flags.FlagValues = flags.FLAGS):
@@ -79,26 +129,46 @@ def main(argv, flag_values: flags.FlagValues = flags.FLAGS):
     Writes the report to ``--output`` and prints its markdown table. Returns
     nothing, since `absl.app.run` turns a return value into the exit status.
     """
-    if len(argv) > 1:
-        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     fv = flag_values
+    command = argv[1:]
+    if command not in ([], ["compare"]):
+        raise app.UsageError(f"Unexpected arguments: {argv[1:]} (the only command is "
+                             f"'compare').")
     if "verbosity" in fv and not fv["verbosity"].present:
         # TensorFlow's INFO logs drown the evaluation's own progress lines,
         # which stay visible; --verbosity=0 shows everything.
         logging.set_verbosity(logging.WARNING)
         python_logging.getLogger("keras_ssl_eval").setLevel(python_logging.INFO)
-    try:
-        l2_grid = [float(v) for v in fv.l2_grid]
-    except ValueError as e:
-        raise app.UsageError(f"--l2_grid must be numbers: {e}") from e
-    report = evaluate_linear(
-        fv.saved_model, fv.dataset, data_dir=fv.data_dir, train_split=fv.train_split,
-        test_split=fv.test_split, layers=fv.layers, batch_size=fv.batch_size,
-        max_train_examples=fv.max_train_examples, max_test_examples=fv.max_test_examples,
-        l2_grid=l2_grid, seed=fv.seed)
+    if command == ["compare"]:
+        if not fv.results or not fv.output:
+            raise app.UsageError("compare needs --results=a.json,b.json and --output=DIR.")
+        report = compare_reports(load_reports(fv.results), sources=fv.results)
+    else:
+        missing = [n for n in ("saved_model", "dataset", "output") if not fv[n].value]
+        if missing:
+            raise app.UsageError("Missing flag(s): " + ", ".join(f"--{n}" for n in missing))
+        try:
+            l2_grid = [float(v) for v in fv.l2_grid]
+        except ValueError as e:
+            raise app.UsageError(f"--l2_grid must be numbers: {e}") from e
+        report = evaluate(
+            fv.saved_model, fv.dataset, protocols=fv.protocol, data_dir=fv.data_dir,
+            train_split=fv.train_split, test_split=fv.test_split, layers=fv.layers,
+            batch_size=fv.batch_size, max_train_examples=fv.max_train_examples,
+            max_test_examples=fv.max_test_examples, l2_grid=l2_grid, seed=fv.seed,
+            pooling=fv.pooling, cache_dir=fv.cache_dir, progress=fv.progress, heads=fv.heads,
+            solver=fv.solver, epochs=fv.epochs, sgd_batch_size=fv.sgd_batch_size,
+            mlp_hidden=fv.mlp_hidden, knn_k=fv.knn_k, knn_temperature=fv.knn_temperature,
+            shots=_ints(fv.shots, "shots"), draws=fv.draws, scratch_model=fv.scratch_model,
+            budgets=_ints(fv.budgets, "budgets"), finetune_steps=fv.finetune_steps,
+            finetune_batch_size=fv.finetune_batch_size,
+            finetune_learning_rate=fv.finetune_learning_rate)
     json_path, md_path = write_report(report, fv.output)
     logging.info("Wrote %s and %s.", json_path, md_path)
-    print(markdown_table(report), end="")
+    if fv.plots:
+        for path in write_plots(report, fv.output):
+            logging.info("Wrote %s.", path)
+    print(markdown_report(report), end="")
 
 
 def run():

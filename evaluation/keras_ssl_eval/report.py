@@ -20,10 +20,18 @@ JSON layout (``schema_version`` 1)::
                                "iterations": ..., "converged": ..., "grad_norm": ...,
                                "num_classes": ..., "feature_dim": 8192,
                                "endpoint_shape": [28, 28, 512], "fit_seconds": ...},
-                    ...}},
+                    ...},
+         # Only for the protocols that ran (see docs/evaluation.md):
+         "grid": {layer: {head: {"test_accuracy", "solver", "convergence", ...}}},
+         "knn": {layer: {"test_accuracy", "k", "temperature"}},
+         "lowshot": {layer: {"svm"|"linear": {k: {"mean", "std", ...}}, "skipped": [...]}},
+         "utility": {"budgets", "finetuned_accuracy", "scratch_accuracy", "curve", ...}},
         ...
       ]
     }
+
+``protocol`` is ``linear_probe`` for the linear probe alone, else the
+protocols joined by ``+`` (e.g. ``grid+knn``).
 """
 
 from __future__ import annotations
@@ -35,8 +43,8 @@ import json
 import os
 import platform
 
-__all__ = ["SCHEMA_VERSION", "build_report", "markdown_table", "model_column_name",
-           "package_versions", "write_report"]
+__all__ = ["SCHEMA_VERSION", "build_report", "markdown_report", "markdown_table",
+           "model_column_name", "package_versions", "write_report"]
 
 SCHEMA_VERSION = 1
 
@@ -131,7 +139,7 @@ def markdown_table(report: dict, metric: str = "test_accuracy") -> str:
         | --- | ---: | ---: |
         | pre_logits | 55.4 | 46.0 |
     """
-    models = report.get("models", [])
+    models = [m for m in report.get("models", []) if "layers" in m]
     layers = []
     for model in models:
         layers.extend(layer for layer in model["layers"] if layer not in layers)
@@ -149,12 +157,113 @@ def markdown_table(report: dict, metric: str = "test_accuracy") -> str:
     return caption + "\n\n" + "\n".join(lines) + "\n"
 
 
+def _table(caption, header, rows, text_columns=1):
+    lines = [caption, "", "| " + " | ".join(_escape(h) for h in header) + " |",
+             "|" + " --- |" * text_columns + " ---: |" * (len(header) - text_columns)]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join(lines) + "\n"
+
+
+def _pct(value):
+    return "-" if value is None else f"{100 * value:.1f}"
+
+
+def _union(models, getter):
+    keys = []
+    for model in models:
+        keys.extend(k for k in getter(model) if k not in keys)
+    return keys
+
+
+def _grid_table(report):
+    models = [m for m in report["models"] if "grid" in m]
+    rows = []
+    for layer in _union(models, lambda m: m["grid"]):
+        for head in _union(models, lambda m, l=layer: m["grid"].get(l, {})):
+            cells = []
+            for m in models:
+                entry = m["grid"].get(layer, {}).get(head)
+                cells.append("-" if entry is None else
+                             f"{_pct(entry['test_accuracy'])} ({entry['solver']}, "
+                             f"grad {entry['convergence']['grad_norm']:.1e})")
+            rows.append([layer, head, *cells])
+    return _table(f"Kolesnikov grid: test accuracy (%) per layer and head on "
+                  f"{report['dataset'].get('name', '')}",
+                  ["layer", "head", *[m["name"] for m in models]], rows, 2)
+
+
+def _knn_table(report):
+    models = [m for m in report["models"] if "knn" in m]
+    rows = [[layer, *[_pct(m["knn"].get(layer, {}).get("test_accuracy")) for m in models]]
+            for layer in _union(models, lambda m: m["knn"])]
+    k = report["settings"].get("knn", {})
+    return _table(f"kNN test accuracy (%) (k = min({k.get('k')}, training examples), "
+                  f"T = {k.get('temperature')}) on "
+                  f"{report['dataset'].get('name', '')}",
+                  ["layer", *[m["name"] for m in models]], rows)
+
+
+def _lowshot_table(report):
+    models = [m for m in report["models"] if "lowshot" in m]
+    rows = []
+    for layer in _union(models, lambda m: m["lowshot"]):
+        heads = _union(models, lambda m, l=layer: [h for h in m["lowshot"].get(l, {})
+                                                    if h != "skipped"])
+        for head in heads:
+            for k in _union(models, lambda m, l=layer, h=head: m["lowshot"][l].get(h, {})):
+                cells = []
+                for m in models:
+                    entry = m["lowshot"].get(layer, {}).get(head, {}).get(k)
+                    cells.append("-" if entry is None else
+                                 f"{_pct(entry['mean'])} ± {100 * entry['std']:.1f}")
+                rows.append([layer, head, k, *cells])
+    return _table(f"Low-shot test accuracy (%), mean ± std over draws, on "
+                  f"{report['dataset'].get('name', '')}",
+                  ["layer", "head", "k", *[m["name"] for m in models]], rows, 2)
+
+
+def _utility_table(report):
+    models = [m for m in report["models"] if "utility" in m]
+    rows = []
+    for n in _union(models, lambda m: m["utility"]["budgets"]):
+        cells = []
+        for m in models:
+            row = next((r for r in m["utility"]["curve"] if r["n"] == n), None)
+            cells.append("-" if row is None else f"{row['utility']:.2f}"
+                         + (f" ({row['flag']})" if row["flag"] else ""))
+        rows.append([str(n), *cells])
+    return _table("Utility U(n) = n_hat / n - 1 of fine-tuning vs. training from scratch",
+                  ["labels n", *[m["name"] for m in models]], rows)
+
+
+def markdown_report(report: dict) -> str:
+    """Returns every table of a report: linear, grid, kNN, low-shot, utility.
+
+    A report of the linear protocol alone gives exactly `markdown_table`.
+
+    Args:
+        report: A dict from `build_report` (or `keras_ssl_eval.evaluate.evaluate`).
+
+    Returns:
+        Markdown text, tables separated by blank lines.
+    """
+    models = report.get("models", [])
+    parts = []
+    if not models or any("layers" in m for m in models):
+        parts.append(markdown_table(report))
+    for key, table in (("grid", _grid_table), ("knn", _knn_table),
+                       ("lowshot", _lowshot_table), ("utility", _utility_table)):
+        if any(key in m for m in models):
+            parts.append(table(report))
+    return "\n".join(parts)
+
+
 def _escape(text):
     return str(text).replace("|", "\\|")
 
 
 def write_report(report: dict, output_dir: str) -> tuple[str, str]:
-    """Writes ``results.json`` and ``results.md`` into `output_dir`.
+    """Writes ``results.json`` and ``results.md`` (`markdown_report`) into `output_dir`.
 
     Args:
         report: A dict from `build_report`.
@@ -174,7 +283,7 @@ def write_report(report: dict, output_dir: str) -> tuple[str, str]:
         json.dump(report, f, indent=2, sort_keys=False, default=_jsonable)
         f.write("\n")
     with open(md_path, "w") as f:
-        f.write(markdown_table(report))
+        f.write(markdown_report(report))
     return json_path, md_path
 
 

@@ -16,6 +16,7 @@ import re
 import numpy as np
 import tensorflow as tf
 
+from keras_ssl_eval.patches import cut_patches, patch_spec_from_metadata
 from keras_ssl_eval.pooling import MAX_FEATURE_VALUES, flatten_features
 
 __all__ = ["RepresentationModel", "load_representation_model", "METADATA_FILE",
@@ -54,7 +55,12 @@ class RepresentationModel:
         path: The SavedModel directory.
         endpoint_names: Names of the end-points, shallow to deep.
         metadata: Contents of ``assets/keras_ssl.json`` ({} when absent).
-        input_size: ``(height, width)`` the model expects, or None when unknown.
+        input_size: ``(height, width)`` the model expects, or None when unknown
+            (for a patch model: the size of the whole image before cutting).
+        patch_spec: A `keras_ssl_eval.patches.PatchSpec` for patch-based models
+            (metadata ``input_form`` ``"patches"``), else None.
+        signature_calls: How many times the signature ran (tests use it to check
+            that cached features are not recomputed).
         last_endpoint_shapes: ``{layer: [H, W, C] or [D]}``, the per-image shapes
             of the end-points (before pooling) seen by the last `extract` call.
     """
@@ -83,8 +89,30 @@ class RepresentationModel:
         static = tuple(input_spec.shape[1:3]) if input_spec.shape.rank == 4 else ()
         self.input_size = _size_from_metadata(self.metadata) or (
             static if len(static) == 2 and None not in static else None)
+        self.patch_spec = patch_spec_from_metadata(self.metadata)
+        if self.patch_spec is not None and self.input_size is None:
+            raise ValueError(f"Patch model {path!r} needs input_size in its metadata (the "
+                             f"image size that is cut into the patch grid).")
         self._warned_resize = False
         self.last_endpoint_shapes = {}
+        self.signature_calls = 0
+
+    def endpoints(self, images) -> dict:
+        """Runs the signature on one batch; returns ``{layer: np.ndarray}``.
+
+        Images must already be at `input_size`. For a patch model the images are
+        cut into patches and each end-point is averaged over an image's patches.
+        """
+        images = tf.convert_to_tensor(images, tf.float32)
+        if self.patch_spec is not None:
+            images = cut_patches(images, self.patch_spec)
+        self.signature_calls += 1
+        outputs = self._signature(**{self._input_name: images})
+        outputs = {k: v.numpy() for k, v in outputs.items()}
+        if self.patch_spec is not None:
+            n = self.patch_spec.num_patches
+            outputs = {k: v.reshape(-1, n, *v.shape[1:]).mean(axis=1) for k, v in outputs.items()}
+        return outputs
 
     @staticmethod
     def _read_metadata(path):
@@ -98,7 +126,8 @@ class RepresentationModel:
             return json.load(f)
 
     def extract(self, data, layers=None, *, batch_size: int = 64,
-                with_labels: bool = False, max_values: int = MAX_FEATURE_VALUES):
+                with_labels: bool = False, max_values: int = MAX_FEATURE_VALUES,
+                pooling: str = "adaptive", progress: bool = False, total: int | None = None):
         """Computes flattened features of `layers` for every image in `data`.
 
         The ``representation`` signature runs once per batch for all layers.
@@ -116,6 +145,10 @@ class RepresentationModel:
             batch_size: Images per forward pass (ignored for batched datasets).
             with_labels: Also return the labels (-1 where `data` has none).
             max_values: Bound on values per image before pooling applies.
+            pooling: ``"adaptive"`` (Kolesnikov adaptive max, default) or
+                ``"vissl"`` (fixed pools for ResNet-50 at 224 px, else adaptive).
+            progress: Show a progress bar (tqdm, on stderr) per batch.
+            total: Expected number of images, for the progress bar.
 
         Returns:
             ``{layer: float32 array [N, D_layer]}``, or ``(that dict, int64 labels
@@ -133,13 +166,16 @@ class RepresentationModel:
         layers = self._check_layers(layers)
         chunks = {layer: [] for layer in layers}
         labels = []
+        bar = _progress_bar(progress, total, os.path.basename(os.path.normpath(self.path)))
         for images, batch_labels in self._batches(data, batch_size):
-            outputs = self._signature(**{self._input_name: self._resize(images)})
+            outputs = self.endpoints(self._resize(images))
             for layer in layers:
-                value = outputs[layer].numpy()
+                value = outputs[layer]
                 self.last_endpoint_shapes[layer] = list(value.shape[1:])
-                chunks[layer].append(flatten_features(value, max_values))
+                chunks[layer].append(flatten_features(value, max_values, pooling))
             labels.append(batch_labels)
+            bar.update(len(batch_labels))
+        bar.close()
         features = {layer: (np.concatenate(c).astype(np.float32, copy=False) if c
                             else np.zeros([0, 0], np.float32)) for layer, c in chunks.items()}
         if with_labels:
@@ -200,6 +236,25 @@ class RepresentationModel:
                              f"[B, H, W, 3], got rank {rank}.")
         for images, labels in data.prefetch(tf.data.AUTOTUNE).as_numpy_iterator():
             yield images, labels
+
+
+class _NoBar:
+    def update(self, n):
+        pass
+
+    def close(self):
+        pass
+
+
+def _progress_bar(enabled, total, name):
+    """A tqdm bar in images (tqdm comes with tensorflow-datasets), or a no-op."""
+    if not enabled:
+        return _NoBar()
+    try:
+        from tqdm import tqdm  # pylint: disable=import-outside-toplevel
+    except ImportError:
+        return _NoBar()
+    return tqdm(total=total, desc=f"extract {name}", unit="img", mininterval=1.0)
 
 
 def _resize_image(image, size):

@@ -20,7 +20,8 @@ __all__ = ["save_toy_savedmodel", "write_image_folder"]
 def save_toy_savedmodel(path: str, *, input_size: int = 16, root_channels: int = 4,
                         block1_channels: int = 150, seed: int = 0,
                         name: str | None = "toy", with_metadata: bool = True,
-                        with_representation: bool = True) -> str:
+                        with_representation: bool = True, patch_grid=None,
+                        patch_size: int | None = None) -> str:
     """Writes a tiny contract-following SavedModel with plain TensorFlow.
 
     End-points for ``input_size`` S: ``after_root`` ``[B, S/2, S/2, root]``
@@ -38,6 +39,10 @@ def save_toy_savedmodel(path: str, *, input_size: int = 16, root_channels: int =
         with_metadata: Write ``assets/keras_ssl.json``.
         with_representation: Include the ``representation`` signature (False
             builds a model that breaks the contract, for error tests).
+        patch_grid: ``(rows, cols)`` to record a patch-based model
+            (``input_form: patches``); the net then sees patches of
+            ``patch_size`` cut from images of ``input_size``.
+        patch_size: Side of the patches (required with `patch_grid`).
 
     Returns:
         `path`.
@@ -86,6 +91,9 @@ def save_toy_savedmodel(path: str, *, input_size: int = 16, root_channels: int =
                         "endpoints": ["after_root", "block1", "pre_logits"]}
             if name is not None:
                 metadata["name"] = name
+            if patch_grid is not None:
+                metadata.update(input_form="patches", patch_grid=list(patch_grid),
+                                patch_size=[patch_size, patch_size])
             asset_file = os.path.join(staging, "keras_ssl.json")
             with open(asset_file, "w") as f:
                 json.dump(metadata, f)

@@ -1,0 +1,103 @@
+"""Patch grids and the shared patch head of Jigsaw and Relative Patch Location (private).
+
+Geometry (Noroozi & Favaro 2016; Kolesnikov et al. 2019): the image is resized
+to `resize`, a random `crop` x `crop` window is taken, cut into a `grid` x
+`grid` array of cells of `crop // grid` pixels, and one `patch` x `patch`
+crop is taken inside every cell. The space a cell leaves around its patch is
+the gap between patches; where the patch sits in its cell is the jitter:
+anywhere in the cell (`jitter=None`, Jigsaw), or centred plus at most
+`jitter` pixels each way (Relative Patch Location, after Doersch et al. 2015).
+
+Evaluation (keras-ssl-eval, from the export metadata `input_form: "patches"`,
+`patch_grid`, `patch_size`, `input_size`) cuts the image resized to
+`input_size` = `[crop, crop]` into the same grid of non-overlapping cells,
+resizes each cell to `patch_size` and averages the features over patches.
+"""
+
+from __future__ import annotations
+
+import keras
+import tensorflow as tf
+
+
+def check_geometry(name: str, resize: int, crop: int, grid: int, patch: int) -> int:
+    """Validates the patch geometry; returns the cell size."""
+    if crop > resize:
+        raise ValueError(f"{name}: crop ({crop}) must not exceed resize ({resize}).")
+    cell = crop // grid
+    if patch > cell:
+        raise ValueError(
+            f"{name}: patch ({patch}) must fit in a cell of crop // grid = {crop} // {grid} = {cell} px."
+        )
+    return cell
+
+
+def random_crop_resized(image: tf.Tensor, resize: int, crop: int) -> tf.Tensor:
+    """Resizes a `[H, W, 3]` image to `resize` x `resize`, then crops `crop` x `crop` at random."""
+    image = tf.image.resize(image[None], [resize, resize], antialias=True)[0]
+    return tf.image.random_crop(image, [crop, crop, 3])
+
+
+def cut_grid(image: tf.Tensor, grid: int, cell: int, patch: int, jitter: int | None = None) -> tf.Tensor:
+    """One `patch` x `patch` crop per cell of a `grid` x `grid` cell array, row-major.
+
+    Args:
+      image: `[>= grid * cell, >= grid * cell, C]`; cells start at the top left.
+      grid: Cells per side.
+      cell: Cell size in pixels.
+      patch: Patch size in pixels (<= cell).
+      jitter: None: the patch lies anywhere in its cell (uniformly). An int:
+        the patch is centred in its cell and moved by at most `jitter`
+        pixels along each axis (clipped to the cell).
+
+    Returns:
+      `[grid * grid, patch, patch, C]`: cell (r, c) at index r * grid + c.
+    """
+    room = cell - patch
+    count = grid * grid
+    if jitter is None:
+        offsets = tf.random.uniform([count, 2], 0, room + 1, dtype=tf.int32)
+    else:
+        shift = tf.random.uniform([count, 2], -jitter, jitter + 1, dtype=tf.int32)
+        offsets = tf.clip_by_value(room // 2 + shift, 0, room)
+    patches = []
+    for index in range(count):
+        row, col = divmod(index, grid)
+        top = row * cell + offsets[index, 0]
+        left = col * cell + offsets[index, 1]
+        patches.append(tf.slice(image, tf.stack([top, left, 0]), [patch, patch, -1]))
+    return tf.stack(patches)
+
+
+def standardize_patches(images: tf.Tensor) -> tf.Tensor:
+    """Per-patch standardisation: zero mean and unit variance over each patch's pixels."""
+    mean, variance = tf.nn.moments(images, axes=[-3, -2, -1], keepdims=True)
+    return (images - mean) * tf.math.rsqrt(variance + 1e-5)
+
+
+def fc_head(num_classes: int, hidden: int = 4096, dropout: float = 0.5, name: str = "patch_head"):
+    """fc `hidden` + BN + ReLU + dropout -> `num_classes` logits (Jigsaw / RPL head)."""
+    return keras.Sequential(
+        [
+            keras.layers.Dense(hidden, use_bias=False, name="fc"),
+            keras.layers.BatchNormalization(name="fc_bn"),
+            keras.layers.ReLU(),
+            keras.layers.Dropout(dropout),
+            keras.layers.Dense(num_classes, name="logits"),
+        ],
+        name=name,
+    )
+
+
+def embed_patches(method, embedding: keras.layers.Layer, patches: tf.Tensor, training: bool):
+    """`[B, N, h, w, 3]` patches -> `[B, N * D]`, embeddings concatenated in patch order.
+
+    Every patch goes through `method.export_input_transform`, the shared
+    backbone (one forward pass for all B * N patches), its pre-logits and the
+    dense `embedding` (D units).
+    """
+    shape = tf.shape(patches)
+    flat = tf.reshape(patches, tf.concat([[-1], shape[2:]], 0))
+    features = method.backbone(method.export_input_transform(flat), training=training)
+    embedded = embedding(features["pre_logits"])
+    return tf.reshape(embedded, [-1, patches.shape[1] * embedding.units])

@@ -1,0 +1,85 @@
+"""`keras-ssl-colorize`: colourises images with an exported Colorization model.
+
+    keras-ssl-colorize --saved_model=runs/colorization/export/step_1000 \\
+        --images='photos/*.jpg' --output=colorized/
+
+For every image (a directory is read whole; otherwise a glob), the model's
+`colorize` signature predicts ab at the model's input size (annealed mean,
+T = 0.38); the ab planes are resized to the image's own size and combined
+with the image's own lightness, and the result is written as
+`OUTPUT/<name>.png`. Colour inputs are fine: only their lightness is used.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif")
+
+
+def list_images(images: str) -> list[str]:
+    """Files of the directory `images`, or the files matching the glob `images`."""
+    if os.path.isdir(images):
+        paths = [os.path.join(images, n) for n in sorted(os.listdir(images))]
+    else:
+        paths = sorted(glob.glob(images))
+    paths = [p for p in paths if p.lower().endswith(IMAGE_EXTENSIONS) and os.path.isfile(p)]
+    if not paths:
+        raise FileNotFoundError(f"No images ({', '.join(IMAGE_EXTENSIONS)}) found for {images!r}.")
+    return paths
+
+
+def colorize_files(saved_model: str, images: str, output: str) -> list[str]:
+    """Colourises the images found for `images` into PNGs under `output`; returns their paths."""
+    import tensorflow as tf
+
+    from keras_ssl_methods import _lab
+
+    model = tf.saved_model.load(saved_model)
+    if "colorize" not in model.signatures:
+        raise ValueError(
+            f"{saved_model!r} has no 'colorize' signature: export a run of the "
+            f"'colorization' method (signatures: {sorted(model.signatures)})."
+        )
+    with open(os.path.join(saved_model, "assets", "keras_ssl.json")) as f:
+        size = json.load(f).get("input_size")
+    colorize = model.signatures["colorize"]
+    os.makedirs(output, exist_ok=True)
+    written = []
+    for path in list_images(images):
+        image = tf.image.decode_image(tf.io.read_file(path), channels=3, expand_animations=False)
+        image = tf.image.convert_image_dtype(image, tf.float32)
+        net_input = tf.image.resize(image, size, antialias=True) if size else image
+        ab = colorize(images=net_input[None])["ab"][0]
+        full_ab = tf.image.resize(ab, tf.shape(image)[:2], method="bilinear")
+        lightness = _lab.rgb_to_lab(image)[..., :1]
+        rgb = _lab.lab_to_rgb(tf.concat([lightness, full_ab], axis=-1))
+        name = os.path.splitext(os.path.basename(path))[0] + ".png"
+        destination = os.path.join(output, name)
+        tf.io.write_file(destination, tf.io.encode_png(tf.image.convert_image_dtype(rgb, tf.uint8, saturate=True)))
+        written.append(destination)
+        print(f"{path} -> {destination}", flush=True)
+    return written
+
+
+def main(argv):
+    del argv
+    from absl import flags
+
+    values = flags.FLAGS
+    colorize_files(values.saved_model, values.images, values.output)
+
+
+def run():
+    from absl import app, flags
+
+    flags.DEFINE_string("saved_model", None, "Export of a colorization run.", required=True)
+    flags.DEFINE_string("images", None, "A directory of images or a glob.", required=True)
+    flags.DEFINE_string("output", None, "Directory the colourised PNGs are written to.", required=True)
+    app.run(main)
+
+
+if __name__ == "__main__":
+    run()

@@ -11,20 +11,14 @@ The SavedModel (see docs/savedmodel_contract.md) loads with plain
 - signature `representation`: `images` -> every end-point in one pass;
 - `assets/keras_ssl.json`: what the model is and how it was trained.
 
-Optional method hooks (read with `getattr`, so methods without them export as
-before):
-
-- `method.export_metadata()` -> dict merged into the metadata; patch-based
-  methods (Jigsaw, Relative Patch Location) return `input_form: "patches"`,
-  `patch_grid: [rows, cols]`, `patch_size: [h, w]` and `input_size` (the
-  whole-image size the grid is cut from). The end-point shapes are then
-  recorded at `patch_size`, the size the backbone sees.
-- `method.export_input_transform(images)` -> the transform the method applies
-  to images before its backbone (per-patch standardisation, RGB -> L); it is
-  built into every exported function so clients feed plain [0, 1] RGB.
-- `method.export_signatures()` -> `({name: fn(images) -> dict}, {attr: trackable})`:
-  extra signatures (e.g. colorization's dense head, `colorize`) and the
-  objects holding their variables.
+A method shapes its export through three hooks of `keras_ssl.Method`
+(defaults: nothing extra): `export_metadata()` (patch-based methods record
+`input_form: "patches"`, `patch_grid`, `patch_size`; end-point shapes are then
+recorded at `patch_size`, the size the backbone sees),
+`export_input_transform(images)` (per-patch standardisation, RGB -> L, built
+into every exported function so clients feed plain [0, 1] RGB) and
+`export_signatures()` (extra signatures such as Colorization's `colorize`,
+and the objects holding their variables).
 
 Exports are written to a temporary directory and renamed into place, so a
 crash never leaves a half-written model at the destination.
@@ -190,28 +184,22 @@ def export_method(method, model_dir: str, step: int, export_dir: str | None = No
     metadata = {
         "name": f"{run['method']}@{step}",
         "method": run["method"],
-        "augmentation": getattr(method, "augmentation_name", None),
+        "augmentation": method.augmentation_name,
         "dataset": run["dataset"],
         "steps": step,
         "train_steps": run["train_steps"],
         "batch_size": run["batch_size"],
         "gin_config": gin_config,
     }
-    metadata.update(_call_hook(method, "export_metadata") or {})
-    extra_signatures, extra_objects = _call_hook(method, "export_signatures") or ({}, {})
+    metadata.update(method.export_metadata())
+    extra_signatures, extra_objects = method.export_signatures()
     path = export_backbone(
         method.backbone, export_dir, metadata, run["image_size"],
-        input_transform=getattr(method, "export_input_transform", None),
+        input_transform=method.export_input_transform,
         extra_signatures=extra_signatures, extra_objects=extra_objects,
     )
     print(f"exported step {step} to {path}", flush=True)
     return path
-
-
-def _call_hook(method, name):
-    """Calls the optional method hook `name` (see the module docstring) if it exists."""
-    hook = getattr(method, name, None)
-    return hook() if callable(hook) else None
 
 
 def export_checkpoint(model_dir: str, step: int | None = None, export_dir: str | None = None) -> str:
@@ -231,7 +219,7 @@ def export_checkpoint(model_dir: str, step: int | None = None, export_dir: str |
         steps available.
     """
     from keras_ssl.config import parse_gin
-    from keras_ssl.training import CONFIG_FILE, INIT_CHECKPOINT, build_method, make_checkpoint
+    from keras_ssl.training import CONFIG_FILE, build_method, make_checkpoint
 
     available = _available_steps(model_dir)
     if step is None:

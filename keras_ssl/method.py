@@ -97,6 +97,34 @@ class Method(keras.Model):
         """Applies the method's augmentation stack to one image."""
         return self._augment_fn(image)
 
+    # ------------------------------------------------------- export hooks
+    def export_metadata(self) -> dict:
+        """Fields merged into the export's `assets/keras_ssl.json`.
+
+        Patch-based methods return `input_form: "patches"`, `patch_grid`,
+        `patch_size` and `input_size` (the image size the grid is cut from),
+        which `keras-ssl-eval` follows to average features over patches.
+        """
+        return {}
+
+    def export_input_transform(self, images: tf.Tensor) -> tf.Tensor:
+        """What images go through before the backbone, built into the export.
+
+        Exported models take plain [0, 1] RGB; a method whose backbone sees
+        something else (standardised patches, a lightness channel) returns it
+        here from `images` `[batch, H, W, 3]`.
+        """
+        return images
+
+    def export_signatures(self) -> tuple[dict, dict]:
+        """Extra SavedModel signatures and the objects holding their variables.
+
+        Returns:
+          `({name: fn(images) -> dict of tensors}, {attribute: trackable})`,
+          e.g. Colorization's `colorize` signature and its dense head.
+        """
+        return {}, {}
+
     # ----------------------------------------------------------- plumbing
     def call(self, images, training=False):
         """Returns the backbone's end-points for `images`."""

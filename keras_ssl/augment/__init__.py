@@ -1,0 +1,349 @@
+"""Augmentation stacks: per-image random transforms applied inside tf.data.
+
+Each stack maps one float32 image `[H, W, 3]` in [0, 1] to an image of the
+same shape and range. They run before batching (in `Dataset.map`), so every
+image draws its own random parameters -- unlike Keras' preprocessing layers,
+some of which draw one set per batch. Stacks are registered in the
+`keras_ssl.augmentations` entry-point group and their parameters are
+gin-bindable (`crop_flip.padding = 4`, `simclr.color_jitter_strength = 0.5`).
+
+Stacks: `none`, `flip`, `crop_flip`, `simclr` (Chen et al. 2020: Inception
+crop, flip, colour jitter, grayscale, Gaussian blur), `simclr_cifar` (jitter
+strength 0.5, no blur), `moco_v2` (the SimCLR-style stack of MoCo v2, crop
+area from 0.2), `randaugment` (Model Garden's RandAugment + crop + flip).
+`keras-ssl-show-views` draws a contact sheet of a stack's views.
+"""
+
+from __future__ import annotations
+
+import tensorflow as tf
+
+
+def identity(image: tf.Tensor) -> tf.Tensor:
+    """Returns the image unchanged (the `none` stack)."""
+    return image
+
+
+def random_flip(image: tf.Tensor) -> tf.Tensor:
+    """Flips left-right with probability 0.5 (the `flip` stack).
+
+    Args:
+      image: float32 `[H, W, 3]`.
+
+    Returns:
+      The image, possibly mirrored.
+    """
+    return tf.image.random_flip_left_right(image)
+
+
+def random_crop_flip(image: tf.Tensor, padding: int = 4) -> tf.Tensor:
+    """Pads by reflection, crops back to size at a random offset, flips.
+
+    The standard CIFAR-style augmentation (the `crop_flip` stack).
+
+    Args:
+      image: float32 `[H, W, 3]` with a static shape.
+      padding: Pixels of reflection padding on each side.
+
+    Returns:
+      The augmented image, same shape.
+
+    Example:
+
+    >>> out = random_crop_flip(tf.zeros((32, 32, 3)), padding=4)
+    >>> out.shape
+    TensorShape([32, 32, 3])
+    """
+    shape = tf.shape(image)
+    padded = tf.pad(image, [[padding, padding], [padding, padding], [0, 0]], "REFLECT")
+    cropped = tf.image.random_crop(padded, shape)
+    return tf.image.random_flip_left_right(cropped)
+
+
+# ----------------------------------------------------------------- single ops
+def inception_crop(
+    image: tf.Tensor,
+    area_range=(0.08, 1.0),
+    aspect_ratio_range=(3 / 4, 4 / 3),
+    max_attempts: int = 100,
+) -> tf.Tensor:
+    """Random crop of a random area and aspect ratio, resized back to size.
+
+    The "Inception" crop (`RandomResizedCrop`): the box is drawn by
+    `tf.image.sample_distorted_bounding_box` per image; when no box fits
+    after `max_attempts`, the whole image is used.
+
+    Args:
+      image: float32 `[H, W, 3]`.
+      area_range: Fraction of the image area the crop covers.
+      aspect_ratio_range: Width / height of the crop.
+      max_attempts: Draws before falling back to the whole image.
+
+    Returns:
+      float32 `[H, W, 3]` in the input's range.
+    """
+    shape = tf.shape(image)
+    begin, size, _ = tf.image.sample_distorted_bounding_box(
+        shape,
+        bounding_boxes=tf.constant([0.0, 0.0, 1.0, 1.0], tf.float32, [1, 1, 4]),
+        min_object_covered=float(area_range[0]),
+        aspect_ratio_range=tuple(float(a) for a in aspect_ratio_range),
+        area_range=tuple(float(a) for a in area_range),
+        max_attempts=max_attempts,
+        use_image_if_no_bounding_boxes=True,
+    )
+    crop = tf.slice(image, begin, size)
+    resized = tf.image.resize(crop[None], shape[:2], method="bicubic")[0]
+    resized = tf.clip_by_value(resized, 0.0, 1.0)
+    return tf.ensure_shape(resized, image.shape)
+
+
+def _random_factor(strength):
+    return tf.random.uniform([], tf.maximum(0.0, 1.0 - strength), 1.0 + strength)
+
+
+def color_jitter(image: tf.Tensor, strength: float = 1.0, random_order: bool = True) -> tf.Tensor:
+    """SimCLR's colour distortion with strength s, clipped to [0, 1].
+
+    Brightness, contrast and saturation factors are drawn from
+    `[max(0, 1 - 0.8 s), 1 + 0.8 s]` and the hue shift from `[-0.2 s, 0.2 s]`
+    (torchvision's `ColorJitter(0.8s, 0.8s, 0.8s, 0.2s)`), applied in a
+    random order per image.
+
+    Every random number is drawn here, outside the `switch_case` branches:
+    random ops inside branch functions get the same op seed in every branch
+    once a global seed is set (`keras.utils.set_random_seed`, which training
+    calls), and then draw the same stream, so the four factors stop being
+    independent (views came out nearly black and grey).
+
+    Args:
+      image: float32 `[H, W, 3]` in [0, 1].
+      strength: s.
+      random_order: Shuffle the order of the four transforms.
+
+    Returns:
+      The jittered image.
+    """
+    b, c, s, h = 0.8 * strength, 0.8 * strength, 0.8 * strength, 0.2 * strength
+    brightness, contrast, saturation = _random_factor(b), _random_factor(c), _random_factor(s)
+    hue = tf.random.uniform([], -h, h)
+    transforms = [
+        lambda x: x * brightness,
+        lambda x: tf.image.adjust_contrast(x, contrast),
+        lambda x: tf.image.adjust_saturation(x, saturation),
+        lambda x: tf.image.adjust_hue(x, hue),
+    ]
+    if not random_order:
+        for f in transforms:
+            image = tf.clip_by_value(f(image), 0.0, 1.0)
+        return image
+    order = tf.random.shuffle(tf.range(4))
+    for i in range(4):
+        image = tf.switch_case(order[i], [lambda f=f, x=image: f(x) for f in transforms])
+        image = tf.clip_by_value(image, 0.0, 1.0)
+    return image
+
+
+def to_grayscale(image: tf.Tensor) -> tf.Tensor:
+    """Luma replicated to three channels."""
+    return tf.tile(tf.image.rgb_to_grayscale(image), [1, 1, 3])
+
+
+def gaussian_blur(image: tf.Tensor, sigma, kernel_size: int | None = None) -> tf.Tensor:
+    """Separable Gaussian blur with reflection padding.
+
+    Args:
+      image: float32 `[H, W, 3]` with a static height.
+      sigma: Standard deviation in pixels (a scalar tensor or float).
+      kernel_size: Odd kernel size; default about 10% of the height
+        (`2 * (H // 20) + 1`). A size of 1 leaves the image as is.
+
+    Returns:
+      The blurred image.
+    """
+    if kernel_size is None:
+        kernel_size = 2 * (int(image.shape[0]) // 20) + 1
+    radius = kernel_size // 2
+    if radius < 1:
+        return image
+    x = tf.cast(tf.range(-radius, radius + 1), tf.float32)
+    sigma = tf.cast(sigma, tf.float32)
+    kernel = tf.exp(-tf.square(x) / (2.0 * tf.square(sigma)))
+    kernel = kernel / tf.reduce_sum(kernel)
+    channels = 3
+    horizontal = tf.tile(tf.reshape(kernel, [1, -1, 1, 1]), [1, 1, channels, 1])
+    vertical = tf.tile(tf.reshape(kernel, [-1, 1, 1, 1]), [1, 1, channels, 1])
+    padded = tf.pad(image[None], [[0, 0], [radius, radius], [radius, radius], [0, 0]], "REFLECT")
+    blurred = tf.nn.depthwise_conv2d(padded, horizontal, [1, 1, 1, 1], "VALID")
+    blurred = tf.nn.depthwise_conv2d(blurred, vertical, [1, 1, 1, 1], "VALID")
+    return tf.ensure_shape(blurred[0], image.shape)
+
+
+def _maybe(probability, fn, image):
+    """`fn(image)` with probability `probability`; `fn` must draw no random numbers
+    (see `color_jitter` on random ops inside branches)."""
+    if probability >= 1.0:
+        return fn(image)
+    if probability <= 0.0:
+        return image
+    return tf.cond(tf.random.uniform([]) < probability, lambda: fn(image), lambda: image)
+
+
+# --------------------------------------------------------------------- stacks
+def simclr_augment(
+    image: tf.Tensor,
+    crop: bool = True,
+    area_range=(0.08, 1.0),
+    aspect_ratio_range=(3 / 4, 4 / 3),
+    flip: bool = True,
+    color_jitter_strength: float = 1.0,
+    color_jitter_probability: float = 0.8,
+    grayscale_probability: float = 0.2,
+    blur_probability: float = 0.5,
+    blur_sigma=(0.1, 2.0),
+) -> tf.Tensor:
+    """The SimCLR view (the `simclr` stack), drawn independently per image.
+
+    Inception crop resized back to size, left-right flip, colour jitter with
+    probability `color_jitter_probability` (random order), grayscale with
+    probability `grayscale_probability`, Gaussian blur with probability
+    `blur_probability` and sigma uniform in `blur_sigma` (kernel ~10% of the
+    image size).
+
+    Args:
+      image: float32 `[H, W, 3]` in [0, 1] with a static shape.
+      crop: Apply the Inception crop.
+      area_range: Crop area fraction range.
+      aspect_ratio_range: Crop aspect ratio range.
+      flip: Random left-right flip.
+      color_jitter_strength: s of `color_jitter`.
+      color_jitter_probability: Chance of jittering.
+      grayscale_probability: Chance of grayscale.
+      blur_probability: Chance of blurring (0 disables blur).
+      blur_sigma: (min, max) blur sigma in pixels.
+
+    Returns:
+      float32 `[H, W, 3]` in [0, 1].
+    """
+    image = tf.convert_to_tensor(image, tf.float32)
+    if crop:
+        image = inception_crop(image, area_range, aspect_ratio_range)
+    if flip:
+        image = tf.image.random_flip_left_right(image)
+    if color_jitter_strength > 0:
+        # Drawn outside any branch (see color_jitter), then kept or not.
+        jittered = color_jitter(image, color_jitter_strength)
+        keep = tf.random.uniform([]) < color_jitter_probability
+        image = tf.where(keep, jittered, image)
+    image = _maybe(grayscale_probability, to_grayscale, image)
+    if blur_probability > 0:
+        sigma = tf.random.uniform([], float(blur_sigma[0]), float(blur_sigma[1]))
+        image = _maybe(blur_probability, lambda x: gaussian_blur(x, sigma), image)
+    return tf.clip_by_value(image, 0.0, 1.0)
+
+
+def simclr_cifar_augment(
+    image: tf.Tensor,
+    area_range=(0.08, 1.0),
+    color_jitter_strength: float = 0.5,
+    color_jitter_probability: float = 0.8,
+    grayscale_probability: float = 0.2,
+) -> tf.Tensor:
+    """SimCLR's CIFAR view (the `simclr_cifar` stack): s = 0.5, no blur."""
+    return simclr_augment(
+        image,
+        area_range=area_range,
+        color_jitter_strength=color_jitter_strength,
+        color_jitter_probability=color_jitter_probability,
+        grayscale_probability=grayscale_probability,
+        blur_probability=0.0,
+    )
+
+
+def moco_v2_augment(
+    image: tf.Tensor,
+    area_range=(0.2, 1.0),
+    color_jitter_strength: float = 1.0,
+    color_jitter_probability: float = 0.8,
+    grayscale_probability: float = 0.2,
+    blur_probability: float = 0.5,
+    blur_sigma=(0.1, 2.0),
+) -> tf.Tensor:
+    """MoCo v2's view (the `moco_v2` stack): the SimCLR stack, crop area from 0.2.
+
+    As in the MoCo v2 code shown in the CVPR 2020 tutorial:
+    `RandomResizedCrop(scale=(0.2, 1.))`, `ColorJitter(0.8, 0.8, 0.8, 0.2)`
+    with p=0.8, grayscale p=0.2, blur sigma 0.1-2 with p=0.5, flip.
+    """
+    return simclr_augment(
+        image,
+        area_range=area_range,
+        color_jitter_strength=color_jitter_strength,
+        color_jitter_probability=color_jitter_probability,
+        grayscale_probability=grayscale_probability,
+        blur_probability=blur_probability,
+        blur_sigma=blur_sigma,
+    )
+
+
+def randaugment(
+    image: tf.Tensor,
+    num_layers: int = 2,
+    magnitude: float = 10.0,
+    crop: bool = True,
+    area_range=(0.08, 1.0),
+    exclude_ops=None,
+) -> tf.Tensor:
+    """Inception crop, flip, then Model Garden's RandAugment (the `randaugment` stack).
+
+    Model Garden's cutout (a square of side `2 * 40` px) and translation (up
+    to 100 px) are sized for 224-px ImageNet images; here both scale with the
+    image (`40 * H / 224`, `100 * H / 224`), or a 64-px image would be wholly
+    cut out to grey.
+
+    Uses `official.vision.ops.augment.RandAugment` (it imports and runs with
+    Keras 3 / TF 2.20), which works on uint8 images: the image is quantised
+    to 8 bits around it.
+
+    Args:
+      image: float32 `[H, W, 3]` in [0, 1].
+      num_layers: Operations applied per image.
+      magnitude: Their strength (0-30, 10 is the paper's ImageNet setting).
+      crop: Apply the Inception crop first.
+      area_range: Crop area fraction range.
+      exclude_ops: RandAugment op names to leave out (e.g. `["Cutout"]`).
+
+    Returns:
+      float32 `[H, W, 3]` in [0, 1].
+    """
+    import gin
+
+    # Model Garden registers gin configurables when imported; after keras-ssl
+    # has parsed (and locked) the gin config that raises, hence the unlock.
+    with gin.unlock_config():
+        from official.vision.ops.augment import RandAugment
+
+    image = tf.convert_to_tensor(image, tf.float32)
+    shape = image.shape
+    if crop:
+        image = inception_crop(image, area_range)
+    image = tf.image.random_flip_left_right(image)
+    quantised = tf.cast(tf.round(tf.clip_by_value(image, 0.0, 1.0) * 255.0), tf.uint8)
+    scale = float(shape[0] or 224) / 224.0
+    distorted = RandAugment(
+        num_layers=num_layers,
+        magnitude=magnitude,
+        cutout_const=max(1.0, round(40.0 * scale)),
+        translate_const=100.0 * scale,
+        exclude_ops=list(exclude_ops) if exclude_ops else None,
+    ).distort(quantised)
+    return tf.ensure_shape(tf.cast(distorted, tf.float32) / 255.0, shape)
+
+
+def build_augmentation(name_or_fn):
+    """Returns the stack registered as `name_or_fn`, or the callable itself."""
+    if callable(name_or_fn):
+        return name_or_fn
+    from keras_ssl.registry import AUGMENTATIONS
+
+    return AUGMENTATIONS.get(name_or_fn)

@@ -1,0 +1,153 @@
+"""NPID, instance discrimination with a memory bank (Wu et al. 2018).
+
+Every training image is its own class. Features `f = l2norm(W h)` (a linear
+128-d projection of the pre-logits) are compared with a memory bank holding
+one l2-normalised feature per training instance; the non-parametric softmax
+`P(i | f) = exp(v_i . f / tau) / Z` over all n instances is approximated by
+NCE with K uniformly drawn noise instances (`keras_ssl.losses.nce_loss`).
+After each optimizer step the bank rows of the batch move by a moving
+average towards the new features: `v_i <- l2norm(m v_i + (1 - m) f_i)`.
+
+The bank needs the number of training instances n and the `index` field of
+each example (0 .. n-1; keras-ssl's datasets provide it). n is a
+constructor argument bound by gin (`npid.num_examples = 50000`), because the
+method is built before the dataset is read and the bank's shape must be
+known to create it (and to restore it from a checkpoint). An index >= n
+stops the input pipeline with a message naming the binding.
+"""
+
+from __future__ import annotations
+
+import keras
+import tensorflow as tf
+
+from keras_ssl.backbones import output_dim
+from keras_ssl.losses import gather_across_replicas, nce_loss
+from keras_ssl_methods._contrastive import (
+    ContrastiveMethod,
+    assign_across_replicas,
+    projection_head,
+    scatter_across_replicas,
+)
+
+
+class NPID(ContrastiveMethod):
+    """Non-parametric instance discrimination with NCE and a memory bank.
+
+    Args:
+      backbone: The backbone.
+      num_examples: n, the number of training instances (rows of the bank).
+        Required: bind `npid.num_examples` to the training split's size.
+      num_negatives: K noise samples per example (4096 in the paper).
+      temperature: tau (0.07 in the paper).
+      bank_momentum: m of the bank's moving average.
+      fix_normalization: Estimate Z once, on the first step, and keep it
+        (the NPID reference code), or re-estimate it on every batch (False;
+        steadier on tiny datasets, where features and bank align fast and a
+        Z from random features is soon far too small).
+      projection_dim: Feature width (128).
+      num_classes: Train an online linear probe (see `ContrastiveMethod`).
+      augmentation: The stack drawing the one view.
+      **kwargs: Passed to `keras_ssl.Method`.
+    """
+
+    def __init__(
+        self,
+        backbone,
+        num_examples: int | None = None,
+        num_negatives: int = 4096,
+        temperature: float = 0.07,
+        bank_momentum: float = 0.5,
+        fix_normalization: bool = True,
+        projection_dim: int = 128,
+        num_classes: int | None = None,
+        augmentation="crop_flip",
+        **kwargs,
+    ):
+        super().__init__(backbone, num_classes=num_classes, augmentation=augmentation, **kwargs)
+        if not num_examples:
+            raise ValueError(
+                "npid needs the number of training examples for its memory bank: bind "
+                "`npid.num_examples = N` (the size of the training split; keras-ssl-list "
+                "or the dataset's info tells it)."
+            )
+        self.num_examples = int(num_examples)
+        self.num_negatives = num_negatives
+        self.temperature = temperature
+        self.bank_momentum = bank_momentum
+        self.fix_normalization = fix_normalization
+        self.head = projection_head(
+            output_dim(backbone), projection_dim, projection_dim, num_layers=1,
+            batch_norm=False, name="npid_projection",
+        )
+        self.memory_bank = self.add_weight(
+            shape=(self.num_examples, projection_dim),
+            initializer=_unit_rows,
+            trainable=False,
+            name="memory_bank",
+        )
+        # Z of the NCE approximation: estimated on the first step, then fixed.
+        self.normalization_constant = self.add_weight(
+            shape=(), initializer="zeros", trainable=False, name="normalization_constant"
+        )
+
+    def preprocess(self, example):
+        index = tf.cast(example["index"], tf.int32)
+        check = tf.debugging.assert_less(
+            index, self.num_examples,
+            message=f"npid: an example's index is >= npid.num_examples = {self.num_examples}; "
+                    f"bind npid.num_examples to the size of the training split",
+        )
+        with tf.control_dependencies([check]):
+            index = tf.identity(index)
+        return {
+            "image": self.augment(example["image"]),
+            "index": index,
+            "label": tf.cast(example["label"], tf.int32),
+        }
+
+    def compute_pretext_loss(self, batch, training):
+        pre_logits = self.backbone(batch["image"], training=training)["pre_logits"]
+        features = tf.math.l2_normalize(tf.cast(self.head(pre_logits), tf.float32), axis=-1)
+        bank = self.memory_bank.value  # gathered row by row, never copied whole
+        index = tf.cast(batch["index"], tf.int32)
+        positives = tf.stop_gradient(tf.gather(bank, index))
+        noise_index = tf.random.uniform(
+            [tf.shape(features)[0], self.num_negatives], 0, self.num_examples, tf.int32
+        )
+        noise = tf.stop_gradient(tf.gather(bank, noise_index))  # [B, K, D]
+        positive_scores = tf.reduce_sum(features * positives, axis=-1)
+        noise_scores = tf.einsum("bd,bkd->bk", features, noise)
+        z = tf.convert_to_tensor(self.normalization_constant)
+        estimate = tf.stop_gradient(tf.reduce_mean(tf.exp(noise_scores / self.temperature)))
+        estimate = estimate * self.num_examples
+        estimate = gather_across_replicas(estimate[None])[0]  # replica 0's, the same everywhere
+        z = tf.where(z > 0, z, estimate) if self.fix_normalization else estimate
+        loss, _ = nce_loss(positive_scores, noise_scores, self.num_examples, self.temperature, z)
+        self._stash(index=index, features=features, z=z)
+        probe, probe_metrics = self.probe_loss(pre_logits, batch["label"])
+        metrics = {
+            "nce_loss": loss,
+            "positive_similarity": tf.reduce_mean(positive_scores),
+            **probe_metrics,
+        }
+        return loss + probe, metrics
+
+    def after_update(self):
+        """Moves the bank rows of this step's examples towards their new features."""
+        stashed = self._stashed_tensors()
+        if "features" not in stashed:
+            return
+        index = gather_across_replicas(stashed["index"])
+        features = gather_across_replicas(stashed["features"])
+        old = tf.gather(self.memory_bank.value, index)
+        new = tf.math.l2_normalize(
+            self.bank_momentum * old + (1.0 - self.bank_momentum) * features, axis=-1
+        )
+        scatter_across_replicas(self.memory_bank, index, new)
+        assign_across_replicas([(self.normalization_constant, stashed["z"])])
+
+
+def _unit_rows(shape, dtype=None):
+    rows = keras.random.normal(shape, dtype=dtype or "float32")
+    return rows / keras.ops.sqrt(keras.ops.sum(rows * rows, axis=-1, keepdims=True))

@@ -1,0 +1,93 @@
+"""SimCLR (Chen et al. 2020): contrast two augmented views of each image.
+
+Each image gives two views drawn independently by the augmentation stack
+(`simclr` by default: Inception crop, flip, colour jitter, grayscale, blur).
+Both go through the backbone in one batch, then a projection MLP (with batch
+norm, 128-d output), and NT-Xent pulls the two views of an image together
+against the 2(N-1) other views of the global batch: negatives are gathered
+from every replica, so the loss on N replicas is the loss of the
+concatenated batch. Use synchronized batch norm across replicas
+(`resnet_v2.synchronized_bn = True`); the head follows the backbone.
+"""
+
+from __future__ import annotations
+
+import tensorflow as tf
+
+from keras_ssl.backbones import output_dim
+from keras_ssl.losses import nt_xent_loss
+from keras_ssl_methods._contrastive import ContrastiveMethod, projection_head, uses_synchronized_bn
+
+
+class SimCLR(ContrastiveMethod):
+    """Contrastive learning of two views with NT-Xent.
+
+    Args:
+      backbone: The backbone.
+      temperature: tau of NT-Xent (0.5 on CIFAR in the paper, 0.1 typical on
+        ImageNet with l2-normalised projections).
+      projection_dim: Output width of the head (128).
+      hidden_dim: Width of the head's hidden layers (default: the backbone's
+        pre-logits width).
+      num_head_layers: Dense layers in the head (2: SimCLR v1, 3: v2).
+      head_batch_norm: Batch norm in the head.
+      cross_replica_negatives: Gather negatives from all replicas.
+      num_classes: Train an online linear probe (see `ContrastiveMethod`).
+      augmentation: The stack drawing each view (`simclr`, `simclr_cifar`).
+      **kwargs: Passed to `keras_ssl.Method`.
+
+    Example:
+
+    >>> from keras_ssl.backbones import build_backbone
+    >>> net = build_backbone("resnet_v2", depth=10, widening_factor=1, small_image_stem=True)
+    >>> method = SimCLR(net, augmentation="simclr_cifar")
+    >>> views = method.preprocess({"image": tf.zeros((16, 16, 3)),
+    ...                            "label": tf.constant(0, tf.int64), "index": tf.constant(0, tf.int64)})
+    >>> views["view_1"].shape
+    TensorShape([16, 16, 3])
+    """
+
+    def __init__(
+        self,
+        backbone,
+        temperature: float = 0.1,
+        projection_dim: int = 128,
+        hidden_dim: int | None = None,
+        num_head_layers: int = 2,
+        head_batch_norm: bool = True,
+        cross_replica_negatives: bool = True,
+        num_classes: int | None = None,
+        augmentation="simclr",
+        **kwargs,
+    ):
+        super().__init__(backbone, num_classes=num_classes, augmentation=augmentation, **kwargs)
+        self.temperature = temperature
+        self.cross_replica_negatives = cross_replica_negatives
+        width = output_dim(backbone)
+        self.head = projection_head(
+            width, hidden_dim or width, projection_dim, num_head_layers, head_batch_norm,
+            synchronized_bn=uses_synchronized_bn(backbone), name="simclr_head",
+        )
+
+    def preprocess(self, example):
+        image = example["image"]
+        return {
+            "view_1": self.augment(image),
+            "view_2": self.augment(image),
+            "label": tf.cast(example["label"], tf.int32),
+        }
+
+    def compute_pretext_loss(self, batch, training):
+        views = tf.concat([batch["view_1"], batch["view_2"]], axis=0)
+        pre_logits = self.backbone(views, training=training)["pre_logits"]
+        projections = self.head(pre_logits, training=training)
+        z1, z2 = tf.split(projections, 2, axis=0)
+        loss, logits, labels = nt_xent_loss(
+            z1, z2, self.temperature, cross_replica=self.cross_replica_negatives
+        )
+        accuracy = tf.reduce_mean(tf.cast(
+            tf.equal(tf.argmax(logits, -1, output_type=tf.int32), labels), tf.float32
+        ))
+        metrics = {"contrastive_loss": loss, "contrastive_accuracy": accuracy}
+        probe, probe_metrics = self.probe_loss(pre_logits, tf.tile(batch["label"], [2]))
+        return loss + probe, {**metrics, **probe_metrics}

@@ -1,0 +1,201 @@
+"""Compares contrastive computations on two mirrored logical CPUs with one device.
+
+`nt_xent`: the NT-Xent loss and its gradient w.r.t. the projections.
+`simclr`: one SimCLR train step (synchronized BN) through Orbit's MethodTrainer.
+`stateful`: MoCo's queue and momentum encoder and NPID's memory bank after
+Orbit steps on two replicas.
+Prints one JSON line. Runs in its own process: logical devices must be set
+before TensorFlow starts.
+"""
+
+import json
+import sys
+
+import tensorflow as tf
+
+cpu = tf.config.list_physical_devices("CPU")[0]
+tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+
+from keras_ssl import losses  # noqa: E402
+
+
+def nt_xent():
+    rng = np.random.RandomState(0)
+    z1, z2 = rng.randn(8, 6).astype(np.float32), rng.randn(8, 6).astype(np.float32)
+
+    def loss_and_grad(a, b):
+        a, b = tf.convert_to_tensor(a), tf.convert_to_tensor(b)
+        with tf.GradientTape() as tape:
+            tape.watch([a, b])
+            loss = losses.nt_xent_loss(a, b, temperature=0.5)[0]
+            replicas = tf.distribute.get_strategy().num_replicas_in_sync
+            scaled = loss / replicas
+        return loss, tape.gradient(scaled, [a, b])
+
+    single_loss, (g1, g2) = loss_and_grad(z1, z2)
+    strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+
+    def per_replica(ctx):
+        i = ctx.replica_id_in_sync_group
+        return z1[i * 4:(i + 1) * 4], z2[i * 4:(i + 1) * 4]
+
+    v1 = strategy.experimental_distribute_values_from_function(lambda c: per_replica(c)[0])
+    v2 = strategy.experimental_distribute_values_from_function(lambda c: per_replica(c)[1])
+    loss, grads = strategy.run(tf.function(loss_and_grad), args=(v1, v2))
+    losses_ = [float(x) for x in strategy.experimental_local_results(loss)]
+    ga = np.concatenate([g.numpy() for g in strategy.experimental_local_results(grads[0])])
+    gb = np.concatenate([g.numpy() for g in strategy.experimental_local_results(grads[1])])
+    # Each replica's loss is the mean over its rows; the mean over replicas is the global loss.
+    return {
+        "replicas": strategy.num_replicas_in_sync,
+        "loss_difference": abs(np.mean(losses_) - float(single_loss)),
+        # The gradient of a replica's own rows, summed over replicas by all_gather's gradient.
+        "max_gradient_difference": float(max(np.abs(ga - g1.numpy()).max(), np.abs(gb - g2.numpy()).max())),
+        "max_gradient": float(np.abs(g1.numpy()).max()),
+    }
+
+
+def _views(example):
+    # Deterministic, different views: both runs must see the same inputs.
+    image = example["image"]
+    return {
+        "view_1": image,
+        "view_2": tf.image.flip_left_right(image) * 0.8,
+        "label": tf.cast(example["label"], tf.int32),
+    }
+
+
+def _simclr(strategy, weights, images, steps):
+    import orbit
+
+    from keras_ssl.backbones import build_backbone
+    from keras_ssl.optimizers import LARS
+    from keras_ssl.registry import METHODS
+    from keras_ssl.training import MethodTrainer
+
+    with strategy.scope():
+        net = build_backbone(
+            "resnet_v2", depth=10, widening_factor=1, small_image_stem=True, synchronized_bn=True
+        )
+        method = METHODS.get("simclr")(net, temperature=0.5, num_classes=3)
+        method.preprocess = _views
+        examples = tf.data.Dataset.from_tensor_slices(
+            {"image": images, "label": np.arange(len(images)) % 3, "index": np.arange(len(images))}
+        )
+        batches = method.make_dataset(examples, len(images)).repeat()
+        _, metrics = method.compute_pretext_loss(next(iter(batches)), training=False)
+        if weights is not None:
+            method.set_weights(weights)
+        method.compile(optimizer=LARS(0.5, momentum=0.9, weight_decay_rate=1e-4))
+        method.optimizer.build(method.trainable_variables)
+        step = orbit.utils.create_global_step()
+    trainer = MethodTrainer(
+        method, batches, strategy, step, ["loss", "regularization_loss", *metrics], len(images), steps,
+    )
+    outputs = trainer.train(tf.constant(steps))
+    return method, outputs
+
+
+def simclr():
+    images = np.random.RandomState(0).rand(8, 16, 16, 3).astype(np.float32)
+    keras.utils.set_random_seed(0)
+    initial, _ = _simclr(tf.distribute.OneDeviceStrategy("/cpu:0"), None, images[:2], 0)
+    weights = initial.get_weights()
+    single, single_out = _simclr(tf.distribute.OneDeviceStrategy("/cpu:0"), weights, images, 1)
+    strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+    mirrored, mirrored_out = _simclr(strategy, weights, images, 1)
+    moved = max(float(np.max(np.abs(a - b))) for a, b in zip(weights, single.get_weights()))
+    difference = max(
+        float(np.max(np.abs(a - b))) for a, b in zip(single.get_weights(), mirrored.get_weights())
+    )
+    return {
+        "replicas": strategy.num_replicas_in_sync,
+        "max_abs_weight_change": moved,
+        "max_abs_weight_difference": difference,
+        "loss_difference": abs(single_out["loss"] - mirrored_out["loss"]),
+        "single_loss": single_out["loss"],
+        "contrastive_accuracy_difference": abs(
+            single_out["contrastive_accuracy"] - mirrored_out["contrastive_accuracy"]
+        ),
+    }
+
+
+def _moco_views(example):
+    image = example["image"]
+    return {"query_view": image, "key_view": tf.image.flip_left_right(image) * 0.8,
+            "label": tf.cast(example["label"], tf.int32)}
+
+
+def _run_method(name, strategy, weights, images, steps, **kwargs):
+    import orbit
+
+    from keras_ssl.backbones import build_backbone
+    from keras_ssl.registry import METHODS
+    from keras_ssl.training import MethodTrainer
+
+    with strategy.scope():
+        net = build_backbone(
+            "resnet_v2", depth=10, widening_factor=1, small_image_stem=True, synchronized_bn=True
+        )
+        method = METHODS.get(name)(net, **kwargs)
+        if name == "moco":
+            method.preprocess = _moco_views
+        examples = tf.data.Dataset.from_tensor_slices(
+            {"image": images, "label": np.arange(len(images)) % 3, "index": np.arange(len(images))}
+        )
+        batches = method.make_dataset(examples, len(images)).repeat()
+        _, metrics = method.compute_pretext_loss(next(iter(batches)), training=False)
+        if weights is not None:
+            method.set_weights(weights)
+        method.compile(optimizer=keras.optimizers.SGD(0.1, momentum=0.9))
+        method.optimizer.build(method.trainable_variables)
+        step = orbit.utils.create_global_step()
+    trainer = MethodTrainer(
+        method, batches, strategy, step, ["loss", "regularization_loss", *metrics], len(images), steps,
+    )
+    trainer.train(tf.constant(steps))
+    return method
+
+
+def _replica_spread(variable):
+    values = [v.numpy() for v in variable.value.values] if hasattr(variable.value, "values") else [variable.numpy()]
+    return max(float(np.abs(v - values[0]).max()) for v in values)
+
+
+def stateful():
+    """MoCo's queue and key encoder, NPID's bank: equal on both replicas, and MoCo's equal to one device."""
+    images = np.random.RandomState(0).rand(8, 16, 16, 3).astype(np.float32)
+    one = tf.distribute.OneDeviceStrategy("/cpu:0")
+    strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+    keras.utils.set_random_seed(0)
+    moco_args = dict(queue_size=12, momentum=0.9)
+    weights = _run_method("moco", one, None, images[:2], 0, **moco_args).get_weights()
+    single = _run_method("moco", one, weights, images, 2, **moco_args)
+    mirrored = _run_method("moco", strategy, weights, images, 2, **moco_args)
+    report = {
+        "moco_pointer": [int(single.queue_pointer.numpy()), int(mirrored.queue_pointer.numpy())],
+        "moco_queue_difference": float(np.abs(single.queue.numpy() - mirrored.queue.numpy()).max()),
+        "moco_key_weight_difference": max(
+            float(np.abs(a.numpy() - b.numpy()).max())
+            for a, b in zip(single.key_backbone.weights, mirrored.key_backbone.weights)
+        ),
+        "moco_weight_difference": max(
+            float(np.abs(a - b).max()) for a, b in zip(single.get_weights(), mirrored.get_weights())
+        ),
+        "moco_replica_spread": max(_replica_spread(v) for v in [mirrored.queue, mirrored.queue_pointer]
+                                   + mirrored.key_backbone.weights),
+    }
+    npid = _run_method("npid", strategy, None, images, 1, num_examples=8, num_negatives=4)
+    report["npid_replica_spread"] = max(
+        _replica_spread(v) for v in [npid.memory_bank, npid.normalization_constant]
+    )
+    report["npid_bank_row_norms"] = np.linalg.norm(npid.memory_bank.numpy(), axis=1).round(5).tolist()
+    return report
+
+
+if __name__ == "__main__":
+    mode = sys.argv[1]
+    print(json.dumps({"nt_xent": nt_xent, "simclr": simclr, "stateful": stateful}[mode]()))

@@ -1,0 +1,59 @@
+"""Shared by the SimCLR, MoCo and NPID tests: tiny methods, a few training steps."""
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from keras_ssl.backbones import build_backbone
+from keras_ssl.registry import METHODS
+
+
+def tiny_method(name, **kwargs):
+    net = build_backbone("resnet_v2", depth=10, widening_factor=1, small_image_stem=True)
+    return METHODS.get(name)(net, **kwargs)
+
+
+def example(image, label=0, index=0):
+    return {"image": tf.constant(image), "label": tf.constant(label, tf.int64),
+            "index": tf.constant(index, tf.int64)}
+
+
+def random_examples(n=8, size=16, seed=0):
+    images = np.random.RandomState(seed).rand(n, size, size, 3).astype(np.float32)
+    return tf.data.Dataset.from_tensor_slices(
+        {"image": images, "label": np.arange(n) % 3, "index": np.arange(n)}
+    )
+
+
+def tiny_shapes_examples(data_dir, n=16):
+    from conftest import tiny_shapes_name
+    from keras_ssl.datasets import load_dataset
+
+    images, _ = load_dataset(tiny_shapes_name(), "train", data_dir=data_dir, image_size=16)
+    return images.take(n)
+
+
+def fit_losses(method, examples, batch_size=8, steps=4, epochs=3, learning_rate=0.05):
+    """Per-epoch mean losses of `fit` on views drawn once and cached (a fixed task)."""
+    keras.utils.set_random_seed(0)
+    batches = method.make_dataset(examples, batch_size).cache().repeat()
+    method.compile(optimizer=keras.optimizers.SGD(learning_rate, momentum=0.9))
+    return method.fit(batches, steps_per_epoch=steps, epochs=epochs, verbose=0).history
+
+
+def orbit_run(data_dir, tmp_path, method, steps=4, **bindings):
+    """A keras-ssl-train run of `steps` steps on the tiny synthetic_shapes; returns (outputs, model_dir)."""
+    from conftest import tiny_run_bindings, tiny_shapes_name
+    from keras_ssl import config, training
+
+    model_dir = str(tmp_path / method)
+    config.parse_gin(bindings=tiny_run_bindings(
+        data_dir, tiny_shapes_name(), steps=steps,
+        **{"keras_ssl.build_method.method": repr(method), "keras_ssl.train.export": False, **bindings},
+    ))
+    try:
+        return training.train(model_dir), model_dir
+    finally:
+        import gin
+
+        gin.clear_config()

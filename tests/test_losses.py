@@ -1,0 +1,156 @@
+"""Contrastive losses against brute-force numpy versions of their formulas."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from keras_ssl import losses
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def _normalize(x):
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def _log_softmax(row):
+    m = row.max()
+    return row - m - np.log(np.exp(row - m).sum())
+
+
+def numpy_nt_xent(z1, z2, tau):
+    """Loop over the 2B anchors: -log softmax of the positive among the 2B-1 others."""
+    h1, h2 = _normalize(z1), _normalize(z2)
+    b = len(h1)
+    total_a = total_b = 0.0
+    for i in range(b):
+        # view 1 anchor: candidates h2[0..B) then h1[j != i]
+        cand = np.concatenate([h2, np.delete(h1, i, 0)])
+        total_a -= _log_softmax(cand @ h1[i] / tau)[i]
+        cand = np.concatenate([h1, np.delete(h2, i, 0)])
+        total_b -= _log_softmax(cand @ h2[i] / tau)[i]
+    return total_a / b + total_b / b
+
+
+def test_nt_xent_matches_numpy():
+    rng = np.random.RandomState(0)
+    z1, z2 = rng.randn(6, 5).astype(np.float32), rng.randn(6, 5).astype(np.float32)
+    loss, logits_ab, labels = losses.nt_xent_loss(z1, z2, temperature=0.5)
+    assert float(loss) == pytest.approx(numpy_nt_xent(z1, z2, 0.5), rel=1e-5)
+    assert logits_ab.shape == (6, 6)
+    assert labels.numpy().tolist() == list(range(6))
+
+
+def test_nt_xent_is_low_for_matching_views():
+    z = np.random.RandomState(1).randn(8, 16).astype(np.float32)
+    same = float(losses.nt_xent_loss(z, z, temperature=0.1)[0])
+    other = float(losses.nt_xent_loss(z, np.roll(z, 1, 0), temperature=0.1)[0])
+    assert same < other
+
+
+def test_info_nce_matches_numpy():
+    rng = np.random.RandomState(2)
+    q, k, queue = rng.randn(4, 8), rng.randn(4, 8), rng.randn(10, 8)
+    loss, logits = losses.info_nce_loss(q.astype(np.float32), k.astype(np.float32), queue.astype(np.float32), 0.2)
+    qn, kn, nn = _normalize(q), _normalize(k), _normalize(queue)
+    expected = np.mean([
+        -_log_softmax(np.concatenate([[qn[i] @ kn[i]], nn @ qn[i]]) / 0.2)[0] for i in range(4)
+    ])
+    assert float(loss) == pytest.approx(expected, rel=1e-5)
+    assert logits.shape == (4, 11)
+
+
+def test_nce_matches_numpy():
+    rng = np.random.RandomState(3)
+    pos, noise = rng.uniform(-1, 1, 5), rng.uniform(-1, 1, (5, 7))
+    n, tau = 100, 0.1
+    loss, z = losses.nce_loss(pos.astype(np.float32), noise.astype(np.float32), n, tau)
+    zz = np.exp(noise / tau).mean() * n
+    h = lambda s: (np.exp(s / tau) / zz) / (np.exp(s / tau) / zz + 7 / n)  # noqa: E731
+    expected = -np.mean(np.log(h(pos)) + np.log(1 - h(noise)).sum(1))
+    assert float(z) == pytest.approx(zz, rel=1e-5)
+    assert float(loss) == pytest.approx(expected, rel=1e-4)
+    fixed, _ = losses.nce_loss(pos, noise, n, tau, normalization_constant=3.0 * n)
+    zz = 3.0 * n
+    assert float(fixed) == pytest.approx(-np.mean(np.log(h(pos)) + np.log(1 - h(noise)).sum(1)), rel=1e-4)
+
+
+def _distances(e):
+    return np.sqrt(((e[:, None] - e[None]) ** 2).sum(-1))
+
+
+def numpy_triplet(e, labels, margin, mining):
+    e = _normalize(e)
+    d = _distances(e)
+    n = len(e)
+    if mining == "batch_hard":
+        out = []
+        for a in range(n):
+            pos = [d[a, p] for p in range(n) if p != a and labels[p] == labels[a]]
+            neg = [d[a, q] for q in range(n) if labels[q] != labels[a]]
+            if pos and neg:
+                out.append(max(0.0, max(pos) - min(neg) + margin))
+        return np.mean(out)
+    out = []
+    for a in range(n):
+        neg = [d[a, q] for q in range(n) if labels[q] != labels[a]]
+        for p in range(n):
+            if p == a or labels[p] != labels[a] or not neg:
+                continue
+            farther = [x for x in neg if x > d[a, p]]
+            chosen = min(farther) if farther else max(neg)
+            out.append(max(0.0, d[a, p] - chosen + margin))
+    return np.mean(out)
+
+
+@pytest.mark.parametrize("mining", ["batch_hard", "semi_hard"])
+def test_triplet_matches_numpy(mining):
+    rng = np.random.RandomState(4)
+    e = rng.randn(12, 6).astype(np.float32)
+    labels = np.repeat(np.arange(4), 3)
+    for margin in (0.5, 2.0):
+        got = float(losses.triplet_loss(e, labels, margin=margin, mining=mining))
+        assert got == pytest.approx(numpy_triplet(e, labels, margin, mining), rel=1e-4, abs=1e-6)
+
+
+def test_triplet_normalises_each_embedding_and_has_finite_gradients():
+    e = tf.Variable(np.random.RandomState(5).randn(8, 4).astype(np.float32))
+    labels = np.repeat(np.arange(4), 2)
+    scaled = losses.triplet_loss(e * 10.0, labels)
+    assert float(scaled) == pytest.approx(float(losses.triplet_loss(e, labels)), rel=1e-5)
+    with tf.GradientTape() as tape:
+        loss = losses.triplet_loss(tf.concat([e, e[:1]], 0), np.append(labels, 0), mining="semi_hard")
+    assert np.all(np.isfinite(tape.gradient(loss, e).numpy()))
+
+
+def test_npair_matches_numpy():
+    rng = np.random.RandomState(6)
+    a, p = rng.randn(5, 4).astype(np.float32), rng.randn(5, 4).astype(np.float32)
+    labels = np.array([0, 1, 0, 2, 1])
+    logits = a @ p.T
+    targets = (labels[:, None] == labels[None]).astype(float)
+    targets /= targets.sum(1, keepdims=True)
+    ce = -np.mean([(targets[i] * _log_softmax(logits[i])).sum() for i in range(5)])
+    reg = 0.25 * 0.002 * ((a ** 2).sum(1).mean() + (p ** 2).sum(1).mean())
+    assert float(losses.npair_loss(a, p, labels)) == pytest.approx(ce + reg, rel=1e-5)
+    ce_ids = -np.mean([_log_softmax(logits[i])[i] for i in range(5)])
+    assert float(losses.npair_loss(a, p)) == pytest.approx(ce_ids + reg, rel=1e-5)
+
+
+@pytest.mark.slow
+def test_nt_xent_on_two_replicas_equals_one_device():
+    result = subprocess.run(
+        [sys.executable, os.path.join(HERE, "helpers", "contrastive_replicas.py"), "nt_xent"],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    assert report["replicas"] == 2
+    assert report["loss_difference"] < 1e-5
+    assert report["max_gradient_difference"] < 1e-6
+    assert report["max_gradient"] > 1e-4

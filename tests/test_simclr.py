@@ -1,0 +1,112 @@
+"""SimCLR: views, head, NT-Xent, online probe, multi-replica equality, training."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from helpers.contrastive_training import (
+    example, fit_losses, orbit_run, random_examples, tiny_method, tiny_shapes_examples,
+)
+from keras_ssl.losses import nt_xent_loss
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def test_two_views_are_drawn_independently_eagerly_and_in_tf_data():
+    method = tiny_method("simclr", augmentation="simclr_cifar")
+    image = np.random.RandomState(0).rand(16, 16, 3).astype(np.float32)
+    views = method.preprocess(example(image, label=2))
+    assert views["view_1"].shape == views["view_2"].shape == (16, 16, 3)
+    assert not np.allclose(views["view_1"], views["view_2"])
+    assert int(views["label"]) == 2
+    batch = next(iter(method.make_dataset(tf.data.Dataset.from_tensors(example(image)).repeat(2), 2)))
+    assert batch["view_1"].shape == (2, 16, 16, 3)
+    assert not np.allclose(batch["view_1"][0], batch["view_1"][1])  # per-image randomness
+
+
+def test_head_and_loss():
+    method = tiny_method("simclr", temperature=0.5, hidden_dim=32, num_head_layers=3)
+    assert [l.name for l in method.head.layers if "dense" in l.name] == ["dense_0", "dense_1", "dense_2"]
+    assert method.head.output_shape == (None, 128)
+    batch = next(iter(method.make_dataset(random_examples(4), 4)))
+    loss, metrics = method.compute_pretext_loss(batch, training=False)
+    views = tf.concat([batch["view_1"], batch["view_2"]], 0)
+    z = method.head(method.backbone(views)["pre_logits"])
+    expected, _, _ = nt_xent_loss(z[:4], z[4:], 0.5)
+    assert float(loss) == pytest.approx(float(expected), rel=1e-5)
+    assert set(metrics) == {"contrastive_loss", "contrastive_accuracy"}
+
+
+def test_online_probe_sees_no_gradient_path_and_ignores_unlabelled():
+    method = tiny_method("simclr", num_classes=3)
+    batch = next(iter(method.make_dataset(random_examples(4), 4)))
+    batch["label"] = tf.constant([0, -1, 2, -1], tf.int32)
+    with tf.GradientTape() as tape:
+        _, metrics = method.compute_pretext_loss(batch, training=True)
+        probe = metrics["probe_loss"]
+    grads = tape.gradient(probe, method.backbone.trainable_variables + method.probe.trainable_variables)
+    assert all(g is None for g in grads[:-2]) and all(g is not None for g in grads[-2:])
+    pre = method.backbone(tf.concat([batch["view_1"], batch["view_2"]], 0), training=True)["pre_logits"]
+    logits = method.probe(pre).numpy()
+    labels = np.tile([0, -1, 2, -1], 2)
+    keep = labels >= 0
+    log_softmax = logits - np.log(np.exp(logits).sum(1, keepdims=True))
+    expected = -log_softmax[keep, labels[keep]].mean()
+    assert float(probe) == pytest.approx(expected, rel=1e-4)
+
+
+@pytest.mark.slow
+def test_one_step_on_two_replicas_equals_one_device():
+    result = subprocess.run(
+        [sys.executable, os.path.join(HERE, "helpers", "contrastive_replicas.py"), "simclr"],
+        capture_output=True, text=True, timeout=400,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    assert report["replicas"] == 2
+    assert report["max_abs_weight_change"] > 1e-3
+    assert report["max_abs_weight_difference"] < 1e-5
+    assert report["loss_difference"] < 1e-5
+
+
+@pytest.mark.slow
+def test_loss_falls_on_tiny_shapes(data_dir):
+    method = tiny_method("simclr", augmentation="simclr_cifar", temperature=0.5)
+    history = fit_losses(method, tiny_shapes_examples(data_dir))
+    assert history["loss"][-1] < history["loss"][0]
+
+
+@pytest.mark.slow
+def test_trains_with_keras_ssl_train_and_lars(data_dir, tmp_path):
+    outputs, model_dir = orbit_run(
+        data_dir, tmp_path, "simclr",
+        **{"methods.simclr.augmentation": "'simclr_cifar'", "methods.simclr.num_classes": 12,
+           "keras_ssl.build_optimizer.name": "'lars'"},
+    )
+    assert np.isfinite(outputs["loss"]) and 0.0 <= outputs["probe_accuracy"] <= 1.0
+    assert os.path.exists(os.path.join(model_dir, "ckpt-4.index"))
+
+
+@pytest.mark.parametrize("path", [
+    "simclr/cifar_resnet18.gin", "simclr/imagenet_resnet50.gin", "moco/imagenet_resnet50.gin",
+    "moco/cifar_resnet18.gin", "npid/imagenet_resnet50.gin", "npid/cifar_resnet18.gin",
+    "simclr/synthetic_shapes.gin",
+])
+def test_contrastive_gin_configs_parse_and_bind(path):
+    import gin
+
+    from conftest import REPO
+    from keras_ssl import config
+
+    config.parse_gin([os.path.join(REPO, "gin_configs", path)])
+    try:
+        method = gin.query_parameter("keras_ssl.build_method.method")
+        assert method in ("simclr", "moco", "npid")
+        assert gin.query_parameter("keras_ssl.train.batch_size") > 0
+    finally:
+        gin.clear_config()

@@ -49,7 +49,9 @@ def parse_gin(files: Sequence[str] = (), bindings: Sequence[str] = (), *, reset:
         if not os.path.exists(path):
             raise ConfigError(f"gin file {path!r} does not exist (cwd: {os.getcwd()}).")
     try:
-        gin.parse_config_files_and_bindings(list(files), list(bindings))
+        # Not finalized: plugins loaded later (e.g. Model Garden's RandAugment,
+        # which registers configurables on import) must still register.
+        gin.parse_config_files_and_bindings(list(files), list(bindings), finalize_config=False)
     except (ValueError, KeyError, SyntaxError, TypeError) as e:
         raise ConfigError(
             f"Bad gin configuration: {e}\nConfigurables that exist: "

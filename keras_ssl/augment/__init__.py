@@ -316,12 +316,7 @@ def randaugment(
     Returns:
       float32 `[H, W, 3]` in [0, 1].
     """
-    import gin
-
-    # Model Garden registers gin configurables when imported; after keras-ssl
-    # has parsed (and locked) the gin config that raises, hence the unlock.
-    with gin.unlock_config():
-        from official.vision.ops.augment import RandAugment
+    from official.vision.ops.augment import RandAugment
 
     image = tf.convert_to_tensor(image, tf.float32)
     shape = image.shape

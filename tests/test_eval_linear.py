@@ -110,3 +110,11 @@ def test_more_dimensions_than_examples_solves_the_same_problem():
     np.testing.assert_allclose(reduced.weights, full.weights, atol=1e-4)
     np.testing.assert_allclose(reduced.predict(xt), full.predict(xt))
     assert reduced.test_accuracy == full.test_accuracy
+
+
+def test_small_float32_problems_converge_to_tight_tolerances():
+    # Solved in float64 once small enough, so float32 rounding cannot stall
+    # the line search before the tolerance is met.
+    x, y = _blobs(300, 20, 4, 6.0, seed=9)
+    result = fit_linear_probe(x.astype(np.float32), y, l2_grid=[1e-3], tolerance=1e-8)
+    assert result.converged and result.grad_norm < 1e-8

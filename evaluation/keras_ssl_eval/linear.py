@@ -131,6 +131,10 @@ def fit_linear_probe(train_features, train_labels, test_features=None, test_labe
     basis = _row_space_basis(x) if x.shape[1] > x.shape[0] else None
     if basis is not None:
         x = x @ basis
+    # float32 rounding of the loss stalls the line search near the optimum
+    # ("ABNORMAL" stops); solve in float64 whenever the matrix is small.
+    if x.size <= _FLOAT64_MAX_ENTRIES:
+        x = x.astype(np.float64)
 
     grid = sorted({float(v) for v in l2_grid}, reverse=True)
     if not grid or min(grid) < 0:
@@ -169,6 +173,7 @@ def fit_linear_probe(train_features, train_labels, test_features=None, test_labe
         xt = (xt - mean) / std
         if basis is not None:
             xt = xt @ basis
+        xt = xt.astype(x.dtype)
         yt = _as_labels(test_labels, len(xt), "test")
         unseen = ~np.isin(yt, classes)
         if unseen.any():
@@ -186,6 +191,7 @@ def fit_linear_probe(train_features, train_labels, test_features=None, test_labe
 
 
 _SELECTION_ITERATIONS = 200
+_FLOAT64_MAX_ENTRIES = 2**24
 
 
 def _row_space_basis(x):

@@ -19,6 +19,8 @@ from __future__ import annotations
 import keras
 import tensorflow as tf
 
+from keras_ssl import Method
+
 
 def check_geometry(name: str, resize: int, crop: int, grid: int, patch: int) -> int:
     """Validates the patch geometry; returns the cell size."""
@@ -101,3 +103,25 @@ def embed_patches(method, embedding: keras.layers.Layer, patches: tf.Tensor, tra
     features = method.backbone(method.export_input_transform(flat), training=training)
     embedded = embedding(features["pre_logits"])
     return tf.reshape(embedded, [-1, patches.shape[1] * embedding.units])
+
+
+class PatchGridMethod(Method):
+    """Base of the methods whose backbone sees the cells of a 3x3 grid.
+
+    Subclasses set `crop` (the image size the grid is cut from), `patch_size`
+    and `standardize`. Their exports take whole [0, 1] RGB images in the
+    evaluation's patch protocol: `keras-ssl-eval` cuts the same grid and
+    averages features over the patches.
+    """
+
+    def export_input_transform(self, images):
+        """What every patch goes through before the backbone (built into the export)."""
+        return standardize_patches(images) if self.standardize else images
+
+    def export_metadata(self):
+        return {
+            "input_form": "patches",
+            "patch_grid": [3, 3],
+            "patch_size": [self.patch_size, self.patch_size],
+            "input_size": [self.crop, self.crop],
+        }

@@ -22,17 +22,16 @@ from __future__ import annotations
 import keras
 import tensorflow as tf
 
-from keras_ssl import Method
 from keras_ssl_methods._image_ops import maybe_grayscale
 from keras_ssl_methods._patches import (
-    check_geometry, cut_grid, embed_patches, fc_head, random_crop_resized, standardize_patches,
+    PatchGridMethod, check_geometry, cut_grid, embed_patches, fc_head, random_crop_resized,
 )
 from keras_ssl_methods._permutations import permutation_set
 
 GRID = 3
 
 
-class Jigsaw(Method):
+class Jigsaw(PatchGridMethod):
     """Predicts which permutation of the 3x3 tiles the network was shown.
 
     Args:
@@ -103,18 +102,8 @@ class Jigsaw(Method):
         order = tf.gather(tf.constant(self.permutations), label)
         return {"patches": tf.gather(tiles, order), "permutation": label}
 
-    def export_input_transform(self, images):
-        """What every tile goes through before the backbone (built into the export)."""
-        return standardize_patches(images) if self.standardize else images
-
     def export_metadata(self):
-        return {
-            "input_form": "patches",
-            "patch_grid": [GRID, GRID],
-            "patch_size": [self.patch_size, self.patch_size],
-            "input_size": [self.crop, self.crop],
-            "num_permutations": self.num_permutations,
-        }
+        return {**super().export_metadata(), "num_permutations": self.num_permutations}
 
     # -------------------------------------------------------------------- loss
     def slot_features(self, patches, training):

@@ -32,10 +32,9 @@ from __future__ import annotations
 import keras
 import tensorflow as tf
 
-from keras_ssl import Method
 from keras_ssl_methods._image_ops import to_grayscale3
 from keras_ssl_methods._patches import (
-    check_geometry, cut_grid, embed_patches, fc_head, random_crop_resized, standardize_patches,
+    PatchGridMethod, check_geometry, cut_grid, embed_patches, fc_head, random_crop_resized,
 )
 
 GRID = 3
@@ -53,7 +52,7 @@ def drop_colors(patch: tf.Tensor, noise_fraction: float = 0.01) -> tf.Tensor:
     return patch * mask + noise * (1.0 - mask)
 
 
-class RelativePatchLocation(Method):
+class RelativePatchLocation(PatchGridMethod):
     """Predicts where a neighbouring patch lies relative to the centre one (8-way).
 
     Args:
@@ -110,18 +109,6 @@ class RelativePatchLocation(Method):
         elif self.color_handling == "grayscale":
             patches = to_grayscale3(patches)
         return {"patches": patches, "location": tf.range(len(NEIGHBOURS), dtype=tf.int32)}
-
-    def export_input_transform(self, images):
-        """What every patch goes through before the backbone (built into the export)."""
-        return standardize_patches(images) if self.standardize else images
-
-    def export_metadata(self):
-        return {
-            "input_form": "patches",
-            "patch_grid": [GRID, GRID],
-            "patch_size": [self.patch_size, self.patch_size],
-            "input_size": [self.crop, self.crop],
-        }
 
     def pair_features(self, patches, training):
         """`[B, 9, h, w, 3]` -> `[B * 8, 2 * D]`: concat(centre, neighbour n) for the 8 n."""

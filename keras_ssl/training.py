@@ -210,7 +210,7 @@ def train(
 
     with strategy.scope():
         method = build_method()
-        loss, metrics = method.compute_pretext_loss(example_batch(method, images), training=False)
+        _, metrics = method.compute_pretext_loss(example_batch(method, images), training=False)
         metric_names = ["loss", "regularization_loss", *metrics]
         optimizer = build_optimizer(
             learning_rate_schedule(global_batch_size=batch_size, total_steps=train_steps)

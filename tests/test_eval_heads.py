@@ -42,6 +42,39 @@ def test_mlp_head_learns_xor():
     assert mlp.test_accuracy >= 0.9 > linear.test_accuracy + 0.2
 
 
+def _correlated_features(n, dim=8192, classes=12, seed=0):
+    """Like pooled conv features: ReLU outputs driven by a few factors and one shared by all."""
+    rng = np.random.default_rng(seed)
+    centres = np.random.default_rng(42).normal(0, 1, [classes, 8])
+    labels = rng.integers(0, classes, n)
+    factors = centres[labels] + 0.5 * rng.normal(size=[n, 8])
+    loadings = np.random.default_rng(7).normal(size=[8, dim])
+    shared = 2.0 * rng.normal(size=[n, 1])
+    x = np.maximum(factors @ loadings + shared + 0.5 * rng.normal(size=[n, dim]), 0)
+    return x.astype(np.float32), labels
+
+
+def test_top_eigenvalue_matches_eigh():
+    x, _ = _blobs(200, dim=30)
+    expected = np.linalg.eigvalsh(x.T.astype(np.float64) @ x / len(x))[-1]
+    assert heads.top_eigenvalue(x) == pytest.approx(expected, rel=1e-4)
+
+
+def test_mlp_head_is_stable_on_wide_correlated_features():
+    # The paper's lr 0.1 per 256 diverged on 8192-d conv features (the suite's first run);
+    # these features have the same top eigenvalue (~0.35 D after standardising).
+    x, y = _correlated_features(768)
+    xt, yt = _correlated_features(256, seed=1)
+    kwargs = dict(head="mlp", epochs=3, batch_size=256, hidden=1000)
+    unscaled = heads.train_head(x, y, xt, yt, spectral_scaling=False, **kwargs)
+    assert max(unscaled.loss_history) > 2 * unscaled.loss_history[0]  # The failure mode.
+    mlp = heads.train_head(x, y, xt, yt, **kwargs)
+    assert mlp.spectral_scale > 30
+    assert np.all(np.isfinite(mlp.loss_history)) and np.isfinite(mlp.grad_norm)
+    assert mlp.loss_history[-1] < 0.5 * mlp.loss_history[0]
+    assert mlp.test_accuracy > unscaled.test_accuracy and mlp.test_accuracy > 0.7
+
+
 def test_grid_reports_accuracy_and_convergence():
     x, y = _blobs(120)
     result = protocols.run_grid(x, y, x, y, heads=("linear", "mlp"), solver="sgd", epochs=3,

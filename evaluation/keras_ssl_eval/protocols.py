@@ -87,6 +87,7 @@ def run_grid(x, y, xt, yt, *, heads=HEADS, solver: str = "fast", epochs: int = 7
                      "train_accuracy": result.train_accuracy, "solver": "sgd",
                      "convergence": {"epochs": result.epochs, "final_loss": result.final_loss,
                                      "grad_norm": result.grad_norm,
+                                     "spectral_scale": result.spectral_scale,
                                      "loss_history": result.loss_history}}
         entry["fit_seconds"] = round(time.perf_counter() - start, 3)
         results[head] = entry

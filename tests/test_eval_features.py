@@ -71,6 +71,34 @@ def test_disabled_and_corrupt_cache(tmp_path, caplog):
     assert "unreadable cache file" in caplog.text
 
 
+def test_cache_deletes_least_recently_used_entries_past_its_bound(tmp_path):
+    import os
+
+    cache = cache_lib.FeatureCache(str(tmp_path), max_bytes=None)
+    keys = [cache_lib.FeatureCache.key({"path": "m"}, layer=str(i)) for i in range(4)]
+    for i, k in enumerate(keys):
+        cache.save(k, np.full([50, 20], i, np.float32), np.arange(50))
+        os.utime(cache._file(k), (1000 + i, 1000 + i))  # pylint: disable=protected-access
+    (tmp_path / "notes.txt").write_text("not an entry")
+    size = os.path.getsize(cache._file(keys[0]))  # pylint: disable=protected-access
+    assert cache.load(keys[0]) is not None  # A hit makes entry 0 the most recently used.
+    bounded = cache_lib.FeatureCache(str(tmp_path), max_bytes=int(2.5 * size))
+    new = cache_lib.FeatureCache.key({"path": "m"}, layer="new")
+    bounded.save(new, np.zeros([50, 20], np.float32), np.arange(50))
+    # Five entries, room for two: the three least recently used (1, 2, 3) go.
+    assert bounded.evicted == 3
+    assert all(bounded.load(k) is None for k in keys[1:])
+    assert bounded.load(keys[0]) is not None and bounded.load(new) is not None
+    assert (tmp_path / "notes.txt").exists()
+    # An entry larger than the bound is kept when it is the one just written.
+    tiny = cache_lib.FeatureCache(str(tmp_path), max_bytes=10)
+    tiny.save(keys[1], np.zeros([50, 20], np.float32), np.arange(50))
+    assert tiny.load(keys[1]) is not None and tiny.load(new) is None
+    assert tiny.prune(0) == 1 and tiny.entries() == []
+    with pytest.raises(ValueError, match="max_bytes"):
+        cache_lib.FeatureCache(str(tmp_path), max_bytes=-1)
+
+
 def test_progress_bar_runs(toy, capsys):
     model = savedmodel.load_representation_model(toy[0])
     model.extract(np.zeros([3, 16, 16, 3], np.float32), ["pre_logits"], batch_size=2,

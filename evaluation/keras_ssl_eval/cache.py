@@ -7,6 +7,12 @@ absolute path plus the identity of its weights: the bytes of
 ``fingerprint.pb`` when the SavedModel has one, else the size and mtime of
 ``saved_model.pb`` and of the variables index. Re-exporting a model therefore
 invalidates its entries.
+
+The cache is bounded: after each write, the least recently used entries
+(a hit refreshes an entry's modification time) are deleted until the
+directory holds at most ``max_bytes`` (`DEFAULT_MAX_BYTES`, 10 GiB; the
+command line's ``--cache_max_gb``). The entry just written is never deleted,
+even when it alone is larger.
 """
 
 from __future__ import annotations
@@ -20,9 +26,10 @@ import tempfile
 import numpy as np
 import tensorflow as tf
 
-__all__ = ["DEFAULT_CACHE_DIR", "FeatureCache", "model_identity"]
+__all__ = ["DEFAULT_CACHE_DIR", "DEFAULT_MAX_BYTES", "FeatureCache", "model_identity"]
 
 DEFAULT_CACHE_DIR = os.path.join(os.path.expanduser("~"), ".cache", "keras_ssl_eval")
+DEFAULT_MAX_BYTES = 10 * 2**30
 _FORMAT = 1
 
 _log = logging.getLogger(__name__)
@@ -59,6 +66,7 @@ class FeatureCache:
     Args:
         directory: The cache directory (created on first write); None disables
             the cache (every lookup misses, nothing is written).
+        max_bytes: Size bound of the directory's entries; None: unbounded.
 
     Example:
         >>> cache = FeatureCache("/tmp/cache")
@@ -67,10 +75,15 @@ class FeatureCache:
         True
     """
 
-    def __init__(self, directory: str | None = DEFAULT_CACHE_DIR):
+    def __init__(self, directory: str | None = DEFAULT_CACHE_DIR,
+                 max_bytes: int | None = DEFAULT_MAX_BYTES):
+        if max_bytes is not None and max_bytes < 0:
+            raise ValueError(f"max_bytes must be >= 0 or None, got {max_bytes}.")
         self.directory = directory
+        self.max_bytes = max_bytes
         self.hits = 0
         self.misses = 0
+        self.evicted = 0
 
     @staticmethod
     def key(model: dict, **settings) -> str:
@@ -112,6 +125,7 @@ class FeatureCache:
             _log.warning("Ignoring unreadable cache file %s: %s", self._file(key), e)
             self.misses += 1
             return None
+        os.utime(self._file(key))  # Recently used: pruned last.
         self.hits += 1
         return result
 
@@ -138,3 +152,53 @@ class FeatureCache:
             if os.path.exists(tmp):
                 os.remove(tmp)
             raise
+        if self.max_bytes is not None:
+            self.prune(self.max_bytes, keep=key)
+
+    def entries(self) -> list[tuple[str, int, float]]:
+        """Returns ``(path, bytes, last use)`` of every entry, least recently used first."""
+        if self.directory is None or not os.path.isdir(self.directory):
+            return []
+        found = []
+        for name in os.listdir(self.directory):
+            if not name.endswith(".npz") or len(name) != 68:  # 64 hex digits + ".npz"
+                continue
+            path = os.path.join(self.directory, name)
+            try:
+                stat = os.stat(path)
+            except FileNotFoundError:  # Pruned by a concurrent run.
+                continue
+            found.append((path, stat.st_size, stat.st_mtime))
+        return sorted(found, key=lambda entry: entry[2])
+
+    def prune(self, max_bytes: int, keep: str | None = None) -> int:
+        """Deletes least recently used entries until at most `max_bytes` remain.
+
+        Args:
+            max_bytes: The bound (0 empties the cache).
+            keep: A key never deleted (the entry just written).
+
+        Returns:
+            The number of entries deleted. Only this cache's entry files are
+            touched, never other files in the directory.
+        """
+        entries = self.entries()
+        total = sum(size for _, size, _ in entries)
+        kept = self._file(keep) if keep else None
+        deleted = 0
+        for path, size, _ in entries:
+            if total <= max_bytes:
+                break
+            if path == kept:
+                continue
+            try:
+                os.remove(path)
+            except FileNotFoundError:
+                pass
+            total -= size
+            deleted += 1
+        if deleted:
+            _log.info("Feature cache: deleted %d least recently used entries to stay under "
+                      "%.2f GB.", deleted, max_bytes / 1e9)
+        self.evicted += deleted
+        return deleted

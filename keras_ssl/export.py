@@ -87,6 +87,11 @@ def export_backbone(
     def call(images, training=False):
         return net(images, training)[PRE_LOGITS]
 
+    @tf.function
+    def end_points(images, training=False):
+        outputs = net(images, training)
+        return {name: outputs[name] for name in endpoint_names}
+
     @tf.function(input_signature=[images_spec])
     def serving(images):
         return {PRE_LOGITS: net(images, False)[PRE_LOGITS]}
@@ -102,8 +107,10 @@ def export_backbone(
 
     # Concrete functions for both modes, so the loaded object can be called
     # with training=True (fine-tuning) as well as for inference.
-    call.get_concrete_function(images_spec, training=False)
-    call.get_concrete_function(images_spec, training=True)
+    # `end_points` is the same for every end-point (dense fine-tuning).
+    for function in (call, end_points):
+        function.get_concrete_function(images_spec, training=False)
+        function.get_concrete_function(images_spec, training=True)
 
     size = [int(image_size), int(image_size)] if image_size else None
     # Patch-based models see patches: record the end-points at that size.
@@ -137,6 +144,7 @@ def export_backbone(
         root = tf.train.Checkpoint()
         root.backbone = backbone
         root.__call__ = call
+        root.end_points = end_points
         root.variables = list(backbone.variables)
         root.trainable_variables = list(backbone.trainable_variables)
         root.regularization_losses = []

@@ -51,6 +51,12 @@ def test_export_loads_without_keras_and_matches_in_memory_backbone(trained_run, 
     np.testing.assert_allclose(loaded["call"], expected["pre_logits"], rtol=1e-4, atol=1e-5)
     # Batch norm in training mode uses batch statistics: a different output.
     assert not np.allclose(loaded["call_training"], loaded["call"])
+    # end_points: every end-point in either mode (dense fine-tuning needs training=True).
+    training = {k: v.numpy() for k, v in backbone(images, training=True).items()}
+    for name in ENDPOINTS:
+        np.testing.assert_allclose(loaded[f"end_points_False/{name}"], expected[name], rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(loaded[f"end_points_True/{name}"], training[name], rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(loaded["end_points_True/pre_logits"], loaded["call_training"], rtol=1e-5, atol=1e-6)
     assert report["variables"] == len(backbone.variables)
     assert report["trainable_variables"] == len(backbone.trainable_variables)
     assert report["regularization_losses"] == 0

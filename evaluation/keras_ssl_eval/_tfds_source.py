@@ -17,10 +17,15 @@ _PREPARE_HINT = ("prepare it with `keras-ssl-prepare-data {name}` from keras-ssl
                  "`tfds build {name}` (with --data_dir)")
 
 
-def load(name, split, *, data_dir, image_size, shuffle_files, seed):
+def load(name, split, *, data_dir, image_size, shuffle_files, seed, segmentation=False):
     """Loads split `split` of TFDS dataset `name`; see `data.load_images`."""
     builder = _builder(name, data_dir)
     features = builder.info.features
+    if segmentation and "segmentation_mask" not in features:
+        raise ValueError(
+            f"Dataset {name!r} has no 'segmentation_mask' feature (features: "
+            f"{sorted(features.keys())}); the segmentation task reads a foreground mask, as "
+            f"synthetic_shapes provides.")
     if "image" not in features:
         raise ValueError(f"Dataset {name!r} has no 'image' feature (features: "
                          f"{sorted(features.keys())}); keras-ssl reads 'image' and "
@@ -40,13 +45,24 @@ def load(name, split, *, data_dir, image_size, shuffle_files, seed):
         label = (tf.cast(example["label"], tf.int64) if label_feature is not None
                  else tf.constant(-1, tf.int64))
         index = indexed(position, example)
-        return {"image": image, "label": label, "index": index}
+        converted = {"image": image, "label": label, "index": index}
+        if segmentation:
+            converted["segmentation"] = _foreground(example["segmentation_mask"], image_size)
+        return converted
 
     ds = ds.enumerate().map(convert, num_parallel_calls=tf.data.AUTOTUNE)
     info = DatasetInfo(name=name, split=split, num_examples=num_examples,
                        num_classes=len(class_names), class_names=class_names,
                        image_size=image_size or native_size)
     return ds, info
+
+
+def _foreground(mask, image_size):
+    """int64 [H, W]: 1 where the mask is non-zero (the object), 0 elsewhere."""
+    mask = mask[..., :1]
+    if image_size is not None:
+        mask = tf.image.resize(mask, image_size, method="nearest")
+    return tf.cast(mask[..., 0] > 0, tf.int64)
 
 
 def _builder(name, data_dir):

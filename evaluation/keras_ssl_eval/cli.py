@@ -77,6 +77,9 @@ def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
                       "all (utility only with --scratch_model).", flag_values=fv)
     flags.DEFINE_string("cache_dir", DEFAULT_CACHE_DIR, "Feature cache directory; empty "
                         "disables the cache.", flag_values=fv)
+    flags.DEFINE_float("cache_max_gb", 10.0, "Size bound of the feature cache in GB (2^30 "
+                       "bytes): least recently used entries are deleted past it; 0 = "
+                       "unbounded.", lower_bound=0, flag_values=fv)
     flags.DEFINE_enum("pooling", "adaptive", ["adaptive", "vissl"], "Pooling of feature maps: "
                       "Kolesnikov adaptive max, or VISSL's fixed pools (ResNet-50 224 px; "
                       "other maps fall back to adaptive).", flag_values=fv)
@@ -108,6 +111,14 @@ def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
                          flag_values=fv)
     flags.DEFINE_float("finetune_learning_rate", 0.01, "utility: SGD learning rate.",
                        flag_values=fv)
+    flags.DEFINE_enum("utility_task", "classification", ["classification", "segmentation"],
+                      "utility: the fine-tuning task: classification (accuracy, linear head "
+                      "on the pre-logits) or segmentation (mean IoU, per-pixel linear head on "
+                      "--utility_layer; needs segmentation masks, e.g. synthetic_shapes).",
+                      flag_values=fv)
+    flags.DEFINE_string("utility_layer", None, "utility: end-point under the segmentation "
+                        "head (default: the deepest at least 1/4 of the input size).",
+                        flag_values=fv)
     flags.DEFINE_list("results", None, "compare: results.json files to put side by side.",
                       flag_values=fv)
 
@@ -156,13 +167,16 @@ def main(argv, flag_values: flags.FlagValues = flags.FLAGS):
             train_split=fv.train_split, test_split=fv.test_split, layers=fv.layers,
             batch_size=fv.batch_size, max_train_examples=fv.max_train_examples,
             max_test_examples=fv.max_test_examples, l2_grid=l2_grid, seed=fv.seed,
-            pooling=fv.pooling, cache_dir=fv.cache_dir, progress=fv.progress, heads=fv.heads,
+            pooling=fv.pooling, cache_dir=fv.cache_dir,
+            cache_max_bytes=int(fv.cache_max_gb * 2**30) if fv.cache_max_gb else None,
+            progress=fv.progress, heads=fv.heads,
             solver=fv.solver, epochs=fv.epochs, sgd_batch_size=fv.sgd_batch_size,
             mlp_hidden=fv.mlp_hidden, knn_k=fv.knn_k, knn_temperature=fv.knn_temperature,
             shots=_ints(fv.shots, "shots"), draws=fv.draws, scratch_model=fv.scratch_model,
             budgets=_ints(fv.budgets, "budgets"), finetune_steps=fv.finetune_steps,
             finetune_batch_size=fv.finetune_batch_size,
-            finetune_learning_rate=fv.finetune_learning_rate)
+            finetune_learning_rate=fv.finetune_learning_rate, utility_task=fv.utility_task,
+            utility_layer=fv.utility_layer)
     json_path, md_path = write_report(report, fv.output)
     logging.info("Wrote %s and %s.", json_path, md_path)
     if fv.plots:

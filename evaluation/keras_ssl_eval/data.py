@@ -70,6 +70,7 @@ def load_images(
     image_size: tuple[int, int] | int | None = None,
     shuffle_files: bool = False,
     seed: int | None = None,
+    segmentation: bool = False,
 ) -> tuple[tf.data.Dataset, DatasetInfo]:
     """Returns the decoded, unbatched images of one split and its `DatasetInfo`.
 
@@ -85,6 +86,10 @@ def load_images(
         shuffle_files: Shuffle the file (shard) order, e.g. for training. For
             folders every file is shuffled; ``index`` is unaffected.
         seed: Seed of that shuffle, for a reproducible sequence of orders.
+        segmentation: Also return ``segmentation`` (int64 ``[H, W]``: 1 on the
+            object, 0 on the background), from a TFDS dataset's
+            ``segmentation_mask`` (resized by nearest neighbour), as
+            `synthetic_shapes` has. Not for folders.
 
     Returns:
         ``(dataset, info)``: a `tf.data.Dataset` of dicts with ``image`` (float32
@@ -102,12 +107,15 @@ def load_images(
     """
     size = _normalize_size(image_size)
     if name.startswith(FOLDER_PREFIX):
+        if segmentation:
+            raise ValueError(f"{name!r}: image folders have no segmentation masks; use a TFDS "
+                             f"dataset with a 'segmentation_mask' feature (synthetic_shapes).")
         return _load_folder(name, split, size, shuffle_files, seed)
     # Imported here so that folder sources never import tensorflow_datasets.
     from keras_ssl_eval import _tfds_source  # pylint: disable=import-outside-toplevel
 
     return _tfds_source.load(name, split, data_dir=data_dir, image_size=size,
-                             shuffle_files=shuffle_files, seed=seed)
+                             shuffle_files=shuffle_files, seed=seed, segmentation=segmentation)
 
 
 def to_rgb_float(image: tf.Tensor, size: tuple[int, int] | None) -> tf.Tensor:

@@ -12,8 +12,10 @@ from __future__ import annotations
 import logging
 
 from keras_ssl_eval import protocols as P
-from keras_ssl_eval.cache import DEFAULT_CACHE_DIR, FeatureCache
-from keras_ssl_eval.finetune import finetune_curve, load_arrays
+from keras_ssl_eval.cache import DEFAULT_CACHE_DIR, DEFAULT_MAX_BYTES, FeatureCache
+from keras_ssl_eval.finetune import (
+    default_dense_layer, finetune_curve, load_arrays, segmentation_curve,
+)
 from keras_ssl_eval.features import split_features
 from keras_ssl_eval.linear import DEFAULT_L2_GRID
 from keras_ssl_eval.lowshot import DEFAULT_SHOTS
@@ -24,6 +26,7 @@ from keras_ssl_eval.utility import utility_curve
 __all__ = ["PROTOCOLS", "evaluate", "evaluate_linear"]
 
 PROTOCOLS = ("linear", "grid", "knn", "lowshot", "utility")
+UTILITY_TASKS = ("classification", "segmentation")
 _FEATURE_PROTOCOLS = ("linear", "grid", "knn", "lowshot")
 _log = logging.getLogger(__name__)
 
@@ -32,12 +35,14 @@ def evaluate(saved_models, dataset: str, *, protocols=("linear",), data_dir: str
              train_split: str = "train", test_split: str = "test", layers=None,
              batch_size: int = 64, max_train_examples: int | None = None,
              max_test_examples: int | None = None, l2_grid=DEFAULT_L2_GRID, seed: int = 0,
-             pooling: str = "adaptive", cache_dir: str | None = None, progress: bool = False,
+             pooling: str = "adaptive", cache_dir: str | None = None,
+             cache_max_bytes: int | None = DEFAULT_MAX_BYTES, progress: bool = False,
              heads=P.HEADS, solver: str = "fast", epochs: int = 70, sgd_batch_size: int = 256,
              mlp_hidden: int = 1000, knn_k: int = 200, knn_temperature: float = 0.1,
              shots=DEFAULT_SHOTS, draws: int = 5, scratch_model: str | None = None,
              budgets=(10, 100, 1000), finetune_steps: int = 100,
-             finetune_batch_size: int = 32, finetune_learning_rate: float = 0.01) -> dict:
+             finetune_batch_size: int = 32, finetune_learning_rate: float = 0.01,
+             utility_task: str = "classification", utility_layer: str | None = None) -> dict:
     """Runs the requested protocols on every layer of every model; returns the report.
 
     Args:
@@ -54,6 +59,8 @@ def evaluate(saved_models, dataset: str, *, protocols=("linear",), data_dir: str
         pooling: ``"adaptive"`` (Kolesnikov) or ``"vissl"`` (Goyal fixed pools).
         cache_dir: Feature cache directory (default ``~/.cache/keras_ssl_eval``;
             ``""`` disables the cache).
+        cache_max_bytes: Size bound of the cache; least recently used entries
+            are deleted past it (None: unbounded).
         progress: Show a progress bar while extracting.
         heads, solver, epochs, sgd_batch_size, mlp_hidden: ``grid`` settings (see
             `keras_ssl_eval.protocols.run_grid`).
@@ -63,6 +70,12 @@ def evaluate(saved_models, dataset: str, *, protocols=("linear",), data_dir: str
         budgets: Label budgets n of ``utility``.
         finetune_steps, finetune_batch_size, finetune_learning_rate: Fine-tuning
             settings of ``utility``.
+        utility_task: ``"classification"`` (accuracy of a linear classifier on the
+            pre-logits) or ``"segmentation"`` (mean IoU of a per-pixel linear
+            classifier on `utility_layer`; needs a dataset with segmentation
+            masks, e.g. synthetic_shapes).
+        utility_layer: The segmentation head's end-point (default: the deepest
+            one at least 1/4 of the input size, see `default_dense_layer`).
 
     Returns:
         The report dict of `keras_ssl_eval.report.build_report`: per model,
@@ -77,9 +90,12 @@ def evaluate(saved_models, dataset: str, *, protocols=("linear",), data_dir: str
     if not saved_models:
         raise ValueError("Pass at least one SavedModel directory.")
     protocols = _protocols(protocols, scratch_model)
+    if utility_task not in UTILITY_TASKS:
+        raise ValueError(f"Unknown utility task {utility_task!r}; use one of {UTILITY_TASKS}.")
     if layers is not None:
         layers = [layers] if isinstance(layers, str) else list(layers)
-    cache = FeatureCache(DEFAULT_CACHE_DIR if cache_dir is None else (cache_dir or None))
+    cache = FeatureCache(DEFAULT_CACHE_DIR if cache_dir is None else (cache_dir or None),
+                         max_bytes=cache_max_bytes)
     limits = {train_split: max_train_examples, test_split: max_test_examples}
     results, description, scratch_curve = [], None, None
     for path in saved_models:
@@ -120,21 +136,36 @@ def evaluate(saved_models, dataset: str, *, protocols=("linear",), data_dir: str
             if model.patch_spec is not None:
                 raise ValueError(f"The utility protocol fine-tunes image models; {path!r} is "
                                  f"patch-based.")
+            dense = utility_task == "segmentation"
             arrays = [load_arrays(dataset, split, model.input_size, data_dir=data_dir,
-                                  limit=limits[split], seed=seed)
+                                  limit=limits[split], seed=seed, segmentation=dense)
                       for split in (train_split, test_split)]
             usable = [int(n) for n in budgets if n <= len(arrays[0][1])]
             tune = dict(steps=finetune_steps, batch_size=finetune_batch_size,
                         learning_rate=finetune_learning_rate, seed=seed)
+            if dense:
+                (images, labels, maps), (test_images, _, test_maps) = arrays
+                layer = utility_layer or default_dense_layer(
+                    _endpoint_shapes(model, images[:1]), images.shape[1])
+                tune.update(layer=layer, num_classes=int(max(maps.max(), test_maps.max())) + 1)
+
+                def curve(model_path):
+                    return segmentation_curve(model_path, images, labels, maps, test_images,
+                                              test_maps, usable, **tune)
+            else:
+                def curve(model_path):
+                    return finetune_curve(model_path, *arrays[0], *arrays[1], usable, **tune)
             if scratch_curve is None:
-                scratch_curve = finetune_curve(scratch_model, *arrays[0], *arrays[1], usable,
-                                               **tune)
-            finetuned = finetune_curve(path, *arrays[0], *arrays[1], usable, **tune)
+                scratch_curve = curve(scratch_model)
+            finetuned = curve(path)
             entry["utility"] = {
-                "scratch_model": scratch_model, "budgets": usable,
+                "scratch_model": scratch_model, "budgets": usable, "task": utility_task,
+                "metric": "mean_iou" if dense else "accuracy",
                 "skipped_budgets": [int(n) for n in budgets if n > len(arrays[0][1])],
                 "finetuned_accuracy": finetuned, "scratch_accuracy": scratch_curve,
                 "curve": utility_curve(usable, finetuned, usable, scratch_curve)}
+            if dense:
+                entry["utility"].update(layer=tune["layer"], num_classes=tune["num_classes"])
             description = description or {"name": dataset, "train": {"split": train_split},
                                            "test": {"split": test_split}}
         results.append(entry)
@@ -156,11 +187,18 @@ def evaluate(saved_models, dataset: str, *, protocols=("linear",), data_dir: str
                                "svm": "one-vs-rest squared hinge, C by 3-fold CV, l2-normalised"}
     if "utility" in protocols:
         settings["utility"] = {"scratch_model": scratch_model, "budgets": list(budgets),
+                               "task": utility_task, "layer": utility_layer,
                                "steps": finetune_steps, "batch_size": finetune_batch_size,
                                "learning_rate": finetune_learning_rate}
     report = build_report(results, settings=settings, dataset=description or {"name": dataset})
     report["protocol"] = "linear_probe" if protocols == ["linear"] else "+".join(protocols)
     return report
+
+
+def _endpoint_shapes(model, images) -> dict:
+    """Per-image end-point shapes in network order (signature outputs have none)."""
+    outputs = model.endpoints(images)
+    return {name: list(outputs[name].shape[1:]) for name in model.endpoint_names}
 
 
 def _protocols(protocols, scratch_model):

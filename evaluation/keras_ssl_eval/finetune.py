@@ -1,18 +1,27 @@
-"""Fine-tuning a SavedModel with a linear head at a label budget (for utility).
+"""Fine-tuning a SavedModel at a label budget (for utility).
 
-The SavedModel contract traces ``model(images, training=True)`` and exposes
+The SavedModel contract traces ``model(images, training=True)`` and
+``model.end_points(images, training=True)`` and exposes
 ``model.trainable_variables``, so a client fine-tunes it with a
-`tf.GradientTape`. Here: a zero-initialised linear head on the pre-logits,
-SGD with momentum on head and backbone together, plain TensorFlow (no keras).
-The backbone is reset to its exported weights before every budget.
+`tf.GradientTape`. Two tasks, each with a zero-initialised linear head and SGD
+with momentum on head and backbone together, plain TensorFlow (no keras):
+classification (`FineTuner`: a linear classifier on the pre-logits, scored by
+accuracy) and semantic segmentation (`SegmentationFineTuner`: a per-pixel
+linear classifier on a feature map, upsampled to the image, scored by mean
+IoU). The backbone is reset to its exported weights before every budget.
 """
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 import tensorflow as tf
 
-__all__ = ["FineTuner", "subset_indices"]
+__all__ = ["FineTuner", "SegmentationFineTuner", "finetune_curve", "load_arrays", "mean_iou",
+           "subset_indices"]
+
+_log = logging.getLogger(__name__)
 
 
 def subset_indices(labels, n: int, seed: int) -> np.ndarray:
@@ -36,7 +45,7 @@ def subset_indices(labels, n: int, seed: int) -> np.ndarray:
 
 
 class FineTuner:
-    """Fine-tunes one SavedModel on labelled images.
+    """Fine-tunes one SavedModel with a linear classifier on the pre-logits.
 
     Args:
         path: The SavedModel directory (contract: callable with ``training``,
@@ -53,32 +62,44 @@ class FineTuner:
         0.53
     """
 
+    metric = "accuracy"
+
     def __init__(self, path: str, num_classes: int, *, steps: int = 100, batch_size: int = 32,
                  learning_rate: float = 0.01, momentum: float = 0.9, seed: int = 0):
         self.model = tf.saved_model.load(path)
         if not hasattr(self.model, "trainable_variables"):
             raise ValueError(f"SavedModel {path!r} has no trainable_variables, so it cannot "
                              f"be fine-tuned (see docs/savedmodel_contract.md).")
+        self.path = path
         self.backbone_vars = list(self.model.trainable_variables)
         self._initial = [v.numpy() for v in self.model.variables]
         self.num_classes, self.steps, self.batch_size = num_classes, steps, batch_size
         self.learning_rate, self.momentum, self.seed = learning_rate, momentum, seed
-        self._step = None
 
-    def _reset(self, dim):
+    # The task: features of the backbone, a zero-initialised linear head on them, a loss.
+    def _features(self, images, training):
+        return self.model(images, training=training)
+
+    def _logits(self, features, images):
+        del images
+        return features @ self.kernel + self.bias
+
+    def _fit(self, images, targets):
+        """Resets the backbone to its exported weights and fine-tunes it with a new head."""
         for var, value in zip(self.model.variables, self._initial):
             var.assign(value)
+        dim = int(self._features(tf.constant(images[:1]), False).shape[-1])
         self.kernel = tf.Variable(tf.zeros([dim, self.num_classes]))
         self.bias = tf.Variable(tf.zeros([self.num_classes]))
         variables = self.backbone_vars + [self.kernel, self.bias]
         velocity = [tf.Variable(tf.zeros_like(v)) for v in variables]
 
         @tf.function
-        def step(images, labels):
+        def step(batch_images, batch_targets):
             with tf.GradientTape() as tape:
-                logits = self.model(images, training=True) @ self.kernel + self.bias
+                logits = self._logits(self._features(batch_images, True), batch_images)
                 loss = tf.reduce_mean(
-                    tf.nn.sparse_softmax_cross_entropy_with_logits(labels, logits))
+                    tf.nn.sparse_softmax_cross_entropy_with_logits(batch_targets, logits))
             grads = tape.gradient(loss, variables)
             for var, vel, grad in zip(variables, velocity, grads):
                 if grad is not None:
@@ -86,7 +107,24 @@ class FineTuner:
                     var.assign_sub(self.learning_rate * vel)
             return loss
 
-        self._step = step
+        rng = np.random.default_rng(self.seed)
+        batch = min(self.batch_size, len(images))
+        for _ in range(self.steps):
+            idx = rng.choice(len(images), batch, replace=False)
+            step(tf.constant(images[idx]), tf.constant(targets[idx].astype(np.int32)))
+
+    def _predict(self, images, batch_size):
+        predictions = []
+        for start in range(0, len(images), batch_size):
+            chunk = tf.constant(images[start:start + batch_size])
+            logits = self._logits(self._features(chunk, False), chunk)
+            predictions.append(np.argmax(logits.numpy(), axis=-1))
+        return np.concatenate(predictions)
+
+    def score(self, images, targets, test_images, test_targets, *, batch_size: int = 64) -> float:
+        """Fine-tunes from the exported weights on (images, targets); returns the test
+        score (`metric`)."""
+        return self.accuracy(images, targets, test_images, test_targets, batch_size=batch_size)
 
     def accuracy(self, images, labels, test_images, test_labels, *, batch_size: int = 64) -> float:
         """Fine-tunes from the exported weights on (images, labels); returns test accuracy.
@@ -101,22 +139,108 @@ class FineTuner:
         Returns:
             Test accuracy in [0, 1].
         """
-        dim = int(self.model(tf.constant(images[:1]), training=False).shape[-1])
-        self._reset(dim)
-        rng = np.random.default_rng(self.seed)
-        batch = min(self.batch_size, len(images))
-        for _ in range(self.steps):
-            idx = rng.choice(len(images), batch, replace=False)
-            self._step(tf.constant(images[idx]), tf.constant(labels[idx].astype(np.int32)))
-        predictions = []
-        for start in range(0, len(test_images), batch_size):
-            chunk = tf.constant(test_images[start:start + batch_size])
-            logits = self.model(chunk, training=False) @ self.kernel + self.bias
-            predictions.append(np.argmax(logits.numpy(), axis=1))
-        return float(np.mean(np.concatenate(predictions) == np.asarray(test_labels)))
+        self._fit(images, labels)
+        predictions = self._predict(test_images, batch_size)
+        return float(np.mean(predictions == np.asarray(test_labels)))
 
 
-def load_arrays(dataset: str, split: str, image_size, *, data_dir=None, limit=None, seed=0):
+def mean_iou(predictions, targets, num_classes: int) -> float:
+    """Mean intersection over union of per-pixel classes, over the whole set.
+
+    IoU_c = TP / (TP + FP + FN) from pixel counts summed over every image; the
+    mean is over the classes present in the targets or the predictions.
+
+    Args:
+        predictions: Integer class maps ``[N, H, W]``.
+        targets: Integer class maps, same shape.
+        num_classes: Classes (0 .. num_classes - 1).
+
+    Returns:
+        The mean IoU in [0, 1].
+    """
+    predictions = np.asarray(predictions).reshape(-1)
+    targets = np.asarray(targets).reshape(-1)
+    confusion = np.bincount(targets * num_classes + predictions,
+                            minlength=num_classes**2).reshape(num_classes, num_classes)
+    true_positive = np.diag(confusion).astype(np.float64)
+    union = confusion.sum(0) + confusion.sum(1) - true_positive
+    present = union > 0
+    return float(np.mean(true_positive[present] / union[present]))
+
+
+class SegmentationFineTuner(FineTuner):
+    """Fine-tunes one SavedModel for semantic segmentation (the dense utility task).
+
+    A zero-initialised 1x1 convolution (a per-pixel linear classifier) on the
+    end-point `layer`; its logits are resized bilinearly to the image size and
+    trained with per-pixel cross-entropy, backbone and head together. The
+    score is the mean IoU. The end-point comes from the SavedModel's
+    ``end_points(images, training)`` (batch statistics in training); a model
+    without it is fine-tuned through its ``representation`` signature, where
+    batch norm keeps its exported statistics (a warning says so).
+
+    Args:
+        path: The SavedModel directory.
+        num_classes: Pixel classes (background included).
+        layer: A spatial end-point (``[batch, h, w, channels]``).
+        **kwargs: As for `FineTuner`.
+
+    Example:
+        >>> SegmentationFineTuner("/models/rotation", 13, "block3").score(x, m, xt, mt)
+        0.41
+    """
+
+    metric = "mean_iou"
+
+    def __init__(self, path: str, num_classes: int, layer: str, **kwargs):
+        super().__init__(path, num_classes, **kwargs)
+        self.layer = layer
+        self._end_points = getattr(self.model, "end_points", None)
+        if self._end_points is None:
+            if "representation" not in self.model.signatures:
+                raise ValueError(f"SavedModel {path!r} has neither end_points nor the "
+                                 f"representation signature; see docs/savedmodel_contract.md.")
+            _log.warning("%s has no end_points function: fine-tuning through its "
+                         "representation signature, with batch norm frozen at its exported "
+                         "statistics.", path)
+
+    def _features(self, images, training):
+        if self._end_points is not None:
+            outputs = self._end_points(images, training=training)
+        else:
+            outputs = self.model.signatures["representation"](images=images)
+        if self.layer not in outputs:
+            raise ValueError(f"End-point {self.layer!r} is not in {self.path!r}; it has "
+                             f"{sorted(outputs)}.")
+        features = outputs[self.layer]
+        if features.shape.rank != 4:
+            raise ValueError(f"End-point {self.layer!r} has shape {features.shape}; the "
+                             f"segmentation head needs a feature map [batch, h, w, channels].")
+        return features
+
+    def _logits(self, features, images):
+        logits = tf.einsum("bhwc,ck->bhwk", features, self.kernel) + self.bias
+        return tf.image.resize(logits, tf.shape(images)[1:3], method="bilinear")
+
+    def score(self, images, masks, test_images, test_masks, *, batch_size: int = 64) -> float:
+        """Fine-tunes from the exported weights on (images, masks); returns the test mean IoU.
+
+        Args:
+            images: float32 ``[n, H, W, 3]`` in [0, 1].
+            masks: Integer class maps ``[n, H, W]`` in ``[0, num_classes)``.
+            test_images, test_masks: The test set, same form.
+            batch_size: Images per forward pass at test time.
+
+        Returns:
+            The mean IoU in [0, 1].
+        """
+        self._fit(images, masks)
+        predictions = self._predict(test_images, batch_size)
+        return mean_iou(predictions, np.asarray(test_masks), self.num_classes)
+
+
+def load_arrays(dataset: str, split: str, image_size, *, data_dir=None, limit=None, seed=0,
+                segmentation: bool = False):
     """Reads a split into memory: float32 images ``[N, H, W, 3]`` and int64 labels.
 
     Args:
@@ -126,29 +250,33 @@ def load_arrays(dataset: str, split: str, image_size, *, data_dir=None, limit=No
         data_dir: TFDS data directory.
         limit: At most this many images (seeded subset).
         seed: Seed of the subset.
+        segmentation: Also read the class maps (see `load_images`).
 
     Returns:
-        ``(images, labels)``.
+        ``(images, labels)``, or ``(images, labels, class_maps)`` with
+        `segmentation` (int64 ``[N, H, W]``).
     """
     from keras_ssl_eval.data import load_images  # pylint: disable=import-outside-toplevel
 
     ds, _ = load_images(dataset, split, data_dir=data_dir, image_size=image_size,
-                        shuffle_files=limit is not None, seed=seed)
+                        shuffle_files=limit is not None, seed=seed, segmentation=segmentation)
     if limit is not None:
         ds = ds.take(limit)
-    images, labels = [], []
+    fields = ("image", "label", "segmentation") if segmentation else ("image", "label")
+    arrays = {field: [] for field in fields}
     for example in ds.batch(256).as_numpy_iterator():
-        images.append(example["image"])
-        labels.append(example["label"])
-    if not images:
+        for field in fields:
+            arrays[field].append(example[field])
+    if not arrays["image"]:
         raise ValueError(f"Dataset {dataset!r}, split {split!r} yielded no images.")
-    return np.concatenate(images).astype(np.float32), np.concatenate(labels)
+    images = np.concatenate(arrays["image"]).astype(np.float32)
+    return (images,) + tuple(np.concatenate(arrays[field]) for field in fields[1:])
 
 
 def finetune_curve(path: str, images, labels, test_images, test_labels, budgets, *,
                    steps: int = 100, batch_size: int = 32, learning_rate: float = 0.01,
                    seed: int = 0) -> list[float]:
-    """Test accuracies of `path` fine-tuned with each label budget.
+    """Test accuracies of `path` fine-tuned for classification with each label budget.
 
     Args:
         path: SavedModel directory.
@@ -166,8 +294,49 @@ def finetune_curve(path: str, images, labels, test_images, test_labels, budgets,
     test_targets[~np.isin(test_labels, classes)] = -1  # Unseen classes: always wrong.
     tuner = FineTuner(path, len(classes), steps=steps, batch_size=batch_size,
                       learning_rate=learning_rate, seed=seed)
-    accuracies = []
-    for n in budgets:
-        idx = subset_indices(labels, int(n), seed)
-        accuracies.append(tuner.accuracy(images[idx], targets[idx], test_images, test_targets))
-    return accuracies
+    return [tuner.score(images[idx], targets[idx], test_images, test_targets)
+            for idx in (subset_indices(labels, int(n), seed) for n in budgets)]
+
+
+def segmentation_curve(path: str, images, labels, class_maps, test_images, test_class_maps,
+                       budgets, *, layer: str, num_classes: int, steps: int = 100,
+                       batch_size: int = 32, learning_rate: float = 0.01,
+                       seed: int = 0) -> list[float]:
+    """Test mean IoUs of `path` fine-tuned for segmentation with each budget of labelled images.
+
+    Args:
+        path: SavedModel directory.
+        images, labels, class_maps: The training pool; `labels` (image classes)
+            only choose the subsets, as for classification.
+        test_images, test_class_maps: The test set.
+        budgets: Numbers of labelled images n.
+        layer: The end-point under the head.
+        num_classes: Pixel classes, background included.
+        steps, batch_size, learning_rate: Fine-tuning settings.
+        seed: Seed of the subsets (the same n images for every model).
+
+    Returns:
+        One mean IoU per budget.
+    """
+    tuner = SegmentationFineTuner(path, num_classes, layer, steps=steps, batch_size=batch_size,
+                                  learning_rate=learning_rate, seed=seed)
+    return [tuner.score(images[idx], class_maps[idx], test_images, test_class_maps)
+            for idx in (subset_indices(labels, int(n), seed) for n in budgets)]
+
+
+def default_dense_layer(endpoint_shapes: dict, input_height: int) -> str:
+    """The deepest spatial end-point at least 1/4 of the input's height (block3 of a
+    small-stem ResNet at 32 px), else the highest-resolution one.
+
+    Args:
+        endpoint_shapes: Per-image shapes ``{name: [h, w, c] or [d]}`` in network order.
+        input_height: The input's height.
+
+    Returns:
+        An end-point name.
+    """
+    spatial = [(name, shape) for name, shape in endpoint_shapes.items() if len(shape) == 3]
+    if not spatial:
+        raise ValueError("The model has no spatial end-point for a segmentation head.")
+    large = [name for name, shape in spatial if shape[0] * 4 >= input_height]
+    return large[-1] if large else max(spatial, key=lambda item: item[1][0])[0]

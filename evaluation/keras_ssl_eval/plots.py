@@ -112,7 +112,8 @@ def _utility_plot(report, path):
     ax.minorticks_off()
     ax.set_xlabel("labels n")
     ax.set_ylabel("utility U(n) = n_hat / n - 1")
-    ax.set_title("Utility of pretraining (x: clipped at the scratch curve)")
+    task = models[0]["utility"].get("task", "classification")
+    ax.set_title(f"Utility of pretraining, {task} (x: clipped at the scratch curve)")
     return _finish(fig, ax, path)
 
 

@@ -232,8 +232,10 @@ def _utility_table(report):
             cells.append("-" if row is None else f"{row['utility']:.2f}"
                          + (f" ({row['flag']})" if row["flag"] else ""))
         rows.append([str(n), *cells])
-    return _table("Utility U(n) = n_hat / n - 1 of fine-tuning vs. training from scratch",
-                  ["labels n", *[m["name"] for m in models]], rows)
+    task = models[0]["utility"].get("task", "classification") if models else "classification"
+    metric = models[0]["utility"].get("metric", "accuracy") if models else "accuracy"
+    return _table(f"Utility U(n) = n_hat / n - 1 of fine-tuning vs. training from scratch "
+                  f"({task}, {metric})", ["labels n", *[m["name"] for m in models]], rows)
 
 
 def markdown_report(report: dict) -> str:

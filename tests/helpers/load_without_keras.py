@@ -38,6 +38,10 @@ model = tf.saved_model.load(path)
 outputs = {f"representation/{k}": v.numpy() for k, v in model.signatures["representation"](images=images).items()}
 outputs["serving_default/pre_logits"] = model.signatures["serving_default"](images=images)["pre_logits"].numpy()
 outputs["call"] = model(images, training=False).numpy()
+# Inference first: a training-mode call moves the batch-norm moving statistics.
+for training in (False, True):
+    for name, value in model.end_points(images, training=training).items():
+        outputs[f"end_points_{training}/{name}"] = value.numpy()
 outputs["call_training"] = model(images, training=True).numpy()
 np.savez(out_path, **outputs)
 loaded = [m for m in sys.modules if m.split(".")[0] in BLOCKED]

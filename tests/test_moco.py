@@ -35,6 +35,40 @@ def test_loss_is_info_nce_against_the_queue_without_key_gradient():
     assert all(g is None for g in grads)
 
 
+def test_shuffled_bn_normalises_keys_in_permuted_groups():
+    method = tiny_method("moco", queue_size=16, shuffle_bn_groups=2)
+    batch = next(iter(method.make_dataset(random_examples(8), 8)))
+    views = batch["key_view"]
+    permutation = method.key_permutation(8).numpy()
+    assert sorted(permutation) == list(range(8)) and list(permutation) != list(range(8))
+    keys = method._keys(views, training=True).numpy()  # pylint: disable=protected-access
+
+    def encode(rows):  # One batch-norm group, statistics of its own 4 images.
+        features = method.key_backbone(tf.gather(views, rows), training=True)["pre_logits"]
+        return tf.math.l2_normalize(method.key_head(features, training=True), axis=-1).numpy()
+
+    expected = np.zeros_like(keys)
+    for group in (permutation[:4], permutation[4:]):
+        expected[group] = encode(group)
+    np.testing.assert_allclose(keys, expected, atol=1e-5)
+    whole = tf.math.l2_normalize(method.key_head(
+        method.key_backbone(views, training=True)["pre_logits"], training=True), axis=-1)
+    assert np.abs(keys - whole.numpy()).max() > 1e-3  # The groups' statistics do matter.
+
+
+def test_shuffled_bn_refuses_synchronized_bn_and_uneven_groups():
+    from keras_ssl.backbones import build_backbone
+    from keras_ssl.registry import METHODS
+
+    net = build_backbone("resnet_v2", depth=10, widening_factor=1, synchronized_bn=True)
+    with pytest.raises(ValueError, match="synchronized"):
+        METHODS.get("moco")(net, queue_size=16, shuffle_bn_groups=2)
+    method = tiny_method("moco", queue_size=16, shuffle_bn_groups=3)
+    batch = next(iter(method.make_dataset(random_examples(8), 8)))
+    with pytest.raises(ValueError, match="not a multiple of shuffle_bn_groups"):
+        method.compute_pretext_loss(batch, training=True)
+
+
 def test_train_step_moves_key_encoder_by_momentum_and_enqueues_keys():
     method = tiny_method("moco", queue_size=12, momentum=0.9)
     batch = next(iter(method.make_dataset(random_examples(8), 8)))
@@ -93,7 +127,9 @@ def test_trains_with_keras_ssl_train_and_sync_bn(data_dir, tmp_path):
 @pytest.mark.slow
 def test_queue_key_encoder_and_npid_bank_on_two_replicas():
     # Two Orbit steps of MoCo on 2 mirrored CPUs equal one device (queue, pointer,
-    # momentum encoder, weights); NPID's bank stays identical on both replicas.
+    # momentum encoder, weights), with synchronized BN and with shuffled BN (2 replicas x 1
+    # group = 1 device x 2 groups); so do NPID's bank, Z and weights (its noise draw is keyed by
+    # the step and the global row), and both stay identical on every replica.
     import json
     import subprocess
     import sys
@@ -108,3 +144,9 @@ def test_queue_key_encoder_and_npid_bank_on_two_replicas():
     assert report["moco_weight_difference"] < 1e-5
     assert report["moco_replica_spread"] == 0.0 and report["npid_replica_spread"] == 0.0
     assert report["npid_bank_row_norms"] == pytest.approx([1.0] * 8, abs=1e-4)
+    assert report["npid_bank_change"] > 1e-2  # The steps did move the bank ...
+    assert report["npid_bank_difference"] < 1e-5  # ... by the same on 2 replicas as on one.
+    assert report["npid_weight_difference"] < 1e-5
+    assert report["moco_shuffled_bn_weight_difference"] < 1e-5
+    assert report["moco_shuffled_bn_queue_difference"] < 1e-5
+    assert report["npid_normalization_constants"][0] == pytest.approx(report["npid_normalization_constants"][1], rel=1e-5)

@@ -7,11 +7,18 @@ image give a query and its positive key; the negatives are a FIFO queue of
 the keys of earlier batches (a non-trainable variable saved in checkpoints).
 Keys carry no gradient. InfoNCE with tau = 0.2 and the MLP head.
 
-Batch norm: MoCo's shuffled BN stops the per-device batch statistics from
-leaking which key belongs to which query. Here batch norm is synchronized
-across replicas instead (`resnet_v2.synchronized_bn = True`; the heads
-follow the backbone), which removes the leak the same way: statistics come
-from the whole global batch. Shuffled BN is not implemented.
+Batch norm: when a query and its key are normalised with statistics of the
+same images, the statistics tell which key belongs to the current batch and
+the model can find its positive without learning much. Two remedies:
+
+- Synchronized BN (`resnet_v2.synchronized_bn = True`; the heads follow the
+  backbone): statistics over the whole global batch.
+- Shuffled BN (`shuffle_bn_groups = G`, MoCo's own): every replica normalises
+  its queries in G groups of consecutive examples and its keys in G groups
+  drawn after a permutation of the global batch (the same on every replica,
+  keyed by the step), then the keys are put back in order. R replicas with G
+  groups each give R x G batch-norm groups; one device with G = 2 computes
+  exactly what 2 replicas with G = 1 do (tested).
 """
 
 from __future__ import annotations
@@ -26,7 +33,9 @@ from keras_ssl_methods._contrastive import (
     assign_across_replicas,
     ema_update,
     projection_head,
+    replica_position,
     scatter_across_replicas,
+    step_seed,
     uses_synchronized_bn,
 )
 
@@ -46,7 +55,15 @@ class MoCoV2(ContrastiveMethod):
       head_batch_norm: Batch norm in the head (MoCo v2's head has none).
       num_classes: Train an online linear probe (see `ContrastiveMethod`).
       augmentation: The stack drawing each view (`moco_v2`).
+      shuffle_bn_groups: 0: batch norm over the replica's whole batch (or the
+        global batch with synchronized BN). G >= 1: shuffled BN with G groups
+        per replica; the per-replica batch must be a multiple of G, and the
+        backbone's batch norm must not be synchronized.
+      shuffle_seed: Seed of the key permutation (with the optimizer step).
       **kwargs: Passed to `keras_ssl.Method`.
+
+    Example:
+      >>> moco = MoCoV2(backbone, queue_size=4096, momentum=0.99, shuffle_bn_groups=2)
     """
 
     def __init__(
@@ -61,6 +78,8 @@ class MoCoV2(ContrastiveMethod):
         head_batch_norm: bool = False,
         num_classes: int | None = None,
         augmentation="moco_v2",
+        shuffle_bn_groups: int = 0,
+        shuffle_seed: int = 0,
         **kwargs,
     ):
         super().__init__(backbone, num_classes=num_classes, augmentation=augmentation, **kwargs)
@@ -71,6 +90,17 @@ class MoCoV2(ContrastiveMethod):
         self.temperature = temperature
         width = output_dim(backbone)
         synchronized = uses_synchronized_bn(backbone)
+        if shuffle_bn_groups < 0:
+            raise ValueError(f"moco: shuffle_bn_groups must be >= 0, got {shuffle_bn_groups}.")
+        if shuffle_bn_groups and synchronized:
+            raise ValueError(
+                "moco: shuffle_bn_groups needs per-group batch statistics, but the backbone's "
+                "batch norm is synchronized across replicas. Use one of the two: set "
+                "`moco.shuffle_bn_groups = 0` or `resnet_v2.synchronized_bn = False` (or the "
+                "`synchronized_bn` of your backbone)."
+            )
+        self.shuffle_bn_groups = int(shuffle_bn_groups)
+        self.shuffle_seed = int(shuffle_seed)
         self.head = projection_head(
             width, hidden_dim or width, projection_dim, num_head_layers, head_batch_norm,
             synchronized_bn=synchronized, name="moco_head",
@@ -82,8 +112,11 @@ class MoCoV2(ContrastiveMethod):
         )
         self.key_backbone.set_weights(backbone.get_weights())
         self.key_head.set_weights(self.head.get_weights())
-        self.key_backbone.trainable = False
-        self.key_head.trainable = False
+        # The key encoder stays `trainable`: Keras runs the batch norm of a non-trainable
+        # layer in inference mode, and keys must be normalised with their batch's
+        # statistics as the queries are (with moving statistics that never left their
+        # initial 0/1, the keys were unnormalised activations). Gradients never reach it:
+        # `trainable_weights` and `losses` below leave it out.
         self.queue = self.add_weight(
             shape=(queue_size, projection_dim),
             initializer=keras.initializers.RandomNormal(stddev=1.0),
@@ -93,6 +126,34 @@ class MoCoV2(ContrastiveMethod):
         self.queue_pointer = self.add_weight(
             shape=(), initializer="zeros", dtype="int32", trainable=False, name="queue_pointer"
         )
+
+    def _key_encoder_ids(self):
+        return {id(v) for v in self.key_backbone.weights + self.key_head.weights}
+
+    @property
+    def trainable_weights(self):
+        """The trained weights: everything but the momentum-updated key encoder."""
+        keys = self._key_encoder_ids()
+        return [v for v in super().trainable_weights if id(v) not in keys]
+
+    @property
+    def trainable_variables(self):
+        return self.trainable_weights
+
+    @property
+    def non_trainable_weights(self):
+        trained = {id(v) for v in self.trainable_weights}
+        return [v for v in self.weights if id(v) not in trained]
+
+    @property
+    def non_trainable_variables(self):
+        return self.non_trainable_weights
+
+    @property
+    def losses(self):
+        """Regularization of the trained parts only (the key encoder's would be a constant)."""
+        parts = [self.backbone, self.head] + ([self.probe] if self.probe is not None else [])
+        return [loss for part in parts for loss in part.losses]
 
     def preprocess(self, example):
         image = example["image"]
@@ -108,12 +169,53 @@ class MoCoV2(ContrastiveMethod):
             self.key_backbone.weights + self.key_head.weights,
         )
 
+    def _in_groups(self, encode, images):
+        """`encode` on `shuffle_bn_groups` consecutive slices of `images` (one batch norm
+        group each), concatenated; on the whole batch when shuffled BN is off."""
+        groups = self.shuffle_bn_groups
+        if groups <= 1:
+            return encode(images)
+        size = images.shape[0]
+        if size is not None and size % groups:
+            raise ValueError(
+                f"moco: the per-replica batch ({size}) is not a multiple of "
+                f"shuffle_bn_groups ({groups}); change the batch size or the groups."
+            )
+        outputs = [encode(part) for part in tf.split(images, groups)]
+        return tf.nest.map_structure(lambda *parts: tf.concat(parts, axis=0), *outputs)
+
+    def key_permutation(self, global_batch_size):
+        """The permutation of the global batch that shuffled BN uses at this step."""
+        draw = tf.random.stateless_uniform([global_batch_size], step_seed(self, self.shuffle_seed))
+        return tf.argsort(draw)
+
+    def _keys(self, key_views, training):
+        def encode(images):
+            features = self.key_backbone(images, training=training)["pre_logits"]
+            return self.key_head(features, training=training)
+
+        if not self.shuffle_bn_groups:
+            keys = encode(key_views)
+        else:
+            _, replica = replica_position()
+            local = tf.shape(key_views)[0]
+            views = gather_across_replicas(key_views)
+            permutation = self.key_permutation(tf.shape(views)[0])
+            mine = tf.gather(views, permutation[replica * local:(replica + 1) * local])
+            mine = tf.ensure_shape(mine, key_views.shape)
+            # Row i of the gathered keys is the key of example permutation[i].
+            shuffled = gather_across_replicas(self._in_groups(encode, mine))
+            keys = tf.gather(shuffled, tf.argsort(permutation))[replica * local:(replica + 1) * local]
+        keys = tf.stop_gradient(keys)
+        return tf.math.l2_normalize(tf.cast(keys, tf.float32), axis=-1)
+
     def compute_pretext_loss(self, batch, training):
-        pre_logits = self.backbone(batch["query_view"], training=training)["pre_logits"]
-        queries = self.head(pre_logits, training=training)
-        key_features = self.key_backbone(batch["key_view"], training=training)["pre_logits"]
-        keys = tf.stop_gradient(self.key_head(key_features, training=training))
-        keys = tf.math.l2_normalize(tf.cast(keys, tf.float32), axis=-1)
+        def encode(images):
+            features = self.backbone(images, training=training)["pre_logits"]
+            return features, self.head(features, training=training)
+
+        pre_logits, queries = self._in_groups(encode, batch["query_view"])
+        keys = self._keys(batch["key_view"], training)
         negatives = tf.stop_gradient(tf.convert_to_tensor(self.queue))
         loss, logits = info_nce_loss(queries, keys, negatives, self.temperature)
         accuracy = tf.reduce_mean(tf.cast(tf.equal(tf.argmax(logits, -1), 0), tf.float32))

@@ -14,6 +14,12 @@ constructor argument bound by gin (`npid.num_examples = 50000`), because the
 method is built before the dataset is read and the bank's shape must be
 known to create it (and to restore it from a checkpoint). An index >= n
 stops the input pipeline with a message naming the binding.
+
+The noise instances are drawn for the whole global batch from a stateless
+generator keyed by the optimizer step (`noise_seed`), and each replica takes
+its own rows: a step on R replicas draws exactly the noise of the same step
+on one device with the concatenated batch, so the two give the same update
+(tested on two logical CPUs).
 """
 
 from __future__ import annotations
@@ -27,7 +33,9 @@ from keras_ssl_methods._contrastive import (
     ContrastiveMethod,
     assign_across_replicas,
     projection_head,
+    replica_position,
     scatter_across_replicas,
+    step_seed,
 )
 
 
@@ -48,7 +56,11 @@ class NPID(ContrastiveMethod):
       projection_dim: Feature width (128).
       num_classes: Train an online linear probe (see `ContrastiveMethod`).
       augmentation: The stack drawing the one view.
+      noise_seed: Seed of the noise draws (with the optimizer step).
       **kwargs: Passed to `keras_ssl.Method`.
+
+    Example:
+      >>> npid = NPID(backbone, num_examples=50000, num_negatives=4096)
     """
 
     def __init__(
@@ -62,6 +74,7 @@ class NPID(ContrastiveMethod):
         projection_dim: int = 128,
         num_classes: int | None = None,
         augmentation="crop_flip",
+        noise_seed: int = 0,
         **kwargs,
     ):
         super().__init__(backbone, num_classes=num_classes, augmentation=augmentation, **kwargs)
@@ -76,6 +89,7 @@ class NPID(ContrastiveMethod):
         self.temperature = temperature
         self.bank_momentum = bank_momentum
         self.fix_normalization = fix_normalization
+        self.noise_seed = int(noise_seed)
         self.head = projection_head(
             output_dim(backbone), projection_dim, projection_dim, num_layers=1,
             batch_norm=False, name="npid_projection",
@@ -112,16 +126,16 @@ class NPID(ContrastiveMethod):
         bank = self.memory_bank.value  # gathered row by row, never copied whole
         index = tf.cast(batch["index"], tf.int32)
         positives = tf.stop_gradient(tf.gather(bank, index))
-        noise_index = tf.random.uniform(
-            [tf.shape(features)[0], self.num_negatives], 0, self.num_examples, tf.int32
-        )
+        noise_index = self._noise_index(tf.shape(features)[0])
         noise = tf.stop_gradient(tf.gather(bank, noise_index))  # [B, K, D]
         positive_scores = tf.reduce_sum(features * positives, axis=-1)
         noise_scores = tf.einsum("bd,bkd->bk", features, noise)
         z = tf.convert_to_tensor(self.normalization_constant)
         estimate = tf.stop_gradient(tf.reduce_mean(tf.exp(noise_scores / self.temperature)))
         estimate = estimate * self.num_examples
-        estimate = gather_across_replicas(estimate[None])[0]  # replica 0's, the same everywhere
+        # The mean of the replicas' estimates, each over an equal share of the global batch:
+        # the estimate of the whole batch, the same on every replica.
+        estimate = tf.reduce_mean(gather_across_replicas(estimate[None]))
         z = tf.where(z > 0, z, estimate) if self.fix_normalization else estimate
         loss, _ = nce_loss(positive_scores, noise_scores, self.num_examples, self.temperature, z)
         self._stash(index=index, features=features, z=z)
@@ -132,6 +146,16 @@ class NPID(ContrastiveMethod):
             **probe_metrics,
         }
         return loss + probe, metrics
+
+    def _noise_index(self, batch_size):
+        """[batch_size, K] uniform bank rows: this replica's rows of the global batch's draw."""
+        replicas, replica = replica_position()
+        draw = tf.random.stateless_uniform(
+            [batch_size * replicas, self.num_negatives], step_seed(self, self.noise_seed),
+            0, self.num_examples, tf.int32,
+        )
+        start = tf.cast(replica, tf.int32) * batch_size
+        return draw[start:start + batch_size]
 
     def after_update(self):
         """Moves the bank rows of this step's examples towards their new features."""

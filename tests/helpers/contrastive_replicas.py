@@ -129,7 +129,7 @@ def _moco_views(example):
             "label": tf.cast(example["label"], tf.int32)}
 
 
-def _run_method(name, strategy, weights, images, steps, **kwargs):
+def _run_method(name, strategy, weights, images, steps, synchronized_bn=True, **kwargs):
     import orbit
 
     from keras_ssl.backbones import build_backbone
@@ -138,11 +138,14 @@ def _run_method(name, strategy, weights, images, steps, **kwargs):
 
     with strategy.scope():
         net = build_backbone(
-            "resnet_v2", depth=10, widening_factor=1, small_image_stem=True, synchronized_bn=True
+            "resnet_v2", depth=10, widening_factor=1, small_image_stem=True,
+            synchronized_bn=synchronized_bn,
         )
         method = METHODS.get(name)(net, **kwargs)
         if name == "moco":
             method.preprocess = _moco_views
+        else:
+            method.augment = lambda image: image  # Both runs must see the same inputs.
         examples = tf.data.Dataset.from_tensor_slices(
             {"image": images, "label": np.arange(len(images)) % 3, "index": np.arange(len(images))}
         )
@@ -166,7 +169,7 @@ def _replica_spread(variable):
 
 
 def stateful():
-    """MoCo's queue and key encoder, NPID's bank: equal on both replicas, and MoCo's equal to one device."""
+    """MoCo's queue and key encoder, NPID's bank and Z: equal on both replicas and to one device."""
     images = np.random.RandomState(0).rand(8, 16, 16, 3).astype(np.float32)
     one = tf.distribute.OneDeviceStrategy("/cpu:0")
     strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
@@ -188,11 +191,37 @@ def stateful():
         "moco_replica_spread": max(_replica_spread(v) for v in [mirrored.queue, mirrored.queue_pointer]
                                    + mirrored.key_backbone.weights),
     }
-    npid = _run_method("npid", strategy, None, images, 1, num_examples=8, num_negatives=4)
+    local = dict(moco_args, synchronized_bn=False)
+    weights = _run_method("moco", one, None, images[:2], 0, **local).get_weights()
+    single = _run_method("moco", one, weights, images, 2, shuffle_bn_groups=2, **local)
+    mirrored = _run_method("moco", strategy, weights, images, 2, shuffle_bn_groups=1, **local)
+    # Trained weights and the key encoder's; not the batch-norm moving statistics, which
+    # one device updates once per group and 2 replicas average over replicas.
+    report["moco_shuffled_bn_weight_difference"] = max(
+        float(np.abs(a.numpy() - b.numpy()).max())
+        for a, b in zip(single.trainable_weights + single.key_backbone.trainable_weights,
+                        mirrored.trainable_weights + mirrored.key_backbone.trainable_weights)
+    )
+    report["moco_shuffled_bn_queue_difference"] = float(
+        np.abs(single.queue.numpy() - mirrored.queue.numpy()).max())
+    npid_args = dict(num_examples=8, num_negatives=4, fix_normalization=False)
+    initial = _run_method("npid", one, None, images[:2], 0, **npid_args)
+    weights, initial_bank = initial.get_weights(), initial.memory_bank.numpy()
+    single = _run_method("npid", one, weights, images, 2, **npid_args)
+    npid = _run_method("npid", strategy, weights, images, 2, **npid_args)
     report["npid_replica_spread"] = max(
         _replica_spread(v) for v in [npid.memory_bank, npid.normalization_constant]
     )
     report["npid_bank_row_norms"] = np.linalg.norm(npid.memory_bank.numpy(), axis=1).round(5).tolist()
+    report["npid_bank_difference"] = float(
+        np.abs(single.memory_bank.numpy() - npid.memory_bank.numpy()).max())
+    report["npid_bank_change"] = float(np.abs(single.memory_bank.numpy() - initial_bank).max())
+    report["npid_normalization_constants"] = [float(single.normalization_constant.numpy()),
+                                 float(npid.normalization_constant.numpy())]
+    report["npid_weight_difference"] = max(
+        float(np.abs(a.numpy() - b.numpy()).max())
+        for a, b in zip(single.trainable_weights, npid.trainable_weights)
+    )
     return report
 
 

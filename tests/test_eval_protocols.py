@@ -39,6 +39,16 @@ def test_utility_of_scratch_itself_is_zero():
     assert all(row["flag"] is None for row in curve)
     flat = [0.5, 0.5, 0.5, 0.7]  # Small test sets give ties: still 0.
     assert [r["utility"] for r in utility.utility_curve(budgets, flat, budgets, flat)] == [0.0] * 4
+    # Measured curves dip (the quickstart's scratch curve did, 0.092 -> 0.078): an identical
+    # model is still worth 0 labels everywhere, not "below scratch".
+    dipping = [0.092, 0.09, 0.078, 0.08, 0.091, 0.112, 0.101]
+    seven = [12, 24, 60, 120, 300, 600, 1200]
+    rows = utility.utility_curve(seven, dipping, seven, dipping)
+    assert [r["utility"] for r in rows] == [0.0] * 7 and all(r["flag"] is None for r in rows)
+    assert rows[2]["finetuned_accuracy"] == 0.078 and rows[2]["envelope_accuracy"] == 0.092
+    # Budgets in any order give the same rows.
+    shuffled = utility.utility_curve(seven[::-1], dipping[::-1], seven, dipping)
+    assert shuffled[::-1] == rows
 
 
 def test_utility_interpolates_log_linearly_and_flags():

@@ -2,8 +2,8 @@
 
 Given accuracies of a fine-tuned pretrained model ``a_ft(n)`` and of a model
 trained from scratch ``a_scratch(n)`` at label budgets ``n``, ``n_hat(n)`` is
-the number of labels the scratch model needs to match ``a_ft(n)``, read off
-the scratch curve made monotone (running maximum over increasing n) and
+the number of labels the scratch model needs to match ``a_ft(n)`` (both curves
+made monotone: running maximum over increasing n), read off the scratch curve,
 interpolated linearly in accuracy against ``log n`` (where the curve is flat
 at exactly ``a_ft(n)``, the tied budget closest to n counts). The utility is
 ``U(n) = n_hat / n - 1``: 0 when pretraining is worth nothing, 1 when it is
@@ -73,6 +73,13 @@ def utility_curve(budgets, finetuned_accuracies, scratch_budgets,
                   scratch_accuracies) -> list[dict]:
     """Returns U(n) for every budget of the fine-tuned curve.
 
+    Both curves are made monotone the same way (running maximum over
+    increasing n: more labels can always do at least as well as fewer), and
+    ``n_hat`` is read for the fine-tuned envelope's value at n. Applying the
+    envelope to both is what makes the utility of a model identical to scratch
+    exactly 0 even where the measured curve dips (a dip at n would otherwise
+    be matched by a smaller scratch budget and give U < 0).
+
     Args:
         budgets: Label budgets n of the fine-tuned model.
         finetuned_accuracies: ``a_ft(n)``.
@@ -80,7 +87,9 @@ def utility_curve(budgets, finetuned_accuracies, scratch_budgets,
         scratch_accuracies: ``a_scratch`` at those budgets.
 
     Returns:
-        One dict per budget: ``{"n", "finetuned_accuracy", "n_hat", "utility", "flag"}``.
+        One dict per budget, in the order given: ``{"n", "finetuned_accuracy"
+        (as measured), "envelope_accuracy" (the running maximum used),
+        "n_hat", "utility", "flag"}``.
 
     Example:
         >>> utility_curve([10, 100], [0.5, 0.7], [10, 100], [0.5, 0.7])[1]["utility"]
@@ -88,9 +97,13 @@ def utility_curve(budgets, finetuned_accuracies, scratch_budgets,
     """
     if len(budgets) != len(finetuned_accuracies):
         raise ValueError("budgets and finetuned_accuracies must have the same length.")
+    order = np.argsort(np.asarray(budgets, np.float64), kind="stable")
+    envelope = np.empty(len(budgets))
+    envelope[order] = np.maximum.accumulate(np.asarray(finetuned_accuracies, np.float64)[order])
     rows = []
-    for n, accuracy in zip(budgets, finetuned_accuracies):
-        n_hat, flag = labels_needed(accuracy, scratch_budgets, scratch_accuracies, n)
-        rows.append({"n": int(n), "finetuned_accuracy": float(accuracy), "n_hat": n_hat,
+    for n, accuracy, target in zip(budgets, finetuned_accuracies, envelope):
+        n_hat, flag = labels_needed(float(target), scratch_budgets, scratch_accuracies, n)
+        rows.append({"n": int(n), "finetuned_accuracy": float(accuracy),
+                     "envelope_accuracy": float(target), "n_hat": n_hat,
                      "utility": n_hat / float(n) - 1.0, "flag": flag})
     return rows

@@ -221,7 +221,11 @@ class MoCoV2(ContrastiveMethod):
         accuracy = tf.reduce_mean(tf.cast(tf.equal(tf.argmax(logits, -1), 0), tf.float32))
         self._stash(keys=keys)
         probe, probe_metrics = self.probe_loss(pre_logits, batch["label"])
-        metrics = {"contrastive_loss": loss, "contrastive_accuracy": accuracy, **probe_metrics}
+        # Cosine similarities of a query to its key and to the queue: both near 1 is collapse.
+        similarity = logits * self.temperature
+        metrics = {"contrastive_loss": loss, "contrastive_accuracy": accuracy,
+                   "positive_similarity": tf.reduce_mean(similarity[:, 0]),
+                   "negative_similarity": tf.reduce_mean(similarity[:, 1:]), **probe_metrics}
         return loss + probe, metrics
 
     def after_update(self):

@@ -95,7 +95,7 @@ def test_trains_with_keras_ssl_train_and_lars(data_dir, tmp_path):
 @pytest.mark.parametrize("path", [
     "simclr/cifar_resnet18.gin", "simclr/imagenet_resnet50.gin", "moco/imagenet_resnet50.gin",
     "moco/cifar_resnet18.gin", "npid/imagenet_resnet50.gin", "npid/cifar_resnet18.gin",
-    "simclr/synthetic_shapes.gin",
+    "simclr/synthetic_shapes.gin", "moco/synthetic_shapes.gin", "npid/synthetic_shapes.gin",
 ])
 def test_contrastive_gin_configs_parse_and_bind(path):
     import gin

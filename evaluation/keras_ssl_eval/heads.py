@@ -175,11 +175,12 @@ def train_head(train_features, train_labels, test_features=None, test_labels=Non
     # diverges (loss 34 -> 2400 in two epochs, gradients NaN later). Dividing by its square
     # root makes the curvature along every direction at most 1 for any width, where
     # lr 0.1 per 256 with momentum 0.9 is stable; for independent features it is ~1 already.
+    x = (x - mean) / std
     spectral_scale = 1.0
     if spectral_scaling if spectral_scaling is not None else head == "mlp":
-        spectral_scale = math.sqrt(max(top_eigenvalue((x - mean) / std, seed=seed), 1.0))
-    std = std * spectral_scale
-    x = (x - mean) / std
+        spectral_scale = math.sqrt(max(top_eigenvalue(x, seed=seed), 1.0))
+        x /= spectral_scale
+        std = std * spectral_scale  # The test features get the same scaling.
     mean_square_norm = max(float(np.mean(np.sum(x**2, axis=1))), 1e-12)
     model = _Head(x.shape[1], len(classes), hidden if head == "mlp" else 0, seed,
                   mean_square_norm)

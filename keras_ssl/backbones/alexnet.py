@@ -23,6 +23,7 @@ from keras_ssl.backbones.base import make_backbone
 from keras_ssl.backbones.common import (
     Layers,
     PadToAtLeast,
+    check_positive_int,
     check_widening_factor,
     global_average,
     image_input,
@@ -74,10 +75,8 @@ def alexnet(
     ((2, 3, 3, 64), (2, 1024))
     """
     k = check_widening_factor("alexnet", widening_factor)
-    if int(fc6_kernel) != fc6_kernel or fc6_kernel < 1:
-        raise ValueError(f"alexnet: fc6_kernel must be a positive integer, got {fc6_kernel}.")
-    if int(root_stride) != root_stride or root_stride < 1:
-        raise ValueError(f"alexnet: root_stride must be a positive integer, got {root_stride}.")
+    fc6_kernel = check_positive_int("alexnet", "fc6_kernel", fc6_kernel)
+    root_stride = check_positive_int("alexnet", "root_stride", root_stride)
     layers = Layers(weight_decay, bn_momentum, bn_epsilon, synchronized_bn)
 
     inputs = image_input(image_size)

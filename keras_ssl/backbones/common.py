@@ -106,17 +106,14 @@ class PadToAtLeast(keras.layers.Layer):
         return {**super().get_config(), "size": self.size}
 
 
+def check_positive_int(family: str, name: str, value) -> int:
+    if isinstance(value, bool) or int(value) != value or value < 1:
+        raise ValueError(f"{family}: {name} must be a positive integer, got {value}.")
+    return int(value)
+
+
 def check_widening_factor(family: str, widening_factor) -> int:
-    if (
-        isinstance(widening_factor, bool)
-        or int(widening_factor) != widening_factor
-        or widening_factor < 1
-    ):
-        raise ValueError(
-            f"{family}: widening_factor must be a positive integer, got "
-            f"{widening_factor}."
-        )
-    return int(widening_factor)
+    return check_positive_int(family, "widening_factor", widening_factor)
 
 
 def check_depth(family: str, depth, depths) -> None:

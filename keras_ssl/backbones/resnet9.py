@@ -19,6 +19,7 @@ import keras
 from keras_ssl.backbones.base import make_backbone
 from keras_ssl.backbones.common import (
     Layers,
+    check_positive_int,
     check_strides,
     check_widening_factor,
     image_input,
@@ -74,8 +75,7 @@ def resnet9(
     """
     k = check_widening_factor("resnet9", widening_factor)
     block_strides = check_strides("resnet9", "block_strides", block_strides, 3)
-    if int(root_stride) != root_stride or root_stride < 1:
-        raise ValueError(f"resnet9: root_stride must be a positive integer, got {root_stride}.")
+    root_stride = check_positive_int("resnet9", "root_stride", root_stride)
     layers = Layers(weight_decay, bn_momentum, bn_epsilon, synchronized_bn)
 
     inputs = image_input(image_size)

@@ -20,6 +20,7 @@ from keras_ssl.backbones.common import (
     Layers,
     PadToAtLeast,
     check_depth,
+    check_positive_int,
     check_strides,
     check_widening_factor,
     global_average,
@@ -77,8 +78,7 @@ def vgg19_bn(
     check_depth("vgg19_bn", depth, VGG_DEPTHS)
     k = check_widening_factor("vgg19_bn", widening_factor)
     pool_strides = check_strides("vgg19_bn", "pool_strides", pool_strides, 5)
-    if int(fc6_kernel) != fc6_kernel or fc6_kernel < 1:
-        raise ValueError(f"vgg19_bn: fc6_kernel must be a positive integer, got {fc6_kernel}.")
+    fc6_kernel = check_positive_int("vgg19_bn", "fc6_kernel", fc6_kernel)
     layers = Layers(weight_decay, bn_momentum, bn_epsilon, synchronized_bn)
     widths = [8 * k, 16 * k, 32 * k, 64 * k, 64 * k]
 

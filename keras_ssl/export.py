@@ -37,6 +37,9 @@ import tensorflow as tf
 
 import keras_ssl
 from keras_ssl.backbones import PRE_LOGITS, backbone_spec
+from keras_ssl.run_dir import (
+    CONFIG_FILE, available_steps, default_export_dir, read_config, read_run_file,
+)
 
 METADATA_FILE = "keras_ssl.json"
 SIGNATURE_REPRESENTATION = "representation"
@@ -81,7 +84,9 @@ def export_backbone(
     transform = input_transform or (lambda images: images)
 
     def net(images, training):
-        return backbone(transform(images), training=training)
+        # Float32 out even from a mixed-precision backbone: the contract's dtype.
+        outputs = backbone(transform(images), training=training)
+        return {name: tf.cast(value, tf.float32) for name, value in outputs.items()}
 
     @tf.function
     def call(images, training=False):
@@ -183,12 +188,9 @@ def export_method(method, model_dir: str, step: int, export_dir: str | None = No
     Returns:
       The export directory.
     """
-    from keras_ssl.training import CONFIG_FILE, read_run_file
-
     run = read_run_file(model_dir)
-    with open(os.path.join(model_dir, CONFIG_FILE)) as f:
-        gin_config = f.read()
-    export_dir = export_dir or os.path.join(model_dir, "export", f"step_{step}")
+    gin_config = read_config(model_dir)
+    export_dir = export_dir or default_export_dir(model_dir, step)
     metadata = {
         "name": f"{run['method']}@{step}",
         "method": run["method"],
@@ -227,9 +229,9 @@ def export_checkpoint(model_dir: str, step: int | None = None, export_dir: str |
         steps available.
     """
     from keras_ssl.config import parse_gin
-    from keras_ssl.training import CONFIG_FILE, build_method, make_checkpoint
+    from keras_ssl.training import build_method, make_checkpoint
 
-    available = _available_steps(model_dir)
+    available = available_steps(model_dir)
     if step is None:
         if not available:
             raise FileNotFoundError(f"No checkpoint in {model_dir!r}.")
@@ -244,19 +246,6 @@ def export_checkpoint(model_dir: str, step: int | None = None, export_dir: str |
     path = available[step]
     make_checkpoint(method).restore(path).expect_partial()
     return export_method(method, model_dir, step, export_dir)
-
-
-def _available_steps(model_dir: str) -> dict[int, str]:
-    from keras_ssl.training import INIT_CHECKPOINT
-
-    steps = {}
-    state = tf.train.get_checkpoint_state(model_dir)
-    for path in state.all_model_checkpoint_paths if state else []:
-        steps[int(path.rsplit("-", 1)[1])] = path
-    init = os.path.join(model_dir, INIT_CHECKPOINT)
-    if tf.io.gfile.exists(init + ".index"):
-        steps.setdefault(0, init)
-    return steps
 
 
 def main(argv):

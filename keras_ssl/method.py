@@ -7,7 +7,10 @@ things:
 1. `preprocess(example)`: runs inside `tf.data` on ONE decoded example
    (`{"image": float32 [H, W, 3] in [0, 1], "label": int64, "index": int64}`)
    and returns the tensors the task trains on (views, rotations, labels...).
-   Per-example code here gets per-image randomness for free.
+   Its random draws come from `keras_ssl.random` (`uniform`, `normal`,
+   `permutation`, or `next_seed()` for any `tf.random.stateless_*` /
+   `tf.image.stateless_*` op): `make_dataset` seeds them per example, so an
+   example's views depend on the run seed, the epoch and its index only.
 2. `compute_pretext_loss(batch, training)`: the task's loss and metrics on a
    batch of those tensors.
 
@@ -26,7 +29,7 @@ Example (a complete method; see docs/writing_a_method.md):
 ...         self.head = keras.layers.Dense(2)
 ...     def preprocess(self, example):
 ...         image = self.augment(example["image"])
-...         dark = tf.random.uniform([], 0, 2, tf.int32)
+...         dark = keras_ssl.random.uniform([], 0, 2, tf.int32)
 ...         return {"image": image * (1.0 - 0.5 * tf.cast(dark, tf.float32)),
 ...                 "target": dark}
 ...     def compute_pretext_loss(self, batch, training):
@@ -42,6 +45,7 @@ import keras
 import tensorflow as tf
 
 from keras_ssl.augment import build_augmentation
+from keras_ssl.random import example_seed, seeded
 
 
 class Method(keras.Model):
@@ -53,10 +57,19 @@ class Method(keras.Model):
       augmentation: Name of a registered augmentation stack, or a callable
         `image -> image`, applied per image by `augment`.
       **kwargs: Passed to `keras.Model`.
+
+    Attributes:
+      seed: The run's seed (set by training), which `keras_ssl.random.step_seed`
+        folds into per-step draws.
+      supports_mixed_precision: False in a subclass that cannot train under a
+        mixed float16/bfloat16 policy; training then refuses such a policy.
     """
+
+    supports_mixed_precision = True
 
     def __init__(self, backbone: keras.Model, augmentation="none", **kwargs):
         super().__init__(**kwargs)
+        self.seed = 0
         self.backbone = backbone
         self.augmentation_name = augmentation if isinstance(augmentation, str) else getattr(
             augmentation, "__name__", "custom"
@@ -96,6 +109,18 @@ class Method(keras.Model):
     def augment(self, image: tf.Tensor) -> tf.Tensor:
         """Applies the method's augmentation stack to one image."""
         return self._augment_fn(image)
+
+    def adapt(self, examples: tf.data.Dataset) -> None:
+        """Estimates statistics of the training data the method needs (default: none).
+
+        Training calls it once, on the training split in its stored order
+        (the same on every worker and after a resume), before the model's
+        variables are created; e.g. Colorization estimates its colour prior.
+
+        Args:
+          examples: Decoded examples (see `preprocess`).
+        """
+        del examples
 
     # ------------------------------------------------------- export hooks
     def export_metadata(self) -> dict:
@@ -153,21 +178,37 @@ class Method(keras.Model):
         self.compute_pretext_loss(batch, training=False)
 
     def make_dataset(self, images: tf.data.Dataset, batch_size: int) -> tf.data.Dataset:
-        """Maps `preprocess` over decoded examples and batches them.
+        """Maps `preprocess` over decoded examples, seeded per example, and batches them.
+
+        Each example's draws are seeded by its `"seed"` entry (added by the
+        training pipeline, `keras_ssl.input_pipeline`) or, without one, by
+        its `"index"`; the map runs in parallel but its output is in order.
 
         Args:
           images: Dataset of decoded examples (see `preprocess`).
-          batch_size: Global batch size; the last partial batch is dropped so
-            every replica gets an equal share.
+          batch_size: Batch size; the last partial batch is dropped so every
+            replica gets an equal share.
 
         Returns:
           A prefetched dataset of batched task inputs.
         """
         return (
-            images.map(self.preprocess, num_parallel_calls=tf.data.AUTOTUNE)
+            images.map(self.seeded_preprocess, num_parallel_calls=tf.data.AUTOTUNE,
+                       deterministic=True)
             .batch(batch_size, drop_remainder=True)
             .prefetch(tf.data.AUTOTUNE)
         )
+
+    def seeded_preprocess(self, example: dict) -> dict:
+        """`preprocess(example)` with its draws seeded by the example's `seed` (or `index`)."""
+        example = dict(example)
+        seed = example.pop("seed", None)
+        if seed is None and "index" in example:
+            seed = example_seed(self.seed, example["index"])
+        if seed is None:
+            return self.preprocess(example)
+        with seeded(seed):
+            return self.preprocess(example)
 
     # ------------------------------------------------- helpers for subclasses
     @staticmethod

@@ -4,7 +4,12 @@ Example:
 
     keras-ssl-train --gin_file=gin_configs/quickstart.gin \\
         --gin_bindings="keras_ssl.train.train_steps = 200" \\
-        --model_dir=/tmp/rotation --strategy=default
+        --model_dir=/tmp/rotation --strategy=mirrored --cpu_replicas=2
+
+It prints the strategy, its replica count and the per-replica batch, then a
+progress line per loop (on the chief only in a multi-worker run). SIGTERM
+makes it write a checkpoint after the current loop and exit with status 143;
+the same command resumes the run.
 """
 
 from __future__ import annotations
@@ -13,7 +18,7 @@ import sys
 
 from absl import app, flags, logging
 
-from keras_ssl.distribute import STRATEGIES, get_strategy
+from keras_ssl.distribute import STRATEGIES
 
 _GIN_FILE = flags.DEFINE_multi_string("gin_file", [], "gin config file (repeatable).")
 _GIN_BINDINGS = flags.DEFINE_multi_string(
@@ -22,6 +27,14 @@ _GIN_BINDINGS = flags.DEFINE_multi_string(
 _MODEL_DIR = flags.DEFINE_string("model_dir", None, "Run directory.", required=True)
 _STRATEGY = flags.DEFINE_enum("strategy", "default", STRATEGIES, "tf.distribute strategy.")
 _TPU = flags.DEFINE_string("tpu", None, "TPU name or address for --strategy=tpu.")
+_CPU_REPLICAS = flags.DEFINE_integer(
+    "cpu_replicas", None,
+    "With --strategy=mirrored on a machine without GPUs: split the CPU into this many replicas.",
+)
+_MIXED_PRECISION = flags.DEFINE_enum(
+    "mixed_precision", None, ["mixed_float16", "mixed_bfloat16"],
+    "Keras dtype policy (shorthand for the binding keras_ssl.train.mixed_precision).",
+)
 
 
 def main(argv):
@@ -29,15 +42,36 @@ def main(argv):
     if not flags.FLAGS["verbosity"].present:
         # TensorFlow's INFO logs drown the progress lines; --verbosity=0 restores them.
         logging.set_verbosity(logging.WARNING)
-    from keras_ssl import config, training
+    import tensorflow as tf
 
+    from keras_ssl import config, distribute, training
     from keras_ssl.registry import PluginError
 
+    bindings = list(_GIN_BINDINGS.value)
+    if _MIXED_PRECISION.value:
+        bindings.append(f"keras_ssl.train.mixed_precision = '{_MIXED_PRECISION.value}'")
     try:
-        config.parse_gin(_GIN_FILE.value, _GIN_BINDINGS.value)
-        strategy = get_strategy(_STRATEGY.value, _TPU.value)
+        if _CPU_REPLICAS.value:
+            # Before anything else touches TensorFlow's devices.
+            distribute.configure_cpu_replicas(_CPU_REPLICAS.value)
+        config.parse_gin(_GIN_FILE.value, bindings)
+        strategy = distribute.get_strategy(_STRATEGY.value, _TPU.value, _CPU_REPLICAS.value)
         training.train(_MODEL_DIR.value, strategy=strategy)
-    except (config.ConfigError, PluginError, FileNotFoundError, training.NonFiniteLossError) as e:
+    except training.Preempted as e:
+        print(f"keras-ssl-train: {e}", file=sys.stderr, flush=True)
+        sys.exit(training.PREEMPTED_EXIT_CODE)
+    except tf.errors.UnimplementedError as e:
+        if "determinis" not in e.message.lower():
+            raise
+        sys.exit(
+            f"keras-ssl-train: {e.message.strip()} -- this op has no deterministic kernel on "
+            f"this device; set keras_ssl.train.deterministic = False to train without "
+            f"bitwise reproducibility."
+        )
+    except (
+        config.ConfigError, PluginError, FileNotFoundError, training.NonFiniteLossError,
+        training.TrainingConfigError, distribute.StrategyError,
+    ) as e:
         sys.exit(f"keras-ssl-train: {e}")
 
 

@@ -1,25 +1,27 @@
-"""The training loop: a `Method` driven by Orbit under any tf.distribute strategy.
+"""The training loop: a `Method` driven by an Orbit trainer under any tf.distribute strategy.
 
-One run lives in `model_dir`:
+The run directory and who writes it: `keras_ssl.run_dir`. The input order and
+per-example seeds: `keras_ssl.input_pipeline`. The loop itself is flat:
 
-    config.gin            the full gin config the run was started with
-    run.json              dataset, image size, batch, steps (what export needs)
-    operative_config.gin  the parameters the run actually used
-    ckpt-N.*, checkpoint  checkpoints (model, optimizer, global step)
-    init/ckpt-0.*         the random initialisation, kept for baselines
-    train/                TensorBoard summaries
-    export/step_N/        SavedModels (see keras_ssl.export)
+    restore the latest checkpoint (or write the step-0 initialisation)
+    while step < train_steps:
+        run one loop of `steps_per_loop` steps      (MethodTrainer, one tf.function)
+        print the progress line, write summaries    (chief only)
+        checkpoint every `checkpoint_interval`, and at once on SIGTERM
+    export
 
-A killed run restarts from its latest checkpoint without redoing steps. A
+A run is a function of its config and seed: the same command gives the same
+weights bit for bit on one machine, and a run killed at any point and
+restarted ends where an uninterrupted one does (docs/training.md). A
 non-finite loss stops the run before anything is saved, so the last
 checkpoint on disk is a good one.
 """
 
 from __future__ import annotations
 
-import json
-import os
-import re
+import contextlib
+import signal
+import threading
 import time
 
 import gin
@@ -31,17 +33,35 @@ import tensorflow as tf
 from keras_ssl import registry
 from keras_ssl.backbones import build_backbone
 from keras_ssl.datasets import load_dataset
-from keras_ssl.distribute import get_strategy
+from keras_ssl.distribute import check_global_batch, describe, get_strategy, num_workers
+from keras_ssl.input_pipeline import distributed_batches
 from keras_ssl.optimizers import build_optimizer, learning_rate_schedule
+from keras_ssl.random import find_stateful_random_ops
+from keras_ssl.run_dir import OPERATIVE_CONFIG_FILE, RunDirectory
 
-RUN_FILE = "run.json"
-CONFIG_FILE = "config.gin"
-OPERATIVE_CONFIG_FILE = "operative_config.gin"
-INIT_CHECKPOINT = os.path.join("init", "ckpt-0")
+MIXED_PRECISION_POLICIES = ("mixed_float16", "mixed_bfloat16")
+# The exit status of a run stopped by SIGTERM: what a process killed by the
+# signal reports, so a scheduler sees it as preempted, not finished.
+PREEMPTED_EXIT_CODE = 128 + signal.SIGTERM
 
 
 class NonFiniteLossError(RuntimeError):
     """The training loss became NaN or infinite."""
+
+
+class TrainingConfigError(ValueError):
+    """A training setting that cannot work (a policy, determinism, the loop sizes)."""
+
+
+class Preempted(RuntimeError):
+    """SIGTERM stopped the run after it wrote a checkpoint at `step`."""
+
+    def __init__(self, step: int):
+        super().__init__(
+            f"preempted (SIGTERM): checkpoint written at step {step}; rerun the same "
+            f"command to resume from it."
+        )
+        self.step = step
 
 
 @gin.configurable(module="keras_ssl")
@@ -66,20 +86,42 @@ def build_method(method: str = gin.REQUIRED, backbone: str = "resnet_v2"):
 
 
 class MethodTrainer(orbit.StandardTrainer):
-    """Runs `Method.train_step` through `strategy.run`; averages its metrics per loop."""
+    """Runs `Method.train_step` through `strategy.run`; averages its metrics per loop.
 
-    def __init__(self, method, dataset, strategy, global_step, metric_names, global_batch_size, total_steps):
+    Args:
+      method: The compiled `keras_ssl.Method`.
+      dataset: A `tf.data.Dataset` of global batches (split over replicas in
+        order) or a distributed dataset (`keras_ssl.input_pipeline`).
+      strategy: The strategy the method was built under.
+      global_step: The run's step variable.
+      metric_names: Names of the metrics `train_step` returns.
+      global_batch_size: Images per step over all replicas.
+      total_steps: The run's length (for the progress line).
+      jit_compile: Compile each replica's step with XLA.
+      verbose: Print the progress line at the end of each loop.
+    """
+
+    def __init__(
+        self, method, dataset, strategy, global_step, metric_names, global_batch_size,
+        total_steps, *, jit_compile: bool = False, verbose: bool = True,
+    ):
         self.method = method
         self.strategy = strategy
         self.global_step = global_step
         self._global_batch_size = global_batch_size
         self._total_steps = total_steps
+        self._verbose = verbose
+        self._replica_step = (
+            tf.function(method.train_step, jit_compile=True) if jit_compile else method.train_step
+        )
         with strategy.scope():
             self._sums = {
                 name: tf.Variable(0.0, trainable=False, name=f"sum_{name}") for name in metric_names
             }
             self._count = tf.Variable(0.0, trainable=False, name="count")
-        super().__init__(strategy.experimental_distribute_dataset(dataset))
+        if isinstance(dataset, tf.data.Dataset):
+            dataset = strategy.experimental_distribute_dataset(dataset)
+        super().__init__(dataset)
 
     def train_loop_begin(self):
         for variable in list(self._sums.values()) + [self._count]:
@@ -87,7 +129,7 @@ class MethodTrainer(orbit.StandardTrainer):
         self._loop_start = (time.perf_counter(), int(self.global_step.numpy()))
 
     def train_step(self, iterator):
-        per_replica = self.strategy.run(self.method.train_step, args=(next(iterator),))
+        per_replica = self.strategy.run(self._replica_step, args=(next(iterator),))
         for name, value in per_replica.items():
             mean = self.strategy.reduce(tf.distribute.ReduceOp.MEAN, value, axis=None)
             self._sums[name].assign_add(tf.cast(mean, tf.float32))
@@ -110,31 +152,16 @@ class MethodTrainer(orbit.StandardTrainer):
                 f"base_learning_rate), add warm-up steps, or check the input data."
             )
         outputs["images_per_second"] = steps_per_second * self._global_batch_size
-        metrics = " | ".join(f"{k} {v:.4f}" for k, v in outputs.items() if k != "images_per_second")
-        print(
-            f"step {step}/{self._total_steps} | {metrics} | {steps_per_second:.2f} steps/s"
-            f" | {outputs['images_per_second']:.1f} images/s",
-            flush=True,
-        )
+        if self._verbose:
+            metrics = " | ".join(
+                f"{k} {v:.4f}" for k, v in outputs.items() if k != "images_per_second"
+            )
+            print(
+                f"step {step}/{self._total_steps} | {metrics} | {steps_per_second:.2f} steps/s"
+                f" | {outputs['images_per_second']:.1f} images/s",
+                flush=True,
+            )
         return outputs
-
-
-def _latest_step(model_dir: str) -> int:
-    path = tf.train.latest_checkpoint(model_dir)
-    match = re.search(r"ckpt-(\d+)$", path or "")
-    return int(match.group(1)) if match else 0
-
-
-def read_run_file(model_dir: str) -> dict:
-    """Returns the run description written by `train` into `model_dir`."""
-    path = os.path.join(model_dir, RUN_FILE)
-    if not os.path.exists(path):
-        raise FileNotFoundError(
-            f"{model_dir!r} is not a keras-ssl run directory: {RUN_FILE} is missing. "
-            f"Pass the --model_dir a keras-ssl-train run wrote."
-        )
-    with open(path) as f:
-        return json.load(f)
 
 
 def make_checkpoint(method, optimizer=None, global_step=None) -> tf.train.Checkpoint:
@@ -150,6 +177,108 @@ def make_checkpoint(method, optimizer=None, global_step=None) -> tf.train.Checkp
 def example_batch(method, images: tf.data.Dataset, size: int = 2) -> dict:
     """A small batch of the method's inputs, to create its variables."""
     return next(iter(method.make_dataset(images.take(size), size)))
+
+
+class _PreemptionWatch:
+    """SIGTERM sets a flag that the loop reads between loops, on every worker at once.
+
+    In a multi-worker run the workers agree (a sum over replicas) so they all
+    checkpoint the same step and stop together, even if the signal reached
+    only some of them, or reached them during different loops.
+    """
+
+    def __init__(self, strategy):
+        self._flag = False
+        self._previous = None
+        self._sum = _sum_over_workers(strategy)
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGTERM, self._on_signal)
+        return self
+
+    def __exit__(self, *exc_info):
+        if self._previous is not None:
+            signal.signal(signal.SIGTERM, self._previous)
+
+    def _on_signal(self, signum, frame):
+        del signum, frame
+        self._flag = True
+
+    def requested(self) -> bool:
+        """Whether any worker got SIGTERM."""
+        return self._sum(float(self._flag)) > 0.0
+
+
+def _sum_over_workers(strategy):
+    """`value -> sum of value over all workers`, a collective that is also a barrier."""
+    if num_workers(strategy) == 1:
+        return lambda value: value
+
+    @tf.function
+    def total(value):
+        per_replica = strategy.run(tf.identity, args=(value,))
+        return strategy.reduce(tf.distribute.ReduceOp.SUM, per_replica, axis=None)
+
+    return lambda value: float(total(tf.constant(value, tf.float32)))
+
+
+@contextlib.contextmanager
+def _dtype_policy(name: str | None):
+    """Sets Keras' global dtype policy inside the block (nothing for None)."""
+    previous = keras.config.dtype_policy()
+    if name:
+        keras.config.set_dtype_policy(name)
+    try:
+        yield
+    finally:
+        keras.config.set_dtype_policy(previous)
+
+
+def _check_settings(method_name, mixed_precision, train_steps, steps_per_loop, checkpoint_interval):
+    if mixed_precision is not None and mixed_precision not in MIXED_PRECISION_POLICIES:
+        raise TrainingConfigError(
+            f"Unknown mixed precision policy {mixed_precision!r}; choose one of "
+            f"{', '.join(MIXED_PRECISION_POLICIES)} (or none for float32)."
+        )
+    if mixed_precision and method_name:
+        method_cls = registry.METHODS.get(method_name)
+        if not getattr(method_cls, "supports_mixed_precision", True):
+            raise TrainingConfigError(
+                f"Method {method_name!r} cannot train under {mixed_precision}; train it in "
+                f"float32 (drop --mixed_precision)."
+            )
+    for name, value in (("train_steps", train_steps), ("steps_per_loop", steps_per_loop)):
+        if value < 1:
+            raise TrainingConfigError(f"keras_ssl.train.{name} must be >= 1, got {value}.")
+    if checkpoint_interval is not None and checkpoint_interval % steps_per_loop:
+        raise TrainingConfigError(
+            f"keras_ssl.train.checkpoint_interval ({checkpoint_interval}) must be a multiple "
+            f"of steps_per_loop ({steps_per_loop}): checkpoints are written between loops."
+        )
+
+
+def _check_stateless(method, images: tf.data.Dataset) -> None:
+    found = find_stateful_random_ops(method.seeded_preprocess, images.element_spec)
+    if found:
+        raise TrainingConfigError(
+            f"keras_ssl.train.deterministic = True, but the inputs of method "
+            f"{method.registry_name!r} (augmentation {method.augmentation_name!r}) are drawn "
+            f"with stateful random ops, whose draws depend on thread timing: "
+            f"{', '.join(found)}. Draw with keras_ssl.random (uniform, normal, permutation, or "
+            f"next_seed() for tf.random.stateless_* / tf.image.stateless_* ops), or set "
+            f"keras_ssl.train.deterministic = False to train without bitwise reproducibility."
+        )
+
+
+def _float32_twin(method, batch):
+    """A float32 copy of a mixed-precision method, with its weights (for the export)."""
+    with _dtype_policy("float32"):
+        twin = build_method()
+    twin.seed = method.seed
+    twin.build_from_batch(batch)
+    twin.set_weights(method.get_weights())
+    return twin
 
 
 @gin.configurable(module="keras_ssl", denylist=["model_dir", "strategy"])
@@ -169,6 +298,9 @@ def train(
     shuffle_buffer: int = 4096,
     seed: int = 0,
     export: bool = True,
+    deterministic: bool = True,
+    jit_compile: bool = False,
+    mixed_precision: str | None = None,
 ) -> dict:
     """Trains the gin-configured method (see `build_method`) in `model_dir`.
 
@@ -181,18 +313,29 @@ def train(
       split: Split to train on.
       data_dir: TFDS data directory.
       image_size: Square size images are resized to (None keeps them).
-      batch_size: Global batch size (images before the method's views).
+      batch_size: Global batch size (images before the method's views); a
+        multiple of the number of replicas.
       train_steps: Total number of steps of the run.
-      steps_per_loop: Steps per Orbit loop (one progress line, one summary).
+      steps_per_loop: Steps per loop (one progress line, one summary).
       checkpoint_interval: Steps between checkpoints (default
         `steps_per_loop`; must be a multiple of it).
       max_checkpoints: Checkpoints kept (plus the initial one).
-      shuffle_buffer: Examples in the shuffle buffer.
-      seed: Seed of the initialisation and the data order.
+      shuffle_buffer: Examples in the per-epoch shuffle buffer.
+      seed: Seed of the initialisation, the data order and every draw.
       export: Export a SavedModel of the final step.
+      deterministic: Enable TensorFlow's op determinism and refuse inputs
+        drawn with stateful random ops, so the same command gives the same
+        weights bit for bit (docs/training.md says what it costs).
+      jit_compile: Compile each replica's step with XLA.
+      mixed_precision: None (float32), `mixed_float16` (with loss scaling)
+        or `mixed_bfloat16`. Exports stay float32.
 
     Returns:
       The metrics of the last loop (empty if the run was already complete).
+
+    Raises:
+      Preempted: SIGTERM arrived; a checkpoint of the last finished step was
+        written first.
 
     Example:
 
@@ -202,70 +345,104 @@ def train(
     """
     if isinstance(strategy, str):
         strategy = get_strategy(strategy)
-    tf.io.gfile.makedirs(model_dir)
-    start_step = _latest_step(model_dir)
+    # Everything that can be refused is refused before the run directory exists.
+    check_global_batch(strategy, batch_size)
+    _check_settings(
+        _bound_method_name(), mixed_precision, train_steps, steps_per_loop, checkpoint_interval
+    )
+    if deterministic:
+        tf.config.experimental.enable_op_determinism()
+    run = RunDirectory(model_dir, strategy)
     keras.utils.set_random_seed(seed)
-
     images, info = load_dataset(dataset, split, data_dir=data_dir, image_size=image_size, seed=seed)
 
-    with strategy.scope():
+    with _dtype_policy(mixed_precision), strategy.scope():
         method = build_method()
-        _, metrics = method.compute_pretext_loss(example_batch(method, images), training=False)
+        method.seed = seed
+        if deterministic:
+            _check_stateless(method, images)
+        method.adapt(images)
+        batch = example_batch(method, images)
+        _, metrics = method.compute_pretext_loss(batch, training=False)
         metric_names = ["loss", "regularization_loss", *metrics]
         optimizer = build_optimizer(
             learning_rate_schedule(global_batch_size=batch_size, total_steps=train_steps)
         )
+        if mixed_precision == "mixed_float16":
+            optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
         method.compile(optimizer=optimizer)
         optimizer.build(method.trainable_variables)
         global_step = orbit.utils.create_global_step()
     checkpoint = make_checkpoint(method, optimizer, global_step)
-    manager = tf.train.CheckpointManager(
-        checkpoint,
-        model_dir,
-        max_to_keep=max_checkpoints,
-        step_counter=global_step,
-        checkpoint_interval=checkpoint_interval or steps_per_loop,
-    )
-    if start_step == 0 and manager.latest_checkpoint is None:
-        checkpoint.write(os.path.join(model_dir, INIT_CHECKPOINT))
 
-    _write_run_files(model_dir, method, info, dict(
+    run.create()
+    start_step = run.restore_latest(checkpoint)
+    if start_step == 0:
+        run.write_init_checkpoint(checkpoint)
+    run.write_run_files(_run_settings(method, info, dict(
         dataset=dataset, split=split, data_dir=data_dir, image_size=image_size,
         batch_size=batch_size, train_steps=train_steps, seed=seed,
-    ))
+        mixed_precision=mixed_precision,
+    )), gin.config_str())
+    if run.is_chief:
+        print(describe(strategy, batch_size), flush=True)
+        if start_step:
+            print(f"resuming from the checkpoint of step {start_step}", flush=True)
 
-    # A resumed run reshuffles with another seed rather than replaying the
-    # examples it already saw at the start.
-    shuffled = images.shuffle(shuffle_buffer, seed=seed + start_step).repeat()
+    manager = run.checkpoint_manager(checkpoint, max_to_keep=max_checkpoints)
+    batches = distributed_batches(
+        strategy, method, images, info.num_examples, global_batch_size=batch_size, seed=seed,
+        shuffle_buffer=shuffle_buffer, start_step=start_step,
+    )
     trainer = MethodTrainer(
-        method, method.make_dataset(shuffled, batch_size), strategy, global_step,
-        metric_names, batch_size, train_steps,
+        method, batches, strategy, global_step, metric_names, batch_size, train_steps,
+        jit_compile=jit_compile, verbose=run.is_chief,
     )
-    controller = orbit.Controller(
-        strategy=strategy,
-        trainer=trainer,
-        global_step=global_step,
-        steps_per_loop=steps_per_loop,
-        checkpoint_manager=manager,
-        summary_dir=os.path.join(model_dir, "train"),
+    writer = (
+        tf.summary.create_file_writer(run.summary_dir) if run.summary_dir
+        else tf.summary.create_noop_writer()
     )
+    interval = checkpoint_interval or steps_per_loop
     outputs = {}
-
-    def _keep(output):
-        outputs.update(output)
-
-    controller.train_actions = (_keep,)
-    controller.train(steps=train_steps)
-    with tf.io.gfile.GFile(os.path.join(model_dir, OPERATIVE_CONFIG_FILE), "w") as f:
-        f.write(gin.operative_config_str())
-    if export:
+    step = start_step
+    with _PreemptionWatch(strategy) as preemption:
+        while step < train_steps:
+            outputs = trainer.train(tf.constant(min(steps_per_loop, train_steps - step), tf.int32))
+            step = int(global_step.numpy())
+            with writer.as_default(step=step):
+                for name, value in outputs.items():
+                    tf.summary.scalar(name, value)
+            preempted = preemption.requested()
+            if step % interval == 0 or step >= train_steps or preempted:
+                manager.save(checkpoint_number=step)
+            if preempted:
+                writer.flush()
+                run.finish()
+                raise Preempted(step)
+    writer.flush()
+    run.write_text(OPERATIVE_CONFIG_FILE, gin.operative_config_str())
+    if export and run.is_chief:
         from keras_ssl.export import export_method
 
-        export_method(method, model_dir, int(global_step.numpy()))
+        exported = _float32_twin(method, batch) if mixed_precision else method
+        export_method(exported, model_dir, step, run.export_dir(step))
+    # Workers wait for the chief's export: one leaving early looks like a
+    # crashed task to the others' coordination service.
+    _sum_over_workers(strategy)(0.0)
+    run.finish()
     return outputs
 
 
-def _write_run_files(model_dir, method, info, settings) -> None:
+def _bound_method_name() -> str | None:
+    """The method name bound in gin, or None (checked again when the method is built)."""
+    try:
+        name = gin.query_parameter("keras_ssl.build_method.method")
+    except ValueError:
+        return None
+    return name if isinstance(name, str) else None
+
+
+def _run_settings(method, info, settings) -> dict:
     if info.image_size is not None and settings["image_size"] is None:
         settings["image_size"] = int(info.image_size[0])
     settings.update(
@@ -273,7 +450,4 @@ def _write_run_files(model_dir, method, info, settings) -> None:
         backbone=method.backbone_name,
         num_classes=info.num_classes,
     )
-    with tf.io.gfile.GFile(os.path.join(model_dir, RUN_FILE), "w") as f:
-        json.dump(settings, f, indent=2)
-    with tf.io.gfile.GFile(os.path.join(model_dir, CONFIG_FILE), "w") as f:
-        f.write(gin.config_str())
+    return settings

@@ -329,7 +329,7 @@ def test_gin_binds_a_family_by_name():
 
 @pytest.mark.slow
 def test_rotation_trains_on_a_non_resnet_family_from_gin_bindings(data_dir, tmp_path):
-    from keras_ssl import config, training
+    from keras_ssl import config, run_dir, training
 
     bindings = tiny_run_bindings(
         data_dir,
@@ -346,5 +346,5 @@ def test_rotation_trains_on_a_non_resnet_family_from_gin_bindings(data_dir, tmp_
     config.parse_gin(bindings=bindings)
     outputs = training.train(str(tmp_path / "run"))
     assert np.isfinite(outputs["loss"])
-    operative = open(os.path.join(str(tmp_path / "run"), training.OPERATIVE_CONFIG_FILE)).read()
+    operative = open(os.path.join(str(tmp_path / "run"), run_dir.OPERATIVE_CONFIG_FILE)).read()
     assert "revnet.depth = 10" in operative

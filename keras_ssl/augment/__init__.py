@@ -12,11 +12,21 @@ crop, flip, colour jitter, grayscale, Gaussian blur), `simclr_cifar` (jitter
 strength 0.5, no blur), `moco_v2` (the SimCLR-style stack of MoCo v2, crop
 area from 0.2), `randaugment` (Model Garden's RandAugment + crop + flip).
 `keras-ssl-show-views` draws a contact sheet of a stack's views.
+
+Every draw is stateless and comes from `keras_ssl.random`: inside
+`keras_ssl.random.seeded(seed)` (which `Method.make_dataset` sets up per
+example) a stack gives the same view for the same seed, eagerly or in
+tf.data. Draws happen outside `tf.cond`/`tf.switch_case` branches, so their
+order is the same whichever branch runs. `randaugment` is the exception: it
+runs Model Garden's RandAugment, whose draws are stateful, so training with
+`keras_ssl.train.deterministic = True` refuses it.
 """
 
 from __future__ import annotations
 
 import tensorflow as tf
+
+from keras_ssl import random
 
 
 def identity(image: tf.Tensor) -> tf.Tensor:
@@ -33,7 +43,7 @@ def random_flip(image: tf.Tensor) -> tf.Tensor:
     Returns:
       The image, possibly mirrored.
     """
-    return tf.image.random_flip_left_right(image)
+    return tf.image.stateless_random_flip_left_right(image, random.next_seed())
 
 
 def random_crop_flip(image: tf.Tensor, padding: int = 4) -> tf.Tensor:
@@ -56,8 +66,8 @@ def random_crop_flip(image: tf.Tensor, padding: int = 4) -> tf.Tensor:
     """
     shape = tf.shape(image)
     padded = tf.pad(image, [[padding, padding], [padding, padding], [0, 0]], "REFLECT")
-    cropped = tf.image.random_crop(padded, shape)
-    return tf.image.random_flip_left_right(cropped)
+    cropped = tf.image.stateless_random_crop(padded, shape, random.next_seed())
+    return random_flip(cropped)
 
 
 # ----------------------------------------------------------------- single ops
@@ -83,8 +93,9 @@ def inception_crop(
       float32 `[H, W, 3]` in the input's range.
     """
     shape = tf.shape(image)
-    begin, size, _ = tf.image.sample_distorted_bounding_box(
+    begin, size, _ = tf.image.stateless_sample_distorted_bounding_box(
         shape,
+        seed=random.next_seed(),
         bounding_boxes=tf.constant([0.0, 0.0, 1.0, 1.0], tf.float32, [1, 1, 4]),
         min_object_covered=float(area_range[0]),
         aspect_ratio_range=tuple(float(a) for a in aspect_ratio_range),
@@ -99,7 +110,7 @@ def inception_crop(
 
 
 def _random_factor(strength):
-    return tf.random.uniform([], tf.maximum(0.0, 1.0 - strength), 1.0 + strength)
+    return random.uniform([], max(0.0, 1.0 - strength), 1.0 + strength)
 
 
 def color_jitter(image: tf.Tensor, strength: float = 1.0, random_order: bool = True) -> tf.Tensor:
@@ -110,11 +121,9 @@ def color_jitter(image: tf.Tensor, strength: float = 1.0, random_order: bool = T
     (torchvision's `ColorJitter(0.8s, 0.8s, 0.8s, 0.2s)`), applied in a
     random order per image.
 
-    Every random number is drawn here, outside the `switch_case` branches:
-    random ops inside branch functions get the same op seed in every branch
-    once a global seed is set (`keras.utils.set_random_seed`, which training
-    calls), and then draw the same stream, so the four factors stop being
-    independent (views came out nearly black and grey).
+    Every random number is drawn here, outside the `switch_case` branches,
+    so the position of each draw in the example's seed sequence does not
+    depend on the order drawn (see `keras_ssl.random`).
 
     Args:
       image: float32 `[H, W, 3]` in [0, 1].
@@ -126,7 +135,7 @@ def color_jitter(image: tf.Tensor, strength: float = 1.0, random_order: bool = T
     """
     b, c, s, h = 0.8 * strength, 0.8 * strength, 0.8 * strength, 0.2 * strength
     brightness, contrast, saturation = _random_factor(b), _random_factor(c), _random_factor(s)
-    hue = tf.random.uniform([], -h, h)
+    hue = random.uniform([], -h, h)
     transforms = [
         lambda x: x * brightness,
         lambda x: tf.image.adjust_contrast(x, contrast),
@@ -137,7 +146,7 @@ def color_jitter(image: tf.Tensor, strength: float = 1.0, random_order: bool = T
         for f in transforms:
             image = tf.clip_by_value(f(image), 0.0, 1.0)
         return image
-    order = tf.random.shuffle(tf.range(4))
+    order = random.permutation(4)
     for i in range(4):
         image = tf.switch_case(order[i], [lambda f=f, x=image: f(x) for f in transforms])
         image = tf.clip_by_value(image, 0.0, 1.0)
@@ -186,7 +195,7 @@ def _maybe(probability, fn, image):
         return fn(image)
     if probability <= 0.0:
         return image
-    return tf.cond(tf.random.uniform([]) < probability, lambda: fn(image), lambda: image)
+    return tf.cond(random.uniform() < probability, lambda: fn(image), lambda: image)
 
 
 # --------------------------------------------------------------------- stacks
@@ -229,15 +238,15 @@ def simclr_augment(
     if crop:
         image = inception_crop(image, area_range, aspect_ratio_range)
     if flip:
-        image = tf.image.random_flip_left_right(image)
+        image = random_flip(image)
     if color_jitter_strength > 0:
         # Drawn outside any branch (see color_jitter), then kept or not.
         jittered = color_jitter(image, color_jitter_strength)
-        keep = tf.random.uniform([]) < color_jitter_probability
+        keep = random.uniform() < color_jitter_probability
         image = tf.where(keep, jittered, image)
     image = _maybe(grayscale_probability, to_grayscale, image)
     if blur_probability > 0:
-        sigma = tf.random.uniform([], float(blur_sigma[0]), float(blur_sigma[1]))
+        sigma = random.uniform([], float(blur_sigma[0]), float(blur_sigma[1]))
         image = _maybe(blur_probability, lambda x: gaussian_blur(x, sigma), image)
     return tf.clip_by_value(image, 0.0, 1.0)
 
@@ -322,7 +331,7 @@ def randaugment(
     shape = image.shape
     if crop:
         image = inception_crop(image, area_range)
-    image = tf.image.random_flip_left_right(image)
+    image = random_flip(image)
     quantised = tf.cast(tf.round(tf.clip_by_value(image, 0.0, 1.0) * 255.0), tf.uint8)
     scale = float(shape[0] or 224) / 224.0
     distorted = RandAugment(

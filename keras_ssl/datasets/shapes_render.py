@@ -14,7 +14,6 @@ Example:
 """
 
 import collections
-import dataclasses
 import functools
 import itertools
 

@@ -125,26 +125,6 @@ def ema_update(targets, sources, momentum) -> None:
     _merge(merge_fn, pairs)
 
 
-def replica_position() -> tuple[int, "int | tf.Tensor"]:
-    """`(number of replicas, this replica's index)`; `(1, 0)` outside replica context."""
-    context = tf.distribute.get_replica_context()
-    if context is None:
-        return 1, 0
-    return context.num_replicas_in_sync, context.replica_id_in_sync_group
-
-
-def step_seed(method: keras.Model, seed: int) -> tf.Tensor:
-    """A stateless-RNG seed from the optimizer step and `seed`.
-
-    Draws keyed by it are the same on every replica and for the same step on
-    one device, so a method that draws for the whole global batch and takes
-    its replica's rows behaves the same on any number of replicas.
-    """
-    optimizer = getattr(method, "optimizer", None)
-    step = optimizer.iterations if optimizer is not None else 0
-    return tf.stack([tf.cast(step, tf.int64), tf.constant(seed, tf.int64)])
-
-
 def _tf_variable(variable):
     return variable.value if isinstance(variable, keras.Variable) else variable
 

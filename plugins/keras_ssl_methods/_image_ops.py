@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import tensorflow as tf
 
+from keras_ssl import random
+
 
 def to_grayscale3(image: tf.Tensor) -> tf.Tensor:
     """Luma grayscale repeated in three channels (works on [..., H, W, 3])."""
@@ -13,7 +15,7 @@ def to_grayscale3(image: tf.Tensor) -> tf.Tensor:
 
 def maybe_grayscale(images: tf.Tensor, probability: float, seed_draw=None) -> tf.Tensor:
     """Turns `images` (one image or a stack) gray with `probability`, ONE draw for all."""
-    draw = tf.random.uniform([]) if seed_draw is None else seed_draw
+    draw = random.uniform() if seed_draw is None else seed_draw
     return tf.cond(draw < probability, lambda: to_grayscale3(images), lambda: images)
 
 
@@ -26,8 +28,9 @@ def exemplar_augment(image: tf.Tensor, min_area: float = 0.3) -> tf.Tensor:
     outside, once for all the copies of an image.
     """
     height, width = image.shape[0], image.shape[1]
-    begin, size, _ = tf.image.sample_distorted_bounding_box(
+    begin, size, _ = tf.image.stateless_sample_distorted_bounding_box(
         tf.shape(image),
+        seed=random.next_seed(),
         bounding_boxes=tf.constant([[[0.0, 0.0, 1.0, 1.0]]]),
         min_object_covered=0.0,
         aspect_ratio_range=(3 / 4, 4 / 3),
@@ -37,9 +40,9 @@ def exemplar_augment(image: tf.Tensor, min_area: float = 0.3) -> tf.Tensor:
     )
     crop = tf.slice(image, begin, size)
     view = tf.image.resize(crop[None], [height, width])[0]
-    view = tf.image.random_flip_left_right(view)
-    view = tf.image.random_brightness(view, 0.2)
-    view = tf.image.random_contrast(view, 0.6, 1.4)
-    view = tf.image.random_saturation(view, 0.6, 1.4)
-    view = tf.image.random_hue(view, 0.05)
+    view = tf.image.stateless_random_flip_left_right(view, random.next_seed())
+    view = tf.image.stateless_random_brightness(view, 0.2, random.next_seed())
+    view = tf.image.stateless_random_contrast(view, 0.6, 1.4, random.next_seed())
+    view = tf.image.stateless_random_saturation(view, 0.6, 1.4, random.next_seed())
+    view = tf.image.stateless_random_hue(view, 0.05, random.next_seed())
     return tf.clip_by_value(view, 0.0, 1.0)

@@ -19,7 +19,10 @@ from __future__ import annotations
 import keras
 import tensorflow as tf
 
-from keras_ssl import Method
+from keras_ssl import Method, random
+from keras_ssl_methods._contrastive import uses_synchronized_bn
+
+_HEAD_DROPOUT_KEY = 1
 
 
 def check_geometry(name: str, resize: int, crop: int, grid: int, patch: int) -> int:
@@ -37,7 +40,7 @@ def check_geometry(name: str, resize: int, crop: int, grid: int, patch: int) -> 
 def random_crop_resized(image: tf.Tensor, resize: int, crop: int) -> tf.Tensor:
     """Resizes a `[H, W, 3]` image to `resize` x `resize`, then crops `crop` x `crop` at random."""
     image = tf.image.resize(image[None], [resize, resize], antialias=True)[0]
-    return tf.image.random_crop(image, [crop, crop, 3])
+    return tf.image.stateless_random_crop(image, [crop, crop, 3], random.next_seed())
 
 
 def cut_grid(image: tf.Tensor, grid: int, cell: int, patch: int, jitter: int | None = None) -> tf.Tensor:
@@ -58,9 +61,9 @@ def cut_grid(image: tf.Tensor, grid: int, cell: int, patch: int, jitter: int | N
     room = cell - patch
     count = grid * grid
     if jitter is None:
-        offsets = tf.random.uniform([count, 2], 0, room + 1, dtype=tf.int32)
+        offsets = random.uniform([count, 2], 0, room + 1, dtype=tf.int32)
     else:
-        shift = tf.random.uniform([count, 2], -jitter, jitter + 1, dtype=tf.int32)
+        shift = random.uniform([count, 2], -jitter, jitter + 1, dtype=tf.int32)
         offsets = tf.clip_by_value(room // 2 + shift, 0, room)
     patches = []
     for index in range(count):
@@ -77,17 +80,38 @@ def standardize_patches(images: tf.Tensor) -> tf.Tensor:
     return (images - mean) * tf.math.rsqrt(variance + 1e-5)
 
 
-def fc_head(num_classes: int, hidden: int = 4096, dropout: float = 0.5, name: str = "patch_head"):
-    """fc `hidden` + BN + ReLU + dropout -> `num_classes` logits (Jigsaw / RPL head)."""
-    return keras.Sequential(
-        [
-            keras.layers.Dense(hidden, use_bias=False, name="fc"),
-            keras.layers.BatchNormalization(name="fc_bn"),
-            keras.layers.ReLU(),
-            keras.layers.Dropout(dropout),
-            keras.layers.Dense(num_classes, name="logits"),
-        ],
-        name=name,
+class PatchHead(keras.layers.Layer):
+    """fc `hidden` + BN + ReLU + dropout -> `num_classes` logits (Jigsaw / RPL head).
+
+    The dropout mask is drawn for the global batch from `dropout_seed` and
+    sliced per replica (`keras_ssl.random.dropout`), so 2 replicas train like
+    one device; Keras' `Dropout` would give every replica the same masks.
+    The batch norm is synchronized across replicas when `synchronized_bn`.
+    """
+
+    def __init__(
+        self, num_classes: int, hidden: int = 4096, dropout: float = 0.5,
+        synchronized_bn: bool = False, **kwargs,
+    ):
+        super().__init__(**kwargs)
+        self.rate = float(dropout)
+        self.fc = keras.layers.Dense(hidden, use_bias=False, name="fc")
+        self.fc_bn = keras.layers.BatchNormalization(synchronized=synchronized_bn, name="fc_bn")
+        self.logits = keras.layers.Dense(num_classes, name="logits")
+
+    def call(self, features, training=False, dropout_seed=None):
+        hidden = keras.activations.relu(self.fc_bn(self.fc(features), training=training))
+        if training and self.rate > 0.0:
+            seed = random.next_seed() if dropout_seed is None else dropout_seed
+            hidden = random.dropout(hidden, self.rate, seed)
+        return self.logits(hidden)
+
+
+def fc_head(backbone, num_classes: int, hidden: int = 4096, dropout: float = 0.5,
+            name: str = "patch_head"):
+    """The `PatchHead` of Jigsaw and Relative Patch Location (synchronized BN if the backbone's is)."""
+    return PatchHead(
+        num_classes, hidden, dropout, synchronized_bn=uses_synchronized_bn(backbone), name=name
     )
 
 
@@ -113,6 +137,12 @@ class PatchGridMethod(Method):
     evaluation's patch protocol: `keras-ssl-eval` cuts the same grid and
     averages features over the patches.
     """
+
+    def head_logits(self, features, training):
+        """`self.head` on `features`, its dropout keyed by the step (same on every replica)."""
+        return self.head(
+            features, training=training, dropout_seed=random.step_seed(self, _HEAD_DROPOUT_KEY)
+        )
 
     def export_input_transform(self, images):
         """What every patch goes through before the backbone (built into the export)."""

@@ -141,8 +141,15 @@ class Colorization(Method):
             counts += value.numpy()
         return counts / max(counts.sum(), 1.0)
 
-    def make_dataset(self, images, batch_size):
+    def adapt(self, examples):
+        """Estimates the colour prior from the training split in its stored order."""
         if self._given_prior is None:
+            self.set_prior(self.estimate_prior(examples))
+            self._prior_estimated = True
+
+    def make_dataset(self, images, batch_size):
+        # Without `adapt` (a hand-built pipeline), estimate from these images.
+        if self._given_prior is None and not getattr(self, "_prior_estimated", False):
             self.set_prior(self.estimate_prior(images))
         return super().make_dataset(images, batch_size)
 
@@ -163,8 +170,7 @@ class Colorization(Method):
     def compute_pretext_loss(self, batch, training):
         images = batch["image"]
         logits = self.logits(images, training)
-        size = tf.shape(logits)[1:3]
-        ab = tf.image.resize(_lab.rgb_to_lab(images)[..., 1:], size, method="area")
+        ab = _area_downsample(_lab.rgb_to_lab(images)[..., 1:], logits)
         targets = _lab.soft_encode(ab, self.bins, self.num_neighbors, self.sigma)
         nearest = _lab.nearest_bin(ab, self.bins)
         cross_entropy = tf.nn.softmax_cross_entropy_with_logits(labels=targets, logits=logits)
@@ -203,3 +209,17 @@ class Colorization(Method):
                 "input_transform": "CIE Lab L channel, as L / 100 in all three channels",
             },
         }
+
+
+def _area_downsample(values, like):
+    """`values` `[B, H, W, C]` area-resized to the spatial size of `like`.
+
+    With static sizes that divide, an average pool: the same numbers as
+    `tf.image.resize(method="area")`, and XLA compiles it (it has no
+    ResizeArea kernel), which TPUs need.
+    """
+    (height, width), (rows, cols) = values.shape[1:3], like.shape[1:3]
+    if None not in (height, width, rows, cols) and height % rows == 0 and width % cols == 0:
+        factor = (height // rows, width // cols)
+        return tf.nn.avg_pool2d(values, factor, factor, "VALID")
+    return tf.image.resize(values, tf.shape(like)[1:3], method="area")

@@ -5,7 +5,8 @@ of it (8 by default) go into the batch, a dense embedding head (1000-d) maps
 each copy's pre-logits to an embedding that is l2-normalised on its own (per
 embedding, not across the batch), and a triplet loss with margin 0.5 pulls the
 copies of an image together and pushes other images away. The triplet labels
-are the image's index within the batch. The grayscale decision (p = 0.66) is
+are the image's index within the global batch: triplets are mined over the
+copies of every replica, so the loss does not depend on the replica count. The grayscale decision (p = 0.66) is
 drawn once per image and shared by all its copies.
 """
 
@@ -17,6 +18,8 @@ import keras
 import tensorflow as tf
 
 from keras_ssl import Method
+from keras_ssl.distribute import replica_position
+from keras_ssl.losses import gather_across_replicas
 from keras_ssl_methods._image_ops import exemplar_augment, maybe_grayscale
 from keras_ssl_methods._triplet import TRIPLET_VARIANTS, triplet_loss
 
@@ -92,8 +95,12 @@ class Exemplar(Method):
         batch_size = tf.shape(images)[0]
         flat = tf.reshape(images, tf.concat([[-1], tf.shape(images)[2:]], 0))
         # Copies are laid out image-major: image i owns rows i*N .. i*N+N-1.
-        labels = tf.repeat(tf.range(batch_size), self.num_copies)
-        embeddings = self.embed(flat, training)
+        # Triplets are mined over the global batch (every replica computes the
+        # same loss; all_gather's gradient sums the replicas' contributions),
+        # so any number of replicas trains like one device.
+        replicas, _ = replica_position()
+        labels = tf.repeat(tf.range(batch_size * replicas), self.num_copies)
+        embeddings = gather_across_replicas(self.embed(flat, training))
         loss = triplet_loss(labels, embeddings, self.margin, self.triplet)
         return loss, {"nearest_neighbour_accuracy": _nn_accuracy(labels, embeddings)}
 

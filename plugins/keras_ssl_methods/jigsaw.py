@@ -22,6 +22,8 @@ from __future__ import annotations
 import keras
 import tensorflow as tf
 
+import keras_ssl.random
+
 from keras_ssl_methods._image_ops import maybe_grayscale
 from keras_ssl_methods._patches import (
     PatchGridMethod, check_geometry, cut_grid, embed_patches, fc_head, random_crop_resized,
@@ -91,14 +93,14 @@ class Jigsaw(PatchGridMethod):
         self.grayscale_probability = float(grayscale_probability)
         self.standardize = bool(standardize)
         self.patch_embedding = keras.layers.Dense(embedding_dim, name="patch_embedding")
-        self.head = fc_head(self.num_permutations, hidden_units, dropout, name="jigsaw_head")
+        self.head = fc_head(backbone, self.num_permutations, hidden_units, dropout, name="jigsaw_head")
 
     # ------------------------------------------------------------------ inputs
     def preprocess(self, example):
         image = random_crop_resized(self.augment(example["image"]), self.resize, self.crop)
         image = maybe_grayscale(image, self.grayscale_probability)
         tiles = cut_grid(image, GRID, self.cell, self.patch_size, jitter=None)
-        label = tf.random.uniform([], 0, self.num_permutations, dtype=tf.int32)
+        label = keras_ssl.random.uniform([], 0, self.num_permutations, dtype=tf.int32)
         order = tf.gather(tf.constant(self.permutations), label)
         return {"patches": tf.gather(tiles, order), "permutation": label}
 
@@ -111,6 +113,6 @@ class Jigsaw(PatchGridMethod):
         return embed_patches(self, self.patch_embedding, patches, training)
 
     def compute_pretext_loss(self, batch, training):
-        logits = self.head(self.slot_features(batch["patches"], training), training=training)
+        logits = self.head_logits(self.slot_features(batch["patches"], training), training)
         loss = self.classification_loss(batch["permutation"], logits)
         return loss, {"permutation_accuracy": self.accuracy(batch["permutation"], logits)}

@@ -27,15 +27,15 @@ import keras
 import tensorflow as tf
 
 from keras_ssl.backbones import output_dim
+from keras_ssl.distribute import replica_position
 from keras_ssl.losses import gather_across_replicas, info_nce_loss
+from keras_ssl.random import step_seed
 from keras_ssl_methods._contrastive import (
     ContrastiveMethod,
     assign_across_replicas,
     ema_update,
     projection_head,
-    replica_position,
     scatter_across_replicas,
-    step_seed,
     uses_synchronized_bn,
 )
 

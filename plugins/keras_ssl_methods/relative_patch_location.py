@@ -32,6 +32,8 @@ from __future__ import annotations
 import keras
 import tensorflow as tf
 
+import keras_ssl.random
+
 from keras_ssl_methods._image_ops import to_grayscale3
 from keras_ssl_methods._patches import (
     PatchGridMethod, check_geometry, cut_grid, embed_patches, fc_head, random_crop_resized,
@@ -45,9 +47,9 @@ COLOR_HANDLING = ("drop", "grayscale", "none")
 
 def drop_colors(patch: tf.Tensor, noise_fraction: float = 0.01) -> tf.Tensor:
     """Keeps one random channel of `[h, w, 3]`; the others become weak Gaussian noise."""
-    keep = tf.random.uniform([], 0, 3, dtype=tf.int32)
+    keep = keras_ssl.random.uniform([], 0, 3, dtype=tf.int32)
     kept = patch[..., keep]
-    noise = tf.random.normal(tf.shape(patch)) * noise_fraction * tf.math.reduce_std(kept)
+    noise = keras_ssl.random.normal(tf.shape(patch)) * noise_fraction * tf.math.reduce_std(kept)
     mask = tf.one_hot(keep, 3)
     return patch * mask + noise * (1.0 - mask)
 
@@ -99,7 +101,7 @@ class RelativePatchLocation(PatchGridMethod):
         self.color_handling = color_handling
         self.standardize = bool(standardize)
         self.patch_embedding = keras.layers.Dense(embedding_dim, name="patch_embedding")
-        self.head = fc_head(len(NEIGHBOURS), hidden_units, dropout, name="location_head")
+        self.head = fc_head(backbone, len(NEIGHBOURS), hidden_units, dropout, name="location_head")
 
     def preprocess(self, example):
         image = random_crop_resized(self.augment(example["image"]), self.resize, self.crop)
@@ -120,7 +122,7 @@ class RelativePatchLocation(PatchGridMethod):
         return tf.reshape(pairs, [-1, 2 * self.patch_embedding.units])
 
     def compute_pretext_loss(self, batch, training):
-        logits = self.head(self.pair_features(batch["patches"], training), training=training)
+        logits = self.head_logits(self.pair_features(batch["patches"], training), training)
         labels = tf.reshape(batch["location"], [-1])
         loss = self.classification_loss(labels, logits)
         return loss, {"location_accuracy": self.accuracy(labels, logits)}

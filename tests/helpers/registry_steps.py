@@ -1,0 +1,117 @@
+"""Runs every registered method's training step the ways the scale-out promise needs.
+
+    python registry_steps.py replicas METHOD...   # 2 mirrored CPUs against one device
+    python registry_steps.py xla METHOD...        # the replica step compiled with XLA
+
+Prints one JSON line `{method: report}`. Runs in its own process: logical
+devices must be configured before TensorFlow starts. Each method is built on
+a tiny ResNet-10 v2 with synchronized batch norm and the settings of
+`tiny_methods.TINY_METHOD_KWARGS`; its inputs are seeded per example
+(`Method.make_dataset`), so both runs see the same views.
+"""
+
+import json
+import os
+import sys
+
+import tensorflow as tf
+
+cpu = tf.config.list_physical_devices("CPU")[0]
+tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+import orbit  # noqa: E402
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from tiny_methods import build_tiny_method, tiny_examples  # noqa: E402
+
+from keras_ssl.training import MethodTrainer  # noqa: E402
+
+BATCH = 8
+STEPS = int(os.environ.get("REGISTRY_STEPS", 2))
+# One instance of each for the whole process: collectives of a second
+# MirroredStrategy clash with those of the first.
+ONE_DEVICE = tf.distribute.OneDeviceStrategy("/cpu:0")
+MIRRORED = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+
+
+# Per-method settings a test adds to the tiny ones (JSON `{method: {arg: value}}`).
+OVERRIDES = json.loads(os.environ.get("KERAS_SSL_TEST_OVERRIDES", "{}"))
+
+
+def _train(name, strategy, weights, steps, jit_compile=False):
+    examples = tiny_examples(name, BATCH)
+    with strategy.scope():
+        method = build_tiny_method(name, synchronized_bn=True, **OVERRIDES.get(name, {}))
+        method.adapt(examples)
+        batches = method.make_dataset(examples, BATCH).repeat()
+        _, metrics = method.compute_pretext_loss(next(iter(batches)), training=False)
+        if weights is not None:
+            method.set_weights(weights)
+        method.compile(optimizer=keras.optimizers.SGD(0.05, momentum=0.9))
+        method.optimizer.build(method.trainable_variables)
+        step = orbit.utils.create_global_step()
+    trainer = MethodTrainer(
+        method, batches, strategy, step, ["loss", "regularization_loss", *metrics], BATCH, steps,
+        jit_compile=jit_compile, verbose=False,
+    )
+    outputs = trainer.train(tf.constant(steps)) if steps else {}
+    return method, outputs
+
+
+def _state(method):
+    """`{position: (path, value)}` of every variable of the method and its optimizer."""
+    variables = method.variables + method.optimizer.variables
+    return {i: (v.path, np.asarray(v.numpy())) for i, v in enumerate(variables)}
+
+
+def _max_difference(a, b):
+    """`(largest absolute difference, the variable it is in)` over two `_state`s."""
+    # Relative to the variable's size where that exceeds 1 (NPID's Z is ~1e6).
+    differences = [
+        (float(np.max(np.abs(x.astype(np.float64) - b[k][1])) / max(1.0, np.max(np.abs(x)))), path)
+        for k, (path, x) in a.items() if x.size
+    ]
+    return max(differences, default=(0.0, None))
+
+
+def replicas(name):
+    keras.utils.set_random_seed(0)
+    initial, _ = _train(name, ONE_DEVICE, None, 0)
+    weights = initial.get_weights()
+    single, single_out = _train(name, ONE_DEVICE, weights, STEPS)
+    mirrored, mirrored_out = _train(name, MIRRORED, weights, STEPS)
+    single_state, mirrored_state = _state(single), _state(mirrored)
+    return {
+        "replicas": MIRRORED.num_replicas_in_sync,
+        "variables": len(single_state),
+        "same_structure": [x.shape for _, x in single_state.values()]
+        == [x.shape for _, x in mirrored_state.values()],
+        "backbone_change": _max_difference(
+            {i: (v.path, np.asarray(v.numpy())) for i, v in enumerate(initial.backbone.variables)},
+            {i: (v.path, np.asarray(v.numpy())) for i, v in enumerate(single.backbone.variables)},
+        )[0],
+        "max_state_difference": _max_difference(single_state, mirrored_state),
+        "max_metric_difference": max(
+            abs(single_out[k] - mirrored_out[k]) for k in single_out if k != "images_per_second"
+        ),
+    }
+
+
+def xla(name):
+    keras.utils.set_random_seed(0)
+    method, outputs = _train(name, tf.distribute.get_strategy(), None, 1, jit_compile=True)
+    return {"loss": outputs["loss"], "finite": bool(np.isfinite(outputs["loss"]))}
+
+
+if __name__ == "__main__":
+    mode, names = sys.argv[1], sys.argv[2:]
+    run = {"replicas": replicas, "xla": xla}[mode]
+    reports = {}
+    for name in names:
+        try:
+            reports[name] = run(name)
+        except Exception as e:  # reported per method, so one failure does not hide the rest
+            reports[name] = {"error": f"{type(e).__name__}: {str(e)[:2000]}"}
+    print(json.dumps(reports))

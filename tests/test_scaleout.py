@@ -1,0 +1,219 @@
+"""Scale-out: every method on replicas and under XLA, multi-worker runs, preemption, mixed precision."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from _runs import (
+    checkpoint_difference, checkpoint_steps, free_ports, kill, run_bindings, run_training,
+    signal_at_step, start_training, training_env, train_command,
+)
+from conftest import REPO
+from keras_ssl import config, distribute, training
+from keras_ssl.registry import METHODS
+
+HELPER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "helpers", "registry_steps.py")
+STEPS = 8
+# Relative Patch Location's default colour dropping leaves two channels of 1%
+# noise that per-patch standardisation scales up; the few-ulp differences of
+# a sum split over replicas then grow to 1e-4 in one step. Grayscale patches
+# check the same code for replica equivalence without that amplification.
+REPLICA_OVERRIDES = {"relative_patch_location": {"color_handling": "grayscale"}}
+
+
+def _registry_report(mode):
+    env = training_env(KERAS_SSL_TEST_OVERRIDES=json.dumps(REPLICA_OVERRIDES))
+    result = subprocess.run(
+        [sys.executable, HELPER, mode, *METHODS.names()], capture_output=True, text=True,
+        env=env, cwd=REPO, timeout=1200,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+@pytest.fixture(scope="module")
+def replica_report():
+    return _registry_report("replicas")
+
+
+@pytest.fixture(scope="module")
+def xla_report():
+    return _registry_report("xla")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", METHODS.names())
+def test_two_replicas_train_every_method_like_one_device(replica_report, name):
+    """Two Orbit steps on 2 mirrored CPUs: weights, queues, banks, EMA and metrics as on one device."""
+    report = replica_report[name]
+    assert "error" not in report, report.get("error")
+    assert report["replicas"] == 2 and report["same_structure"]
+    assert report["backbone_change"] > 1e-3  # the steps really trained the backbone
+    difference, variable = report["max_state_difference"]
+    assert difference < 1e-5, f"{variable} differs by {difference}"
+    assert report["max_metric_difference"] < 1e-5
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", METHODS.names())
+def test_every_method_step_compiles_with_xla(xla_report, name):
+    """TPU compatibility: the replica step has static shapes and no host-side ops."""
+    report = xla_report[name]
+    assert "error" not in report, report.get("error")
+    assert report["finite"]
+
+
+@pytest.fixture(scope="module")
+def reference_run(data_dir, tmp_path_factory):
+    model_dir = str(tmp_path_factory.mktemp("reference"))
+    run_training(model_dir, run_bindings(data_dir, STEPS))
+    return model_dir
+
+
+def _cluster_env(ports, index):
+    cluster = {"worker": [f"127.0.0.1:{port}" for port in ports]}
+    return training_env(TF_CONFIG=json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}}))
+
+
+@pytest.mark.slow
+def test_two_worker_processes_train_like_one_device_and_resume_after_both_are_killed(
+    reference_run, data_dir, tmp_path
+):
+    model_dir = str(tmp_path / "multi_worker")
+    bindings = run_bindings(data_dir, STEPS)
+    ports = free_ports(2)
+    flag = "--strategy=multi_worker_mirrored"
+    workers = [start_training(model_dir, bindings, flag, env=_cluster_env(ports, i)) for i in (0, 1)]
+    try:
+        signal_at_step(workers[0], 6, signal.SIGKILL)  # the chief; after the checkpoint of step 4
+    finally:
+        kill(*workers)
+    assert max(checkpoint_steps(model_dir)) == 4
+
+    ports = free_ports(2)
+    workers = [start_training(model_dir, bindings, flag, env=_cluster_env(ports, i)) for i in (0, 1)]
+    try:
+        outputs = [w.communicate(timeout=300)[0] for w in workers]
+    finally:
+        kill(*workers)
+    assert [w.returncode for w in workers] == [0, 0], outputs
+    chief, other = outputs
+    assert "2 replica(s) on CPU, 2 workers, this is worker 0" in chief
+    assert "resuming from the checkpoint of step 4" in chief
+    assert "step 8/8" in chief and "step 8/8" not in other  # only the chief prints progress
+    assert checkpoint_difference(os.path.join(reference_run, "ckpt-8"),
+                                 os.path.join(model_dir, "ckpt-8")) < 1e-5
+    # The chief alone wrote the run directory; the others' scratch copies are gone.
+    assert sorted(os.listdir(model_dir)) == sorted(os.listdir(reference_run))
+    assert os.listdir(os.path.join(model_dir, "export")) == ["step_8"]
+
+
+@pytest.mark.slow
+def test_sigterm_checkpoints_the_current_step_and_the_restart_loses_nothing(
+    reference_run, data_dir, tmp_path
+):
+    model_dir = str(tmp_path / "preempted")
+    bindings = run_bindings(data_dir, STEPS, **{"keras_ssl.train.checkpoint_interval": 4})
+    first = start_training(model_dir, bindings)
+    seen = signal_at_step(first, 2, signal.SIGTERM)
+    output = "".join(seen) + first.communicate(timeout=120)[0]
+    assert first.returncode == training.PREEMPTED_EXIT_CODE, output
+    assert "preempted (SIGTERM): checkpoint written at step" in output
+    stopped_at = max(checkpoint_steps(model_dir))
+    assert stopped_at in (2, 4) and f"step {stopped_at}/" in output
+    second = run_training(model_dir, bindings)
+    assert f"resuming from the checkpoint of step {stopped_at}" in second.stdout
+    assert checkpoint_difference(os.path.join(reference_run, "ckpt-8"),
+                                 os.path.join(model_dir, "ckpt-8")) == 0.0
+
+
+@pytest.mark.slow
+def test_mixed_bfloat16_trains_and_exports_float32(data_dir, tmp_path):
+    from keras_ssl.export import export_checkpoint
+
+    model_dir = str(tmp_path / "bf16")
+    config.parse_gin(bindings=run_bindings(
+        data_dir, 2, **{"keras_ssl.train.mixed_precision": "'mixed_bfloat16'"}))
+    outputs = training.train(model_dir)
+    assert np.isfinite(outputs["loss"])
+    float32 = export_checkpoint(model_dir, 2, str(tmp_path / "float32_rebuild"))
+    exported = tf.saved_model.load(os.path.join(model_dir, "export", "step_2"))
+    rebuilt = tf.saved_model.load(float32)
+    images = tf.random.stateless_uniform([4, 16, 16, 3], [1, 2])
+    ends, ends_float32 = exported.signatures["representation"](images), rebuilt.signatures[
+        "representation"](images)
+    for name, value in ends.items():
+        assert value.dtype == tf.float32
+        np.testing.assert_allclose(value.numpy(), ends_float32[name].numpy(), atol=1e-5)
+    assert all(v.dtype == tf.float32 for v in exported.variables)
+
+
+def test_mixed_precision_refused_for_a_method_that_cannot_run_under_it(
+    monkeypatch, data_dir, tmp_path
+):
+    monkeypatch.setattr(METHODS.get("rotation"), "supports_mixed_precision", False)
+    config.parse_gin(bindings=run_bindings(
+        data_dir, 2, **{"keras_ssl.train.mixed_precision": "'mixed_float16'"}))
+    with pytest.raises(training.TrainingConfigError, match="cannot train under mixed_float16"):
+        training.train(str(tmp_path / "run"))
+    assert not os.path.exists(tmp_path / "run")
+
+
+def _binary_error(tmp_path, data_dir, *flags, env=None):
+    model_dir = tmp_path / "run"
+    result = subprocess.run(
+        train_command(str(model_dir), run_bindings(data_dir, 2), *flags), capture_output=True,
+        text=True, env=env or training_env(), cwd=REPO, timeout=120,
+    )
+    assert result.returncode != 0
+    assert "Traceback" not in result.stderr, result.stderr
+    assert not model_dir.exists()
+    return result.stderr.strip().splitlines()[-1]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("tf_config, message", [
+    (None, "needs the TF_CONFIG environment variable"),
+    ("{not json", "TF_CONFIG is not valid JSON"),
+    ('{"cluster": {"worker": ["127.0.0.1:1"]}, "task": {"type": "worker", "index": 3}}',
+     "task index 3 is out of range"),
+])
+def test_bad_tf_config_is_one_clear_line(tmp_path, data_dir, tf_config, message):
+    env = training_env()
+    env.pop("TF_CONFIG", None)
+    if tf_config is not None:
+        env["TF_CONFIG"] = tf_config
+    line = _binary_error(tmp_path, data_dir, "--strategy=multi_worker_mirrored", env=env)
+    assert line.startswith("keras-ssl-train: ") and message in line
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("flags, message", [
+    (("--strategy=mirrored", "--cpu_replicas=3"), "does not divide over 3 replicas"),
+    (("--cpu_replicas=2",), "works with --strategy=mirrored only"),
+])
+def test_bad_replica_setup_is_one_clear_line(tmp_path, data_dir, flags, message):
+    line = _binary_error(tmp_path, data_dir, *flags)
+    assert message in line
+
+
+def test_parse_tf_config_names_what_is_wrong():
+    good = {"cluster": {"worker": ["a:1", "b:2"]}, "task": {"type": "worker", "index": 1}}
+    assert distribute.parse_tf_config({"TF_CONFIG": json.dumps(good)}) == good
+    with pytest.raises(distribute.StrategyError, match="no 'cluster'"):
+        distribute.parse_tf_config({"TF_CONFIG": '{"task": {"type": "worker", "index": 0}}'})
+    with pytest.raises(distribute.StrategyError, match="task type 'chief' is not in its cluster"):
+        distribute.parse_tf_config({"TF_CONFIG": json.dumps(
+            dict(good, task={"type": "chief", "index": 0}))})
+
+
+def test_replica_rows_outside_a_strategy_is_everything():
+    values = tf.range(6)
+    np.testing.assert_array_equal(distribute.replica_rows(values), values)
+    assert distribute.is_chief(tf.distribute.get_strategy())

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import difflib
 import os
+import re
 from typing import Sequence
 
 import gin
@@ -37,7 +39,11 @@ def parse_gin(files: Sequence[str] = (), bindings: Sequence[str] = (), *, reset:
     Raises:
       ConfigError: A file is missing, or a binding names an unknown
         configurable or parameter, or does not parse. The message names the
-        binding and lists the configurables that exist.
+        binding; for an unknown parameter it is one line with the closest
+        valid names. Parameters of methods, backbones and augmentation stacks
+        are checked against what the plugin really accepts, also when its
+        constructor takes `**kwargs` (see `registry.accepted_parameters`), so
+        a misspelling never reaches training.
     """
     registry.register_all_with_gin()
     # Importing registers the framework's own configurables.
@@ -53,9 +59,84 @@ def parse_gin(files: Sequence[str] = (), bindings: Sequence[str] = (), *, reset:
         # which registers configurables on import) must still register.
         gin.parse_config_files_and_bindings(list(files), list(bindings), finalize_config=False)
     except (ValueError, KeyError, SyntaxError, TypeError) as e:
+        unknown = _GIN_UNKNOWN_PARAMETER.search(str(e))
+        if unknown:
+            raise ConfigError(_unknown_parameter_message(*unknown.groups(), _gin_location(e))) from e
         raise ConfigError(
             f"Bad gin configuration: {e}\nConfigurables that exist: "
             f"{', '.join(_configurables())}.\nBind parameters as "
             f"`<configurable>.<parameter> = <value>`; `keras-ssl-list` shows the "
             f"installed methods, backbones and augmentation stacks."
         ) from e
+    _check_plugin_bindings()
+
+
+# gin's own refusal of a parameter missing from a signature without **kwargs.
+_GIN_UNKNOWN_PARAMETER = re.compile(r"Configurable '([^']+)' doesn't have a parameter named '([^']+)'")
+
+
+def _check_plugin_bindings() -> None:
+    """Refuses bindings to parameters a plugin does not accept, before anything runs.
+
+    gin accepts any parameter of a callable taking `**kwargs` -- every method
+    constructor -- so a misspelled `moco.queue_sizee` would only fail when the
+    method is built, after the dataset was prepared.
+    """
+    from gin import config as gin_config
+
+    for (scope, selector), parameters in gin_config._CONFIG.items():  # pylint: disable=protected-access
+        for plugins in registry.ALL:
+            entry = plugins.plugin_for_gin_selector(selector)
+            if entry is None:
+                continue
+            accepted = registry.accepted_parameters(entry.obj)
+            for parameter in sorted(parameters):
+                if accepted is not None and parameter not in accepted:
+                    configurable = f"{scope}/{entry.name}" if scope else entry.name
+                    raise ConfigError(_unknown_parameter_message(
+                        configurable, parameter, what=f"the {plugins.kind} {entry.name!r}",
+                        accepted=accepted))
+
+
+def _unknown_parameter_message(configurable, parameter, location="", *, what=None, accepted=None) -> str:
+    """One line: the binding, what it binds and the closest valid parameter names.
+
+    Args:
+      configurable: The configurable as bound (`moco`, `scope/moco`).
+      parameter: The parameter that does not exist.
+      location: Where gin found the binding, if known.
+      what: How to name the configurable (default: quoted `configurable`).
+      accepted: Its valid parameters (default: looked up in gin's registry).
+    """
+    if accepted is None:
+        accepted = _gin_parameters(configurable)
+    close = difflib.get_close_matches(parameter, sorted(accepted), n=3)
+    if close:
+        hint = "did you mean " + " or ".join(repr(name) for name in close) + "?"
+    else:
+        hint = "its parameters: " + (", ".join(sorted(accepted)) or "none") + "."
+    where = f" ({location})" if location else ""
+    return (f"Bad gin binding '{configurable}.{parameter}'{where}: "
+            f"{what or repr(configurable)} has no parameter {parameter!r}; {hint}")
+
+
+def _gin_parameters(configurable: str) -> frozenset[str]:
+    """Parameters gin lets one bind on `configurable` (its allow/deny lists applied)."""
+    from gin import config as gin_config
+
+    try:
+        match = gin_config._REGISTRY.get_match(configurable.split("/")[-1])  # pylint: disable=protected-access
+    except Exception:  # Unknown or ambiguous: no names to offer.
+        return frozenset()
+    accepted = registry.accepted_parameters(match.wrapped) or frozenset()
+    if match.allowlist:
+        accepted &= set(match.allowlist)
+    return accepted - set(match.denylist or ())
+
+
+def _gin_location(error: Exception) -> str:
+    """gin's "In file ..., line N" / "In bindings string line N" note, on one line."""
+    for line in str(error).splitlines()[1:]:
+        if line.strip().startswith("In "):
+            return line.strip()[3:]
+    return ""

@@ -257,12 +257,14 @@ def main(argv):
 
 
 def run():
-    from absl import app, flags
+    from absl import flags
+
+    from keras_ssl.cli_errors import run_binary
 
     flags.DEFINE_string("model_dir", None, "Run directory written by keras-ssl-train.", required=True)
     flags.DEFINE_integer("step", None, "Checkpoint step to export (default: latest; 0 = random init).")
     flags.DEFINE_string("export_dir", None, "Destination (default MODEL_DIR/export/step_N).")
-    app.run(main)
+    run_binary("keras-ssl-export", main)
 
 
 if __name__ == "__main__":

@@ -20,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import importlib.metadata
+import inspect
 from typing import Any, Callable
 
 import gin
@@ -218,6 +219,24 @@ class Registry:
             ) from entry.error
         return self._gin_wrapped.get(name, entry.obj)
 
+    def plugin_for_gin_selector(self, selector: str) -> PluginEntry | None:
+        """The loaded entry that gin registered as `selector`, if it is one of ours.
+
+        Args:
+          selector: A full gin selector such as `"keras_ssl.methods.moco"`.
+
+        Returns:
+          The entry (its `obj` loaded), or None when `selector` is not in this
+          registry's gin module or names no loaded plugin.
+        """
+        if self._gin_module is None or not selector.startswith(self._gin_module + "."):
+            return None
+        candidates = self._discover().get(selector[len(self._gin_module) + 1:])
+        if not candidates or len(candidates) > 1:
+            return None
+        entry = self._load(candidates[0])
+        return entry if entry.error is None else None
+
     def register_all_with_gin(self) -> None:
         """Loads every plugin so gin knows their names before parsing."""
         for entry in self.entries():
@@ -256,6 +275,58 @@ class Registry:
             f"The {self.kind} name {name!r} is registered by more than one "
             f"distribution: {origins}. Uninstall one of them."
         )
+
+
+def accepted_parameters(obj: Callable) -> frozenset[str] | None:
+    """The keyword arguments `obj` (a class or a function) really accepts.
+
+    A plugin constructor's `**kwargs` usually travel up the class hierarchy
+    (to `keras_ssl.Method`, then `keras.Model`), so the walk follows the MRO's
+    `__init__` signatures while each one takes `**kwargs`; at Keras' own
+    classes it adds the keywords of `keras.layers.Layer` (`name`, `dtype`,
+    `trainable`, ...), which is where Keras stops accepting unknown ones.
+
+    Args:
+      obj: The plugin: a class (its constructor is inspected) or a function.
+
+    Returns:
+      The accepted names, or None when `obj` takes arbitrary keywords that
+      cannot be traced (a function with `**kwargs`).
+    """
+    if not inspect.isclass(obj):
+        names, takes_any = _keyword_parameters(obj)
+        return None if takes_any else frozenset(names)
+    accepted: set[str] = set()
+    for cls in obj.__mro__:
+        if cls is object:
+            break
+        if "__init__" not in vars(cls):
+            continue
+        names, takes_any = _keyword_parameters(cls.__init__)
+        accepted |= names
+        if cls.__module__.split(".")[0] == "keras":
+            # Keras' own classes: between keras.Model (`*args, **kwargs`) and
+            # keras.layers.Layer sit trainers taking nothing; Layer has the keywords.
+            import keras
+
+            accepted |= _keyword_parameters(keras.layers.Layer.__init__)[0]
+            break
+        if not takes_any:
+            break
+    return frozenset(accepted)
+
+
+def _keyword_parameters(function: Callable) -> tuple[set[str], bool]:
+    """`(names that can be passed by keyword, whether **kwargs is taken too)`."""
+    try:
+        parameters = inspect.signature(function).parameters.values()
+    except (TypeError, ValueError):  # A builtin without a signature: cannot tell.
+        return set(), True
+    names = {
+        p.name for p in parameters
+        if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and p.name != "self"
+    }
+    return names, any(p.kind == p.VAR_KEYWORD for p in parameters)
 
 
 def _gin_registered(selector: str) -> Callable | None:

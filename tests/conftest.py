@@ -19,6 +19,15 @@ def tiny_shapes_name():
     return "synthetic_shapes/" + synthetic_shapes_config(**TINY_SHAPES).name
 
 
+@pytest.fixture(autouse=True)
+def _clear_gin_after_each_test():
+    """Bindings a test parses (a learning rate of 1e30...) must not reach the next test."""
+    yield
+    import gin
+
+    gin.clear_config()
+
+
 @pytest.fixture(scope="session")
 def data_dir(tmp_path_factory):
     """A TFDS data_dir holding the tiny synthetic_shapes variant."""

@@ -14,19 +14,18 @@ import pytest
 import tensorflow as tf
 
 from conftest import REPO, tiny_run_bindings, tiny_shapes_name
+from helpers.tiny import TINY_BACKBONE
 from keras_ssl import registry
 from keras_ssl.backbones import backbone_spec, build_backbone, output_dim
 from keras_ssl.backbones.common import Layers
 from keras_ssl.backbones.revnet import ReversibleUnit
 
 RESIDUAL = ("after_root", "block1", "block2", "block3", "block4", "pre_logits")
-SMALL = dict(depth=10, widening_factor=1, small_image_stem=True)
-
 # Tiny arguments and the end-point shapes they give for a 32-px batch of 2.
 TINY = {
-    "resnet_v1": SMALL,
-    "resnet_v2": SMALL,
-    "revnet": SMALL,
+    "resnet_v1": TINY_BACKBONE,
+    "resnet_v2": TINY_BACKBONE,
+    "revnet": TINY_BACKBONE,
     "vgg19_bn": dict(widening_factor=1, fc6_kernel=1),
     "alexnet": dict(widening_factor=1, fc6_kernel=1),
     "resnet9": dict(widening_factor=1),
@@ -69,16 +68,6 @@ SHAPES = {
     },
 }
 FAMILIES = registry.BACKBONES.names()
-
-
-@pytest.fixture(autouse=True)
-def _no_gin_bindings():
-    """Bindings left by other tests must not change the defaults, nor ours theirs."""
-    import gin
-
-    gin.clear_config()
-    yield
-    gin.clear_config()
 
 
 def tiny(name, **overrides):

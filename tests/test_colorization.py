@@ -8,13 +8,13 @@ import pytest
 import tensorflow as tf
 
 from _classic_methods import fit_losses, train_tiny
-from keras_ssl.backbones import build_backbone
+from helpers.tiny import tiny_backbone
 from keras_ssl.registry import METHODS
 from keras_ssl_methods import _lab
 
 
 def _method(**kwargs):
-    net = build_backbone("resnet_v2", depth=10, widening_factor=1, small_image_stem=True)
+    net = tiny_backbone()
     return METHODS.get("colorization")(net, **{"head_units": 16, **kwargs})
 
 

@@ -1,10 +1,12 @@
 """keras_ssl.datasets: the names training accepts, decoded the same way as evaluation."""
 
+import os
+
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from conftest import tiny_shapes_name
+from conftest import REPO, tiny_shapes_name
 from keras_ssl.datasets import load_dataset
 from keras_ssl_eval.testing import write_image_folder
 
@@ -63,3 +65,47 @@ def test_synthetic_shapes_images_are_deterministic(data_dir):
     a = next(iter(first.take(1)))["image"].numpy()
     b = next(iter(second.take(1)))["image"].numpy()
     np.testing.assert_array_equal(a, b)
+
+
+# ------------------------------------------- TFDS datasets that are not there
+@pytest.fixture
+def no_network(monkeypatch):
+    """Every HTTP request fails as on a machine without network access."""
+    import requests
+
+    def unreachable(*args, **kwargs):
+        raise requests.exceptions.ConnectionError(
+            "Failed to establish a new connection: [Errno 101] Network is unreachable")
+
+    monkeypatch.setattr(requests.Session, "request", unreachable)
+
+
+def _train_paper_config(gin_file, data_dir, model_dir):
+    """Trains with a paper's config on `data_dir`; returns the FileNotFoundError's first line.
+
+    gin appends "In call to configurable 'train'" on a line of its own; the
+    binary prints the whole message, the first line has to say it all.
+    """
+    from keras_ssl import config, training
+
+    config.parse_gin([os.path.join(REPO, gin_file)],
+                     [f"keras_ssl.train.data_dir = {str(data_dir)!r}"])
+    with pytest.raises(FileNotFoundError) as refused:
+        training.train(str(model_dir))
+    assert not os.path.exists(os.path.join(model_dir, "checkpoint"))
+    return str(refused.value).splitlines()[0]
+
+
+def test_paper_config_without_network_says_how_to_prepare_its_data(no_network, tmp_path):
+    message = _train_paper_config("gin_configs/simclr/cifar_resnet18.gin", tmp_path / "tfds",
+                                  tmp_path / "run")
+    assert "'cifar10'" in message and str(tmp_path / "tfds") in message
+    assert "could not be downloaded" in message and "keras-ssl-prepare-data cifar10" in message
+
+
+def test_paper_config_without_manual_imagenet_files_names_the_manual_dir(no_network, tmp_path):
+    message = _train_paper_config("gin_configs/simclr/imagenet_resnet50.gin", tmp_path / "tfds",
+                                  tmp_path / "run")
+    assert "'imagenet2012'" in message and "by hand" in message
+    assert str(tmp_path / "tfds" / "downloads" / "manual") in message
+    assert "keras-ssl-prepare-data imagenet2012" in message

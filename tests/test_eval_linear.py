@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+import sklearn.linear_model  # a test dependency (the [test] extra): missing, the suite fails
 
 from keras_ssl_eval.linear import DEFAULT_L2_GRID, fit_linear_probe
 
@@ -33,14 +34,13 @@ def test_random_labels_give_chance_accuracy():
 
 @pytest.mark.parametrize("l2", [1e-3, 1e-1])
 def test_matches_scikit_learn(l2):
-    sklearn_linear = pytest.importorskip("sklearn.linear_model")
     x, y = _blobs(400, 12, 4, 6.0, seed=2)  # Overlapping classes: accuracy well below 1.
     xt, yt = _blobs(400, 12, 4, 6.0, seed=3)
     ours = fit_linear_probe(x, y, xt, yt, l2_grid=[l2], tolerance=1e-8, dtype=np.float64)
     assert ours.converged and ours.validation_accuracy == {}
     mean, std = x.mean(0), x.std(0)
     # sklearn minimises C * sum(CE) + ||W||^2 / 2, i.e. ours with l2 = 1 / (C * n).
-    reference = sklearn_linear.LogisticRegression(C=1 / (l2 * len(x)), tol=1e-10, max_iter=5000)
+    reference = sklearn.linear_model.LogisticRegression(C=1 / (l2 * len(x)), tol=1e-10, max_iter=5000)
     reference.fit((x - mean) / std, y)
     theirs = reference.score((xt - mean) / std, yt)
     assert 0.5 < ours.test_accuracy < 0.99

@@ -10,8 +10,8 @@ import pytest
 import tensorflow as tf
 
 from conftest import REPO
+from helpers.tiny import tiny_backbone
 from keras_ssl import export
-from keras_ssl.backbones import build_backbone
 
 ENDPOINTS = ["after_root", "block1", "block2", "block3", "block4", "pre_logits"]
 
@@ -103,8 +103,9 @@ def test_export_binary_and_missing_step(trained_run, tmp_path):
         export.export_checkpoint(trained_run["model_dir"], step=3)
 
 
+@pytest.mark.slow
 def test_export_is_atomic(tmp_path, monkeypatch):
-    backbone = build_backbone("resnet_v2", depth=10, widening_factor=1, small_image_stem=True)
+    backbone = tiny_backbone()
     destination = tmp_path / "model"
     export.export_backbone(backbone, str(destination), {"name": "first"}, image_size=16)
     before = sorted(os.listdir(destination))

@@ -5,8 +5,8 @@ import pytest
 import tensorflow as tf
 
 from _classic_methods import train_tiny
+from helpers.tiny import tiny_backbone
 from keras_ssl import export
-from keras_ssl.backbones import build_backbone
 
 JIGSAW_SMALL = {"jigsaw.num_permutations": 10, "jigsaw.resize": 48, "jigsaw.crop": 45,
                 "jigsaw.patch_size": 12, "jigsaw.embedding_dim": 16, "jigsaw.hidden_units": 32}
@@ -31,8 +31,9 @@ def test_jigsaw_export_records_the_patch_grid(data_dir, tmp_path):
     np.testing.assert_allclose(representation["pre_logits"], model(patches), atol=1e-5)
 
 
+@pytest.mark.slow
 def test_methods_without_hooks_export_as_before(tmp_path):
-    net = build_backbone("resnet_v2", depth=10, widening_factor=1, small_image_stem=True)
+    net = tiny_backbone()
     path = export.export_backbone(net, str(tmp_path / "plain"), {"name": "plain"}, image_size=16)
     model = tf.saved_model.load(path)
     images = tf.random.uniform([2, 16, 16, 3])
@@ -40,10 +41,11 @@ def test_methods_without_hooks_export_as_before(tmp_path):
     assert set(model.signatures) == {"serving_default", "representation"}
 
 
+@pytest.mark.slow
 def test_extra_signatures_and_input_transform(tmp_path):
     import keras
 
-    net = build_backbone("resnet_v2", depth=10, widening_factor=1, small_image_stem=True)
+    net = tiny_backbone()
     head = keras.layers.Dense(3)
     head.build((None, 128))
 
@@ -64,7 +66,7 @@ def test_extra_signatures_and_input_transform(tmp_path):
 def test_relative_patch_location_metadata():
     from keras_ssl.registry import METHODS
 
-    net = build_backbone("resnet_v2", depth=10, widening_factor=1, small_image_stem=True)
+    net = tiny_backbone()
     method = METHODS.get("relative_patch_location")(net, resize=48, crop=45, patch_size=12)
     assert method.export_metadata() == {
         "input_form": "patches", "patch_grid": [3, 3], "patch_size": [12, 12], "input_size": [45, 45]}

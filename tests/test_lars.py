@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from helpers.tiny import tiny_backbone
 from keras_ssl.optimizers import LARS, build_optimizer, learning_rate_schedule
 
 
@@ -50,9 +51,7 @@ def test_lars_matches_numpy_over_steps():
 
 
 def test_backbone_batch_norm_and_biases_are_excluded():
-    from keras_ssl.backbones import build_backbone
-
-    net = build_backbone("resnet_v2", depth=10, widening_factor=1, small_image_stem=True)
+    net = tiny_backbone()
     head = keras.layers.Dense(3, name="head")
     head.build((None, 16))
     opt = LARS(0.1)

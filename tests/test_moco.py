@@ -9,6 +9,7 @@ import tensorflow as tf
 from helpers.contrastive_training import (
     fit_losses, orbit_run, random_examples, tiny_method, tiny_shapes_examples,
 )
+from helpers.tiny import tiny_backbone
 from keras_ssl.losses import info_nce_loss
 
 
@@ -57,10 +58,9 @@ def test_shuffled_bn_normalises_keys_in_permuted_groups():
 
 
 def test_shuffled_bn_refuses_synchronized_bn_and_uneven_groups():
-    from keras_ssl.backbones import build_backbone
     from keras_ssl.registry import METHODS
 
-    net = build_backbone("resnet_v2", depth=10, widening_factor=1, synchronized_bn=True)
+    net = tiny_backbone(small_image_stem=False, synchronized_bn=True)
     with pytest.raises(ValueError, match="synchronized"):
         METHODS.get("moco")(net, queue_size=16, shuffle_bn_groups=2)
     method = tiny_method("moco", queue_size=16, shuffle_bn_groups=3)

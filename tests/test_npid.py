@@ -39,6 +39,50 @@ def test_loss_is_nce_over_bank_entries():
     assert np.isfinite(float(loss)) and float(loss) > 0 and np.isfinite(float(upper))
 
 
+def _numpy_nce(positive, noise, num_examples, temperature, z):
+    """Wu et al. (2018), eq. 4-5, written out: P(i|v) = exp(v_i.f / tau) / Z, noise P_n = 1/n.
+
+    h = P / (P + K P_n); loss = -mean over the batch of [log h(pos) + sum_k log(1 - h(noise_k))].
+    """
+    k = noise.shape[1]
+    p_positive = np.exp(positive.astype(np.float64) / temperature) / z
+    p_noise = np.exp(noise.astype(np.float64) / temperature) / z
+    noise_mass = k / num_examples
+    h_positive = p_positive / (p_positive + noise_mass)
+    h_noise = p_noise / (p_noise + noise_mass)
+    return -np.mean(np.log(h_positive) + np.sum(np.log(1.0 - h_noise), axis=1))
+
+
+@pytest.mark.parametrize("fix_normalization,stored_z,uses_stored_z", [
+    (True, 0.0, False),   # first step: Z estimated from this batch's noise
+    (True, 2.5, True),    # later steps: the Z kept from the first step
+    (False, 2.5, False),  # re-estimated on every batch, whatever was kept
+])
+def test_loss_equals_numpy_nce(fix_normalization, stored_z, uses_stored_z, monkeypatch):
+    n, k, temperature = 8, 5, 0.1
+    method = tiny_method("npid", num_examples=n, num_negatives=k, temperature=temperature,
+                         fix_normalization=fix_normalization, augmentation="none")
+    method.normalization_constant.assign(stored_z)
+    batch = next(iter(method.make_dataset(random_examples(8).skip(2), 4)))  # indices 2..5
+    # Fixed noise rows (with repeats and the positives' own rows), so the
+    # reference sees exactly the bank entries the method uses.
+    noise_index = np.random.RandomState(0).randint(0, n, size=(4, k)).astype(np.int32)
+    monkeypatch.setattr(method, "_noise_index", lambda batch_size: tf.constant(noise_index))
+
+    loss, metrics = method.compute_pretext_loss(batch, training=False)
+
+    pre_logits = method.backbone(batch["image"], training=False)["pre_logits"]
+    features = method.head(pre_logits).numpy().astype(np.float64)
+    features /= np.linalg.norm(features, axis=1, keepdims=True)
+    bank = method.memory_bank.numpy().astype(np.float64)
+    positive = np.sum(features * bank[batch["index"].numpy()], axis=1)
+    noise = np.einsum("bd,bkd->bk", features, bank[noise_index])
+    z = stored_z if uses_stored_z else n * np.mean(np.exp(noise / temperature))
+    expected = _numpy_nce(positive, noise, n, temperature, z)
+    assert float(metrics["nce_loss"]) == pytest.approx(expected, rel=1e-4)
+    assert float(loss) == pytest.approx(expected, rel=1e-4)  # no probe: the loss is the NCE
+
+
 def test_train_step_updates_bank_rows_by_moving_average():
     method = tiny_method("npid", num_examples=8, num_negatives=4, bank_momentum=0.5)
     batch = next(iter(method.make_dataset(random_examples(8).skip(4), 4)))  # indices 4..7

@@ -6,15 +6,15 @@ import pytest
 import tensorflow as tf
 
 from _classic_methods import fit_losses
-from keras_ssl.backbones import build_backbone
+from helpers.tiny import TINY_PATCH_GRID, tiny_backbone
 from keras_ssl.registry import METHODS
 from keras_ssl_methods.relative_patch_location import NEIGHBOURS, drop_colors
 
-SMALL = dict(resize=48, crop=45, patch_size=12, jitter=1)
+SMALL = dict(TINY_PATCH_GRID, jitter=1)
 
 
 def _method(**kwargs):
-    net = build_backbone("resnet_v2", depth=10, widening_factor=1, small_image_stem=True)
+    net = tiny_backbone()
     return METHODS.get("relative_patch_location")(net, **{**SMALL, **kwargs})
 
 

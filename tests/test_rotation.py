@@ -5,12 +5,12 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from keras_ssl.backbones import build_backbone
+from helpers.tiny import tiny_backbone
 from keras_ssl.registry import METHODS
 
 
 def _method(**kwargs):
-    net = build_backbone("resnet_v2", depth=10, widening_factor=1, small_image_stem=True)
+    net = tiny_backbone()
     return METHODS.get("rotation")(net, **kwargs)
 
 

@@ -14,6 +14,7 @@ the markdown tables (rows = layers, columns = models).
 from __future__ import annotations
 
 import logging as python_logging
+import sys
 
 from absl import app, flags, logging
 
@@ -185,10 +186,27 @@ def main(argv, flag_values: flags.FlagValues = flags.FLAGS):
     print(markdown_report(report), end="")
 
 
+# What `main` raises for the user's inputs: a SavedModel or dataset that is not
+# there (OSError), an end-point the model lacks (KeyError), a dataset unfit for
+# the protocol (ValueError). The binary reports them in one line, as
+# keras_ssl.cli_errors does for the training binaries (not imported: evaluation
+# never imports keras_ssl).
+_USER_ERRORS = (OSError, KeyError, ValueError)
+
+
+def _main_reporting_user_errors(argv):
+    """`main`, with a user error printed as one line and exit status 1 (no traceback)."""
+    try:
+        main(argv)
+    except _USER_ERRORS as e:
+        message = e.args[0] if isinstance(e, KeyError) and e.args else e
+        sys.exit("keras-ssl-eval: " + " ".join(str(message).split()))
+
+
 def run():
     """Console-script entry point of ``keras-ssl-eval``."""
     define_flags()
-    app.run(main)
+    app.run(_main_reporting_user_errors)
 
 
 if __name__ == "__main__":

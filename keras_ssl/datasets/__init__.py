@@ -15,6 +15,8 @@ Reading and decoding are shared with the evaluation package
 
 from __future__ import annotations
 
+import os
+
 from keras_ssl_eval.data import DatasetInfo, load_images
 
 FOLDER_PREFIX = "folder:"
@@ -35,6 +37,13 @@ def prepare_dataset(name: str, data_dir: str | None = None) -> None:
     Args:
       name: A dataset name (see the module docstring); folders need nothing.
       data_dir: TFDS data directory (TFDS' default when None).
+
+    Raises:
+      FileNotFoundError: `name` is unknown, or it is not prepared in
+        `data_dir` and cannot be: its download failed (no network), or it
+        needs files downloaded by hand (ImageNet) that are not in TFDS'
+        manual directory. The message names the dataset, the data_dir
+        searched and how to prepare it.
     """
     if name.startswith(FOLDER_PREFIX):
         return
@@ -50,7 +59,42 @@ def prepare_dataset(name: str, data_dir: str | None = None) -> None:
             f"data_dir {data_dir or 'the TFDS default'}. For a directory of images use "
             f"'folder:/path/to/images'."
         ) from e
-    builder.download_and_prepare()
+    try:
+        builder.download_and_prepare()
+    except AssertionError as e:
+        if "Manual directory" not in str(e):
+            raise
+        manual_dir = os.path.join(str(builder.data_dir_root), "downloads", "manual")
+        raise FileNotFoundError(
+            f"Dataset {name!r} is not prepared in data_dir {str(builder.data_dir_root)!r} and "
+            f"its files must be downloaded by hand: put them in {manual_dir!r} as TFDS' "
+            f"catalog page for {name.split('/')[0]!r} says, then run `keras-ssl-prepare-data "
+            f"{name} --data_dir={builder.data_dir_root}`."
+        ) from e
+    except _download_errors() as e:
+        raise FileNotFoundError(
+            f"Dataset {name!r} is not prepared in data_dir {str(builder.data_dir_root)!r} and "
+            f"could not be downloaded ({type(e).__name__}: {_first_line(e)}). Prepare it where "
+            f"the network is reachable with `keras-ssl-prepare-data {name} --data_dir=DIR` and "
+            f"copy DIR here, or pass the data_dir that holds it."
+        ) from e
+
+
+def _download_errors() -> tuple[type[BaseException], ...]:
+    """What TFDS raises when a download fails (no network, refused, bad checksum)."""
+    import requests
+    import tensorflow_datasets as tfds
+
+    return (
+        tfds.download.DownloadError,
+        requests.exceptions.RequestException,
+        ConnectionError,
+    )
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else "no details"
 
 
 def load_dataset(

@@ -6,6 +6,7 @@ builders' code (TFDS reads prepared datasets from their files).
 
 from absl import app, flags
 
+from keras_ssl.cli_errors import run_binary
 from keras_ssl.datasets import prepare_dataset
 
 _DATA_DIR = flags.DEFINE_string("data_dir", None, "TFDS data directory (TFDS' default if unset).")
@@ -21,4 +22,4 @@ def main(argv):
 
 
 def run():
-    app.run(main)
+    run_binary("keras-ssl-prepare-data", main)

@@ -73,12 +73,15 @@ def main(argv):
 
 
 def run():
-    from absl import app, flags
+    from absl import flags
+
+    from keras_ssl.cli_errors import run_binary
 
     flags.DEFINE_string("saved_model", None, "Export of a colorization run.", required=True)
     flags.DEFINE_string("images", None, "A directory of images or a glob.", required=True)
     flags.DEFINE_string("output", None, "Directory the colourised PNGs are written to.", required=True)
-    app.run(main)
+    # ValueError: the SavedModel is not a colorization export.
+    run_binary("keras-ssl-colorize", main, extra_errors=(ValueError,))
 
 
 if __name__ == "__main__":

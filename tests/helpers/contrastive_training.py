@@ -4,12 +4,12 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from keras_ssl.backbones import build_backbone
+from helpers.tiny import tiny_backbone
 from keras_ssl.registry import METHODS
 
 
 def tiny_method(name, **kwargs):
-    net = build_backbone("resnet_v2", depth=10, widening_factor=1, small_image_stem=True)
+    net = tiny_backbone()
     return METHODS.get(name)(net, **kwargs)
 
 

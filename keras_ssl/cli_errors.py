@@ -20,10 +20,16 @@ from keras_ssl.registry import PluginError
 USER_ERRORS: tuple[type[BaseException], ...] = (OSError, ConfigError, PluginError)
 
 
+# gin appends where an error was raised to its message; the binary's line
+# says what to change, and the configurable's name adds nothing to that.
+_GIN_SUFFIX = "\n  In call to configurable"
+
+
 def one_line(error: BaseException) -> str:
     """The error's message on one line (a KeyError's message without its quotes)."""
     text = error.args[0] if isinstance(error, KeyError) and error.args else error
-    return " ".join(str(text).split()) or type(error).__name__
+    text = str(text).split(_GIN_SUFFIX)[0]
+    return " ".join(text.split()) or type(error).__name__
 
 
 def run_binary(

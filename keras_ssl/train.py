@@ -16,8 +16,9 @@ from __future__ import annotations
 
 import sys
 
-from absl import app, flags, logging
+from absl import flags, logging
 
+from keras_ssl.cli_errors import run_binary
 from keras_ssl.distribute import STRATEGIES
 
 _GIN_FILE = flags.DEFINE_multi_string("gin_file", [], "gin config file (repeatable).")
@@ -45,17 +46,16 @@ def main(argv):
     import tensorflow as tf
 
     from keras_ssl import config, distribute, training
-    from keras_ssl.registry import PluginError
 
     bindings = list(_GIN_BINDINGS.value)
     if _MIXED_PRECISION.value:
         bindings.append(f"keras_ssl.train.mixed_precision = '{_MIXED_PRECISION.value}'")
+    if _CPU_REPLICAS.value:
+        # Before anything else touches TensorFlow's devices.
+        distribute.configure_cpu_replicas(_CPU_REPLICAS.value)
+    config.parse_gin(_GIN_FILE.value, bindings)
+    strategy = distribute.get_strategy(_STRATEGY.value, _TPU.value, _CPU_REPLICAS.value)
     try:
-        if _CPU_REPLICAS.value:
-            # Before anything else touches TensorFlow's devices.
-            distribute.configure_cpu_replicas(_CPU_REPLICAS.value)
-        config.parse_gin(_GIN_FILE.value, bindings)
-        strategy = distribute.get_strategy(_STRATEGY.value, _TPU.value, _CPU_REPLICAS.value)
         training.train(_MODEL_DIR.value, strategy=strategy)
     except training.Preempted as e:
         print(f"keras-ssl-train: {e}", file=sys.stderr, flush=True)
@@ -68,15 +68,14 @@ def main(argv):
             f"this device; set keras_ssl.train.deterministic = False to train without "
             f"bitwise reproducibility."
         )
-    except (
-        config.ConfigError, PluginError, FileNotFoundError, training.NonFiniteLossError,
-        training.TrainingConfigError, distribute.StrategyError,
-    ) as e:
-        sys.exit(f"keras-ssl-train: {e}")
 
 
 def run():
-    app.run(main)
+    from keras_ssl import distribute, training
+
+    run_binary("keras-ssl-train", main, extra_errors=(
+        training.NonFiniteLossError, training.TrainingConfigError, distribute.StrategyError,
+    ))
 
 
 if __name__ == "__main__":

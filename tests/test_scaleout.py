@@ -20,11 +20,16 @@ from keras_ssl.registry import METHODS
 
 HELPER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "helpers", "registry_steps.py")
 STEPS = 8
-# Relative Patch Location's default colour dropping leaves two channels of 1%
-# noise that per-patch standardisation scales up; the few-ulp differences of
-# a sum split over replicas then grow to 1e-4 in one step. Grayscale patches
-# check the same code for replica equivalence without that amplification.
-REPLICA_OVERRIDES = {"relative_patch_location": {"color_handling": "grayscale"}}
+# The patch heads' dropout is on here (the tiny settings turn it off), to check
+# its masks are drawn per global batch. Relative Patch Location's default
+# colour dropping leaves two channels of 1% noise that per-patch
+# standardisation scales up; the few-ulp differences of a sum split over
+# replicas then grow to 1e-4 in one step. Grayscale patches check the same code
+# for replica equivalence without that amplification.
+REPLICA_OVERRIDES = {
+    "jigsaw": {"dropout": 0.5},
+    "relative_patch_location": {"dropout": 0.5, "color_handling": "grayscale"},
+}
 
 
 def _registry_report(mode):

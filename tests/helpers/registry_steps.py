@@ -5,9 +5,9 @@
 
 Prints one JSON line `{method: report}`. Runs in its own process: logical
 devices must be configured before TensorFlow starts. Each method is built on
-a tiny ResNet-10 v2 with synchronized batch norm and the settings of
-`tiny_methods.TINY_METHOD_KWARGS`; its inputs are seeded per example
-(`Method.make_dataset`), so both runs see the same views.
+the tiny ResNet of `tiny.py` with synchronized batch norm and the method's
+tiny settings there; its inputs are seeded per example (`Method.make_dataset`),
+so both runs see the same views.
 """
 
 import json
@@ -24,11 +24,11 @@ import numpy as np  # noqa: E402
 import orbit  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from tiny_methods import build_tiny_method, tiny_examples  # noqa: E402
+from tiny import build_tiny_method, tiny_backbone, tiny_examples  # noqa: E402
 
 from keras_ssl.training import MethodTrainer  # noqa: E402
 
-BATCH = 8
+BATCH = 8  # the tiny split has 8 examples: one global batch, 4 rows per replica
 STEPS = int(os.environ.get("REGISTRY_STEPS", 2))
 # One instance of each for the whole process: collectives of a second
 # MirroredStrategy clash with those of the first.
@@ -43,7 +43,9 @@ OVERRIDES = json.loads(os.environ.get("KERAS_SSL_TEST_OVERRIDES", "{}"))
 def _train(name, strategy, weights, steps, jit_compile=False):
     examples = tiny_examples(name, BATCH)
     with strategy.scope():
-        method = build_tiny_method(name, synchronized_bn=True, **OVERRIDES.get(name, {}))
+        method = build_tiny_method(
+            name, backbone=tiny_backbone(synchronized_bn=True), **OVERRIDES.get(name, {})
+        )
         method.adapt(examples)
         batches = method.make_dataset(examples, BATCH).repeat()
         _, metrics = method.compute_pretext_loss(next(iter(batches)), training=False)

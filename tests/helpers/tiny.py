@@ -83,11 +83,12 @@ def tiny_method_settings(name: str) -> dict:
     return {**TINY_METHOD_SETTINGS.get(name, {}), **from_environment.get(name, {})}
 
 
-def build_tiny_method(name: str, **overrides):
+def build_tiny_method(name: str, backbone=None, **overrides):
     """Builds registered method `name` on the tiny backbone with its tiny settings.
 
     Args:
       name: The method's registry name.
+      backbone: The backbone (default: `tiny_backbone()`).
       **overrides: Constructor arguments replacing the tiny settings.
 
     Returns:
@@ -95,4 +96,28 @@ def build_tiny_method(name: str, **overrides):
     """
     from keras_ssl.registry import METHODS
 
-    return METHODS.get(name)(tiny_backbone(), **{**tiny_method_settings(name), **overrides})
+    backbone = tiny_backbone() if backbone is None else backbone
+    return METHODS.get(name)(backbone, **{**tiny_method_settings(name), **overrides})
+
+
+def tiny_examples(name: str, count: int = TINY_NUM_EXAMPLES, seed: int = 0):
+    """`count` decoded examples of random images sized for method `name`.
+
+    Args:
+      name: The method's registry name (patch methods get images of
+        `TINY_PATCH_GRID["resize"]` px, the others `TINY_IMAGE_SIZE`).
+      count: Number of examples; labels cycle over 3 classes.
+      seed: Seed of the images.
+
+    Returns:
+      A `tf.data.Dataset` of `{"image", "label", "index"}`.
+    """
+    import numpy as np
+    import tensorflow as tf
+
+    patches = "resize" in tiny_method_settings(name)
+    size = TINY_PATCH_GRID["resize"] if patches else TINY_IMAGE_SIZE
+    images = np.random.RandomState(seed).rand(count, size, size, 3).astype(np.float32)
+    return tf.data.Dataset.from_tensor_slices(
+        {"image": images, "label": np.arange(count) % 3, "index": np.arange(count)}
+    )

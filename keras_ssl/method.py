@@ -22,6 +22,7 @@ The same step serves `Method.fit` on one device and the Orbit loop of
 
 Example (a complete method; see docs/writing_a_method.md):
 
+>>> import keras_ssl.random
 >>> class Brightness(Method):
 ...     '''Predicts whether an image was darkened.'''
 ...     def __init__(self, backbone, **kwargs):

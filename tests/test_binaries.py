@@ -147,20 +147,11 @@ def answers(workspace, trained_run):
         return {case: (futures[case].result(), cases[case][2]) for case in cases}
 
 
-_KNOWN_GAPS = {
-    "show-views of an unknown stack": (
-        "keras_ssl/augment/show_views.py is being rewritten elsewhere; its run() is to call "
-        "keras_ssl.cli_errors.run_binary like the other binaries"),
-}
 # The cases' names, for parametrising (the paths do not matter for the names).
 _CASE_NAMES = list(_cases(pathlib.Path("/unused"), "/unused", {"model_dir": "/unused"}))
 
 
-@pytest.mark.parametrize("case", [
-    pytest.param(case, marks=pytest.mark.xfail(strict=True, reason=_KNOWN_GAPS[case]))
-    if case in _KNOWN_GAPS else case
-    for case in _CASE_NAMES
-])
+@pytest.mark.parametrize("case", _CASE_NAMES)
 def test_binary_refuses_in_one_line(case, answers):
     result, fragments = answers[case]
     _assert_refused(result, *fragments)

@@ -124,3 +124,28 @@ def test_cli_runs_without_keras(workspace, tmp_path):
     assert "| pre_logits |" in proc.stdout
     assert "TFDS-OK" in proc.stdout and "not prepared" in proc.stdout
     assert json.loads((out / "results.json").read_text())["models"][0]["name"] == "toy_a"
+
+
+# The evaluation tests that need no trained model: all of them must pass where
+# keras and keras_ssl cannot be imported, as the evaluation promises.
+_KERAS_FREE_TESTS = ("test_eval_protocols.py", "test_eval_linear.py", "test_eval_heads.py",
+                     "test_eval_features.py", "test_eval_savedmodel.py", "test_eval_data.py")
+
+
+@pytest.mark.slow
+def test_evaluation_tests_pass_without_keras(tmp_path):
+    here = os.path.dirname(os.path.abspath(__file__))
+    code = ("import sys\n"
+            "for name in ('keras', 'keras_ssl', 'keras_ssl_methods', 'tf_keras'):\n"
+            "    sys.modules[name] = None  # Any import of them now fails.\n"
+            "import pytest\n"
+            "sys.exit(pytest.main(sys.argv[1:]))\n")
+    files = [os.path.join(here, name) for name in _KERAS_FREE_TESTS]
+    proc = subprocess.run(
+        [sys.executable, "-c", code, "-q", "-m", "not slow", "-p", "no:cacheprovider",
+         f"--basetemp={tmp_path / 'pytest'}", *files],
+        env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"), capture_output=True, text=True,
+        timeout=900, check=False, cwd=os.path.dirname(here),
+    )
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
+    assert " passed" in proc.stdout.splitlines()[-1]

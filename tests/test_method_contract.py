@@ -32,7 +32,7 @@ import tensorflow as tf
 from helpers.tiny import (
     TINY_BATCH_SIZE, TINY_IMAGE_SIZE, TINY_NUM_EXAMPLES, build_tiny_method,
 )
-from keras_ssl import Method, config, export, registry, training
+from keras_ssl import Method, config, export, registry, run_dir
 
 METHOD_NAMES = registry.METHODS.names()
 
@@ -124,10 +124,10 @@ def test_loss_falls_on_fixed_batches(name):
 def _write_run_files(model_dir: str, name: str) -> None:
     """The run description `export.export_method` reads, as a tiny training run writes it."""
     os.makedirs(model_dir, exist_ok=True)
-    with open(os.path.join(model_dir, training.RUN_FILE), "w") as f:
+    with open(os.path.join(model_dir, run_dir.RUN_FILE), "w") as f:
         json.dump({"method": name, "dataset": "random", "train_steps": 1,
                    "batch_size": TINY_BATCH_SIZE, "image_size": TINY_IMAGE_SIZE}, f)
-    with open(os.path.join(model_dir, training.CONFIG_FILE), "w") as f:
+    with open(os.path.join(model_dir, run_dir.CONFIG_FILE), "w") as f:
         f.write(f"keras_ssl.build_method.method = {name!r}\n")
 
 

@@ -11,7 +11,7 @@ small, colours gone, blur on tiny images all show at once.
 from __future__ import annotations
 
 import numpy as np
-from absl import app, flags
+from absl import flags
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("stack", "simclr", "Registered augmentation stack.")
@@ -31,21 +31,27 @@ flags.DEFINE_string("output", "views.png", "PNG to write.")
 def draw_views(images: np.ndarray, stack, num_views: int, seed: int = 0) -> np.ndarray:
     """Applies `stack` `num_views` times to each image inside tf.data.
 
+    Image i's views are seeded by `(seed, i)` as training seeds an example
+    (`keras_ssl.random`), so the same seed draws the same sheet.
+
     Args:
       images: float32 `[N, H, W, 3]` in [0, 1].
       stack: `image -> image`.
       num_views: M.
-      seed: Global TF seed.
+      seed: Seed of the draws.
 
     Returns:
       float32 `[N, M, H, W, 3]`.
     """
     import tensorflow as tf
 
-    tf.random.set_seed(seed)
-    dataset = tf.data.Dataset.from_tensor_slices(images).map(
-        lambda x: tf.stack([stack(x) for _ in range(num_views)])
-    )
+    from keras_ssl import random
+
+    def views(index, image):
+        with random.seeded(random.example_seed(seed, index)):
+            return tf.stack([stack(image) for _ in range(num_views)])
+
+    dataset = tf.data.Dataset.from_tensor_slices(images).enumerate().map(views)
     return np.stack([v.numpy() for v in dataset])
 
 
@@ -97,4 +103,6 @@ def main(argv):
 
 
 def run():
-    app.run(main)
+    from keras_ssl.cli_errors import run_binary
+
+    run_binary("keras-ssl-show-views", main)

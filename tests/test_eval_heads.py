@@ -111,6 +111,15 @@ def test_knn_matches_brute_force(k, temperature):
     np.testing.assert_array_equal(got, _knn_reference(x, y + 10, q, min(k, 150), temperature))
 
 
+def test_knn_memory_bounded_blocks_match_brute_force(monkeypatch):
+    """The default block size comes from a byte budget: three queries per block here."""
+    x, y = _blobs(150, classes=4, noise=3.0)
+    q, _ = _blobs(40, classes=4, noise=3.0, seed=2)
+    monkeypatch.setattr(knn, "_BLOCK_BYTES", 3 * 150 * knn._BYTES_PER_SIMILARITY)
+    got = knn.knn_classify(x, y, q, k=7)
+    np.testing.assert_array_equal(got, _knn_reference(x, y, q, 7, 0.1))
+
+
 def test_knn_separable_is_perfect_and_caps_k():
     x, y = _blobs(50, noise=0.01)
     xt, yt = _blobs(30, noise=0.01, seed=3)

@@ -247,3 +247,14 @@ def test_knn_and_heads_refuse_features_too_large_for_memory(little_memory):
 
 def test_memory_check_passes_what_fits():
     _memory.check_memory(1024, "a tiny matrix", "never shown")
+
+
+def test_no_regularisation_reaches_scikit_learns_optimum(solver_path):
+    """l2 = 0: the Hessian is singular along class shifts; the solver stays out of them."""
+    x, y = _blobs(150, 5, 3, 4.0, seed=15)
+    ours = fit_linear_probe(x, y, l2_grid=[0.0])
+    assert ours.converged and ours.grad_norm <= 1e-5
+    xs = _standardised(x)
+    reference = LogisticRegression(C=np.inf, tol=1e-10, max_iter=10000).fit(xs, y)
+    assert _objective(xs, y, ours.weights.astype(np.float64), ours.bias, 0.0) == pytest.approx(
+        _objective(xs, y, reference.coef_.T, reference.intercept_, 0.0), rel=1e-6)

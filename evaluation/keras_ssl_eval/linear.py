@@ -367,12 +367,17 @@ class _Preconditioner:
 
     def solve(self, residual, curvature, l2):
         """Returns ``M^-1 residual`` for weight directions [m, K]."""
-        floor = np.finfo(residual.dtype).tiny
+        scale = np.outer(self.eigenvalues, curvature) + l2
+        # With l2 = 0 a zero eigenvalue would divide by 0: floor the scale
+        # relative to the largest, as a pseudo-inverse would.
+        floor = max(float(scale.max()), np.finfo(np.float64).tiny) * np.finfo(residual.dtype).eps
         coefficients = _transposed_product(self.basis, residual)
-        top = coefficients / np.maximum(np.outer(self.eigenvalues, curvature) + l2, floor)
-        rest = (residual - self.basis @ coefficients) / np.maximum(
-            self.tail * curvature + l2, floor)
-        return (self.basis @ top.astype(residual.dtype) + rest).astype(residual.dtype)
+        solved = self.basis @ (coefficients / np.maximum(scale, floor)).astype(residual.dtype)
+        if self.basis.shape[1] == self.basis.shape[0]:
+            return solved  # A complete basis: nothing outside it.
+        rest = residual - self.basis @ coefficients
+        return (solved + rest / np.maximum(self.tail * curvature + l2, floor)).astype(
+            residual.dtype)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -463,16 +468,25 @@ def _conjugate_gradient(z, probs, grad_w, grad_b, l2, preconditioner, tolerance)
     Stops when the residual, which is the gradient the quadratic model predicts
     after the step, has no entry above half the tolerance, or has shrunk by
     the inexact-Newton forcing factor ``min(0.5, sqrt(|g|))``.
+
+    Adding one vector to every class's logits leaves the softmax unchanged, so
+    the Hessian is singular along such shifts of the bias (never regularised)
+    and, when l2 = 0, of the weights. The gradient has no component there;
+    the CG vectors are kept out of those directions too (`_shift_free`), or
+    rounding lets them grow without bound.
     """
     n = len(z)
     curvature = np.mean(probs * (1 - probs), axis=0)  # Per class, for the preconditioner.
     bias_curvature = np.maximum(curvature, np.finfo(probs.dtype).tiny)
+
+    def preconditioned(res_w, res_b):
+        pre_w = preconditioner.solve(res_w, curvature, l2)
+        return (_shift_free(pre_w) if l2 == 0 else pre_w), _shift_free(res_b / bias_curvature)
     grad_size = np.sqrt(np.sum(grad_w**2) + np.sum(grad_b**2))
     target = min(0.5, np.sqrt(grad_size)) * grad_size
     step_w, step_b = np.zeros_like(grad_w), np.zeros_like(grad_b)
     res_w, res_b = -grad_w, -grad_b
-    pre_w = preconditioner.solve(res_w, curvature, l2)
-    pre_b = res_b / bias_curvature
+    pre_w, pre_b = preconditioned(res_w, res_b)
     dir_w, dir_b = pre_w, pre_b
     inner = float(np.sum(res_w * pre_w) + np.sum(res_b * pre_b))
     for products in range(1, _MAX_CG_STEPS + 1):
@@ -492,8 +506,7 @@ def _conjugate_gradient(z, probs, grad_w, grad_b, l2, preconditioner, tolerance)
         if (max(np.abs(res_w).max(), np.abs(res_b).max()) <= tolerance / 2
                 or np.sqrt(np.sum(res_w**2) + np.sum(res_b**2)) <= target):
             break
-        pre_w = preconditioner.solve(res_w, curvature, l2)
-        pre_b = res_b / bias_curvature
+        pre_w, pre_b = preconditioned(res_w, res_b)
         new_inner = float(np.sum(res_w * pre_w) + np.sum(res_b * pre_b))
         dir_w = pre_w + (new_inner / inner) * dir_w
         dir_b = pre_b + (new_inner / inner) * dir_b
@@ -501,6 +514,11 @@ def _conjugate_gradient(z, probs, grad_w, grad_b, l2, preconditioner, tolerance)
     if not step_w.any() and not step_b.any():
         step_w, step_b = -grad_w, -grad_b  # No curvature found: fall back to the gradient.
     return step_w, step_b, products
+
+
+def _shift_free(values):
+    """Removes the part of `values` [..., K] that shifts all K classes alike."""
+    return values - values.mean(axis=-1, keepdims=True)
 
 
 def _transposed_product(a, b):

@@ -19,12 +19,14 @@ Sections (``--sections``, comma-separated; default ``probe,solvers,extraction``)
 4. ``extraction``: one pass over the data for all end-points vs one pass per
    end-point, on a toy contract SavedModel.
 
-Writes ``eval_solvers.json`` and ``eval_solvers.md`` to ``--output`` (default
-``benchmarks/results``) and prints the markdown, which records the command.
-Usage::
+Writes ``<name>.json`` and ``<name>.md`` (``--name``, default ``eval_solvers``)
+to ``--output`` (default ``benchmarks/results``) and prints the markdown, which
+records the command. Usage (the scale section alone takes tens of minutes on
+2 cores)::
 
-    CUDA_VISIBLE_DEVICES=-1 python benchmarks/eval_solvers.py \
-        --saved_model=/tmp/qs/export/step_50 --dataset=synthetic_shapes/TCV- --layer=block2
+    CUDA_VISIBLE_DEVICES=-1 python benchmarks/eval_solvers.py --saved_model=DIR
+    CUDA_VISIBLE_DEVICES=-1 python benchmarks/eval_solvers.py --sections=scale \\
+        --name=eval_solvers_scale
 """
 
 from __future__ import annotations
@@ -182,9 +184,11 @@ def scale_benchmark(n_train, n_test, dim, classes, mlp_epochs, knn_queries):
                           "hessian_products": probe.hessian_products,
                           "converged": probe.converged, "grad_norm": probe.grad_norm,
                           "peak_memory_gib": _peak_memory_gib()}
+    _progress("scale probe", rows["probe_grid"])
     knn, seconds = _timed(knn_accuracy, x, y, xt[:knn_queries], yt[:knn_queries])
     rows["knn"] = {"seconds": seconds, "test_accuracy": knn["test_accuracy"],
                    "queries": min(knn_queries, n_test), "peak_memory_gib": _peak_memory_gib()}
+    _progress("scale kNN", rows["knn"])
     mlp = train_head(x, y, xt, yt, head="mlp", epochs=mlp_epochs, batch_size=256)
     rows["sgd_mlp"] = {"seconds": mlp.seconds, "test_accuracy": mlp.test_accuracy,
                        "epochs": mlp_epochs, "seconds_per_epoch": mlp.seconds / mlp_epochs,
@@ -303,6 +307,8 @@ def markdown(result):
     lines = [f"Measured on {result['machine']['platform']} ({result['machine']['cpu_count']} "
              f"logical CPUs, shared with other work); command:", "", "```",
              result["command"], "```", ""]
+    if result.get("setup_note"):
+        lines += [result["setup_note"], ""]
     if "probe" in result:
         lines += _probe_markdown(result["probe"])
     if "scale" in result:
@@ -332,14 +338,24 @@ def markdown(result):
     return "\n".join(lines)
 
 
+def _progress(section, values):
+    """Prints a finished section's numbers at once: a long run shows where it is."""
+    print(f"[{time.strftime('%H:%M:%S')}] {section}: {json.dumps(values, default=str)}",
+          file=sys.stderr, flush=True)
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--output", default=os.path.join("benchmarks", "results"))
+    parser.add_argument("--name", default="eval_solvers",
+                        help="Stem of the JSON and markdown files written to --output.")
     parser.add_argument("--sections", default="probe,solvers,extraction",
                         help="Comma-separated: probe, scale, solvers, extraction.")
     parser.add_argument("--features", default="",
                         help="NPZ with x, y, xt, yt; written after extraction when missing.")
     parser.add_argument("--saved_model", default="")
+    parser.add_argument("--setup_note", default="",
+                        help="How --saved_model was made (commands), copied into the markdown.")
     parser.add_argument("--dataset", default="synthetic_shapes/TCV-")
     parser.add_argument("--layer", default="block2")
     parser.add_argument("--max_train_examples", type=int, default=2000)
@@ -364,27 +380,31 @@ def main():
     if "probe" in sections and not (args.saved_model or os.path.exists(args.features)):
         parser.error("The probe section needs --saved_model (to extract features) or an "
                      "existing --features file.")
-    result = {"command": shlex.join(["python", *sys.argv]),
+    result = {"command": shlex.join(["python", *sys.argv]), "setup_note": args.setup_note,
               "machine": {"cpu_count": os.cpu_count(), "platform": platform.platform()},
               "versions": package_versions()}
     if "probe" in sections:
         x, y, xt, yt, source = real_features(args)
         result["probe"] = {**probe_benchmark(x, y, xt, yt, mlp_epochs=args.mlp_epochs,
                                              sgd_epochs=args.sgd_epochs), "source": source}
+        _progress("probe", result["probe"])
     if "scale" in sections:
         result["scale"] = scale_benchmark(args.scale_train, args.scale_test, args.scale_dim,
                                           10, args.scale_mlp_epochs, args.scale_knn_queries)
+        _progress("scale", result["scale"])
     if "solvers" in sections:
         result["solvers"] = solver_benchmark(args.n_train, args.n_train // 5, args.dim,
                                              args.classes,
                                              [int(e) for e in args.epochs.split(",")], 1e-3)
+        _progress("solvers", result["solvers"])
     if "extraction" in sections:
         result["extraction"] = extraction_benchmark(args.images, 96, 64)
+        _progress("extraction", result["extraction"])
     os.makedirs(args.output, exist_ok=True)
-    with open(os.path.join(args.output, "eval_solvers.json"), "w") as f:
+    with open(os.path.join(args.output, f"{args.name}.json"), "w") as f:
         json.dump(result, f, indent=2)
     text = markdown(result)
-    with open(os.path.join(args.output, "eval_solvers.md"), "w") as f:
+    with open(os.path.join(args.output, f"{args.name}.md"), "w") as f:
         f.write(text)
     print(text)
 

@@ -208,6 +208,10 @@ def fit_linear_probe(train_features, train_labels, test_features=None, test_labe
             _log.debug("Hold-out fit at l2=%g: %d Newton iterations, %d Hessian products, "
                        "accuracy %.4f.", l2, start.iterations, start.hessian_products,
                        validation[l2])
+            if not start.converged:
+                _log.warning("The hold-out fit at l2=%g stopped before convergence (%d Newton "
+                             "iterations, gradient %.3g): %s", l2, start.iterations,
+                             start.grad_norm, start.message)
         best = max(validation.values())
         chosen = max(l2 for l2, acc in validation.items() if acc == best)  # Ties: simpler model.
     else:
@@ -310,14 +314,18 @@ class _RowSpace:
         lower = np.tril(factor[:, :rank])
         self.coordinates = np.empty([len(x), rank], x.dtype)
         self.coordinates[pivots] = lower
-        self._pivot_rows = x[pivots[:rank]]
+        self._features = x  # A reference, not a copy.
+        self._pivot_rows = pivots[:rank]
         self._factor = lower[:rank]
 
     def to_features(self, weights):
         """Maps weights [r, K] on the coordinates to weights [D, K] on the features."""
         solved = scipy.linalg.solve_triangular(self._factor, weights.astype(np.float64),
                                                lower=True, trans="T")
-        return self._pivot_rows.T @ solved.astype(self._pivot_rows.dtype)
+        # X1^T solved, as X^T of a coefficient matrix that is zero off the pivot rows.
+        coefficients = np.zeros([len(self._features), weights.shape[1]], self._features.dtype)
+        coefficients[self._pivot_rows] = solved
+        return _transposed_product(self._features, coefficients)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -65,6 +65,16 @@ def _timed(function, *args, **kwargs):
     return result, time.perf_counter() - start
 
 
+def _best_of(repeats, function, *args, **kwargs):
+    """Returns (result, fastest seconds) of `repeats` calls.
+
+    On a machine shared with other jobs the fastest run is the one least
+    slowed down by them; every solver compared this way gets the same treatment.
+    """
+    timings = [_timed(function, *args, **kwargs) for _ in range(repeats)]
+    return timings[-1][0], min(seconds for _, seconds in timings)
+
+
 def _peak_memory_gib():
     """Peak resident memory of this process so far (Linux reports KiB)."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
@@ -98,18 +108,22 @@ def _objective(x, targets, weights, bias, l2):
                  + 0.5 * l2 * np.sum(np.asarray(weights, np.float64)**2))
 
 
-def probe_benchmark(x, y, xt, yt, *, mlp_epochs, sgd_epochs, tolerance=1e-5):
-    """The probe vs scikit-learn, SGD, the MLP head and kNN on one set of features."""
+def probe_benchmark(x, y, xt, yt, *, mlp_epochs, sgd_epochs, repeats, tolerance=1e-5):
+    """The probe vs scikit-learn, SGD, the MLP head and kNN on one set of features.
+
+    The probe, the SGD linear head and kNN are timed as the best of `repeats`
+    runs; scikit-learn and the MLP head, which take minutes, once.
+    """
     rows = {}
-    grid, seconds = _timed(fit_linear_probe, x, y, xt, yt, l2_grid=DEFAULT_L2_GRID,
-                           tolerance=tolerance)
+    grid, seconds = _best_of(repeats, fit_linear_probe, x, y, xt, yt, l2_grid=DEFAULT_L2_GRID,
+                             tolerance=tolerance)
     rows["probe_grid"] = {"seconds": seconds, "test_accuracy": grid.test_accuracy,
                           "l2": grid.l2, "newton_iterations": grid.iterations,
                           "hessian_products": grid.hessian_products,
                           "converged": grid.converged, "grad_norm": grid.grad_norm,
                           "validation_accuracy": grid.to_dict()["validation_accuracy"]}
-    chosen, seconds = _timed(fit_linear_probe, x, y, xt, yt, l2_grid=[grid.l2],
-                             tolerance=tolerance)
+    chosen, seconds = _best_of(repeats, fit_linear_probe, x, y, xt, yt, l2_grid=[grid.l2],
+                               tolerance=tolerance)
     rows["probe_chosen_l2"] = {"seconds": seconds, "test_accuracy": chosen.test_accuracy,
                                "l2": chosen.l2, "newton_iterations": chosen.iterations,
                                "hessian_products": chosen.hessian_products,
@@ -131,13 +145,14 @@ def probe_benchmark(x, y, xt, yt, *, mlp_epochs, sgd_epochs, tolerance=1e-5):
         rows["sklearn_lbfgs"] = {"seconds": seconds, "test_accuracy": reference.score(xts, yt),
                                  "l2": chosen.l2, "iterations": int(np.max(reference.n_iter_)),
                                  "objective": theirs, "probe_objective": ours}
-    sgd = train_head(x, y, xt, yt, head="linear", epochs=sgd_epochs, batch_size=256)
+    sgd = min((train_head(x, y, xt, yt, head="linear", epochs=sgd_epochs, batch_size=256)
+               for _ in range(repeats)), key=lambda result: result.seconds)
     rows["sgd_linear"] = {"seconds": sgd.seconds, "test_accuracy": sgd.test_accuracy,
                           "epochs": sgd_epochs, "grad_norm": sgd.grad_norm}
     mlp = train_head(x, y, xt, yt, head="mlp", epochs=mlp_epochs, batch_size=256)
     rows["sgd_mlp"] = {"seconds": mlp.seconds, "test_accuracy": mlp.test_accuracy,
                        "epochs": mlp_epochs}
-    knn, seconds = _timed(knn_accuracy, x, y, xt, yt)
+    knn, seconds = _best_of(repeats, knn_accuracy, x, y, xt, yt)
     rows["knn"] = {"seconds": seconds, "test_accuracy": knn["test_accuracy"], "k": knn["k"]}
     grid_seconds = rows["probe_grid"]["seconds"]
     ratios = {"sgd_seconds_per_probe_grid_second": rows["sgd_linear"]["seconds"] / grid_seconds}
@@ -148,7 +163,8 @@ def probe_benchmark(x, y, xt, yt, *, mlp_epochs, sgd_epochs, tolerance=1e-5):
             rows["sklearn_lbfgs"]["seconds"] / rows["probe_chosen_l2"]["seconds"])
     return {"rows": rows, "ratios": ratios,
             "setup": {"n_train": len(x), "n_test": len(xt), "dim": x.shape[1],
-                      "classes": len(np.unique(y)), "tolerance": tolerance}}
+                      "classes": len(np.unique(y)), "tolerance": tolerance,
+                      "repeats": repeats}}
 
 
 def synthetic_conv_like(n, dim, classes, seed, latent=128, block=5000):
@@ -250,7 +266,8 @@ def _probe_markdown(probe):
     rows = probe["rows"]
     lines = [f"Real features: {probe['source']}; {s['n_train']} train / {s['n_test']} test, "
              f"{s['dim']} dims, {s['classes']} classes; gradient tolerance "
-             f"{s['tolerance']:g}.", "",
+             f"{s['tolerance']:g}. Probe, SGD linear head and kNN: best of "
+             f"{s.get('repeats', 1)} runs; scikit-learn and the MLP: one run.", "",
              "| method | seconds | test accuracy (%) | detail |", "| --- | ---: | ---: | --- |"]
     grid, chosen = rows["probe_grid"], rows["probe_chosen_l2"]
     lines.append(f"| probe, whole l2 grid (hold-out + refit) | {grid['seconds']:.2f} | "
@@ -361,6 +378,8 @@ def main():
     parser.add_argument("--max_train_examples", type=int, default=2000)
     parser.add_argument("--max_test_examples", type=int, default=1000)
     parser.add_argument("--sgd_epochs", type=int, default=70)
+    parser.add_argument("--repeats", type=int, default=3,
+                        help="Probe, SGD linear head and kNN: best of this many runs.")
     parser.add_argument("--mlp_epochs", type=int, default=70)
     parser.add_argument("--scale_train", type=int, default=50000)
     parser.add_argument("--scale_test", type=int, default=10000)
@@ -386,7 +405,8 @@ def main():
     if "probe" in sections:
         x, y, xt, yt, source = real_features(args)
         result["probe"] = {**probe_benchmark(x, y, xt, yt, mlp_epochs=args.mlp_epochs,
-                                             sgd_epochs=args.sgd_epochs), "source": source}
+                                             sgd_epochs=args.sgd_epochs,
+                                             repeats=args.repeats), "source": source}
         _progress("probe", result["probe"])
     if "scale" in sections:
         result["scale"] = scale_benchmark(args.scale_train, args.scale_test, args.scale_dim,

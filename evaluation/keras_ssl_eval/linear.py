@@ -28,8 +28,8 @@ near 0: plain L-BFGS needed hundreds of iterations):
 - Preconditioner. CG is preconditioned with the top eigenpairs of the
   features' covariance (randomised subspace iteration), each scaled by the
   softmax curvature of its class plus l2, and the remaining eigenvalues
-  lumped into one (a Nystrom-type preconditioner): the correlations that make
-  the problem hard are the few large eigenvalues.
+  lumped into one (a Nystrom-type preconditioner): the correlations
+  concentrate in a few large eigenvalues (see `_PRECONDITIONER_RANK`).
 - The l2 path. The grid runs from strong to weak regularisation, each fit
   warm-started from the previous; the refit on all data starts from the
   hold-out fit at the chosen l2.

@@ -2,7 +2,7 @@
 
 import numpy as np
 import pytest
-import sklearn.svm  # a test dependency (the [test] extra): missing, the suite fails
+from sklearn.svm import LinearSVC
 
 from keras_ssl_eval import heads, knn, lowshot, protocols, svm
 from keras_ssl_eval.linear import fit_linear_probe
@@ -112,6 +112,15 @@ def test_knn_matches_brute_force(k, temperature):
     np.testing.assert_array_equal(got, _knn_reference(x, y + 10, q, min(k, 150), temperature))
 
 
+def test_knn_memory_bounded_blocks_match_brute_force(monkeypatch):
+    """The default block size comes from a byte budget: three queries per block here."""
+    x, y = _blobs(150, classes=4, noise=3.0)
+    q, _ = _blobs(40, classes=4, noise=3.0, seed=2)
+    monkeypatch.setattr(knn, "_BLOCK_BYTES", 3 * 150 * knn._BYTES_PER_SIMILARITY)
+    got = knn.knn_classify(x, y, q, k=7)
+    np.testing.assert_array_equal(got, _knn_reference(x, y, q, 7, 0.1))
+
+
 def test_knn_separable_is_perfect_and_caps_k():
     x, y = _blobs(50, noise=0.01)
     xt, yt = _blobs(30, noise=0.01, seed=3)
@@ -126,8 +135,8 @@ def test_knn_separable_is_perfect_and_caps_k():
 def test_svm_matches_scikit_learn(cost):
     x, y = _blobs(90, noise=2.0)
     ours = svm.fit_svm(x, y, cost, tolerance=1e-9)
-    ref = sklearn.svm.LinearSVC(C=cost, loss="squared_hinge", dual=True, tol=1e-10,
-                                max_iter=200000).fit(x, y)
+    ref = LinearSVC(C=cost, loss="squared_hinge", dual=True, tol=1e-10,
+                    max_iter=200000).fit(x, y)
     np.testing.assert_allclose(ours.weights.T, ref.coef_, atol=1e-3)
     np.testing.assert_allclose(ours.bias, ref.intercept_, atol=1e-3)
     assert np.mean(ours.predict(x) == ref.predict(x)) == 1.0

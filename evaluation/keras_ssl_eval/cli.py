@@ -88,7 +88,7 @@ def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
     flags.DEFINE_bool("plots", True, "Write PNG plots next to the results.", flag_values=fv)
     flags.DEFINE_list("heads", ["linear", "mlp"], "grid: heads.", flag_values=fv)
     flags.DEFINE_enum("solver", "fast", ["fast", "sgd"], "grid: solver of the linear head "
-                      "(fast = L-BFGS to the optimum, sgd = the paper's schedule).",
+                      "(fast = Newton-CG to the optimum, sgd = the paper's schedule).",
                       flag_values=fv)
     flags.DEFINE_integer("epochs", 70, "grid: SGD epochs (lr x0.1 at 30/70 and 50/70).",
                          lower_bound=1, flag_values=fv)

@@ -54,7 +54,7 @@ def evaluate(saved_models, dataset: str, *, protocols=("linear",), data_dir: str
         layers: End-point names (default: all end-points of each model).
         batch_size: Images per forward pass.
         max_train_examples, max_test_examples: Seeded subsets (see `load_images`).
-        l2_grid: L2 strengths of the L-BFGS linear probe.
+        l2_grid: L2 strengths of the linear probe.
         seed: Seed of subsets, hold-outs, draws and heads.
         pooling: ``"adaptive"`` (Kolesnikov) or ``"vissl"`` (Goyal fixed pools).
         cache_dir: Feature cache directory (default ``~/.cache/keras_ssl_eval``;
@@ -175,7 +175,7 @@ def evaluate(saved_models, dataset: str, *, protocols=("linear",), data_dir: str
                 "max_test_examples": max_test_examples, "l2_grid": list(l2_grid),
                 "validation_fraction": 0.2, "seed": seed, "max_feature_values": 9000,
                 "pooling": "adaptive_max" if pooling == "adaptive" else pooling,
-                "solver": "L-BFGS (scipy), standardised features", "protocols": protocols}
+                "solver": "Newton-CG (preconditioned), standardised features", "protocols": protocols}
     if "grid" in protocols:
         settings["grid"] = {"heads": list(heads), "linear_solver": solver, "epochs": epochs,
                             "batch_size": sgd_batch_size, "mlp_hidden": mlp_hidden,

@@ -5,7 +5,7 @@ images, ``epochs`` (70) epochs, learning rate x0.1 after 30/70 and 50/70 of
 them. The MLP head is Dense(1000) + ReLU + dropout 0.5 + Dense(classes). Plain
 TensorFlow (a `tf.Module` with `tf.Variable`s and a `tf.function` step), no
 keras. Features are standardised with the training mean and std, as for the
-L-BFGS probe (`keras_ssl_eval.linear`), so the two solvers see the same problem.
+Newton-CG probe (`keras_ssl_eval.linear`), so the two solvers see the same problem.
 
 The MLP's inputs are further divided by the square root of the top eigenvalue
 of their covariance (``spectral_scaling``): standardised conv features are
@@ -23,6 +23,8 @@ import time
 
 import numpy as np
 import tensorflow as tf
+
+from keras_ssl_eval._memory import check_memory
 
 __all__ = ["HeadResult", "top_eigenvalue", "train_head"]
 
@@ -153,12 +155,24 @@ def train_head(train_features, train_labels, test_features=None, test_labels=Non
     Returns:
         A `HeadResult`.
 
+    Raises:
+        ValueError: Unknown head, mismatched shapes or unlabelled data.
+        MemoryError: The standardised float32 copies of the features (and the
+            full-batch copy for the final gradient) would not fit in memory.
+
     Example:
         >>> train_head(x, y, xt, yt, head="mlp", epochs=5).test_accuracy
         0.9
     """
     if head not in ("linear", "mlp"):
         raise ValueError(f"Unknown head {head!r}; use 'linear' or 'mlp'.")
+    shape = np.shape(train_features)
+    if len(shape) == 2:
+        test_rows = 0 if test_features is None else np.shape(test_features)[0]
+        check_memory(4 * shape[1] * (3 * shape[0] + test_rows),
+                     f"The {head} head on {shape[0]} x {shape[1]} training features",
+                     "Subsample the training set (--max_train_examples) or use a machine "
+                     "with more memory.")
     x = np.asarray(train_features, np.float32)
     y = np.asarray(train_labels).astype(np.int64).reshape(-1)
     if x.ndim != 2 or len(x) != len(y) or len(x) == 0:

@@ -5,23 +5,38 @@ of the ``k`` most similar training examples votes for its class with weight
 ``exp(similarity / temperature)``; the class with the largest summed vote wins.
 k = 200 and temperature 0.1 as in the papers; k shrinks to the training set
 size when that is smaller.
+
+Memory is bounded: the training features are normalised into one float32
+copy (checked against the available memory first), and the queries go in
+blocks sized so that a block's similarities and top-k bookkeeping stay within
+`_BLOCK_BYTES`, whatever N.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
+from keras_ssl_eval._memory import check_memory
+
 __all__ = ["knn_classify", "knn_accuracy"]
+
+# Similarities (float32) and argpartition's indices (int64) of one query block.
+_BLOCK_BYTES = 256 * 2**20
+_BYTES_PER_SIMILARITY = 4 + 8
 
 
 def _normalise(x):
-    x = np.asarray(x, np.float32)
-    norm = np.linalg.norm(x, axis=1, keepdims=True)
-    return x / np.maximum(norm, 1e-12)
+    """Returns float32 rows of `x` scaled to unit l2 norm, block by block (one copy)."""
+    out = np.empty(np.shape(x), np.float32)
+    for i in range(0, len(out), 4096):
+        block = np.asarray(x[i:i + 4096], np.float32)
+        norm = np.linalg.norm(block, axis=1, keepdims=True)
+        out[i:i + 4096] = block / np.maximum(norm, 1e-12)
+    return out
 
 
 def knn_classify(train_features, train_labels, query_features, *, k: int = 200,
-                 temperature: float = 0.1, chunk: int = 1024) -> np.ndarray:
+                 temperature: float = 0.1, chunk: int | None = None) -> np.ndarray:
     """Predicts labels of `query_features` by similarity-weighted kNN votes.
 
     Args:
@@ -30,35 +45,50 @@ def knn_classify(train_features, train_labels, query_features, *, k: int = 200,
         query_features: ``[M, D]`` features to classify.
         k: Neighbours (``min(k, N)`` are used).
         temperature: Votes are ``exp(cosine / temperature)``.
-        chunk: Queries per block (bounds memory at ``chunk x N`` similarities).
+        chunk: Queries per block (bounds memory at ``chunk x N`` similarities);
+            None (default): as many as fit in 256 MiB of similarities and indices.
 
     Returns:
         int64 ``[M]`` predicted labels.
+
+    Raises:
+        ValueError: Mismatched shapes or unlabelled training examples.
+        MemoryError: The normalised copies of the features would not fit in
+            the available memory.
 
     Example:
         >>> knn_classify(x_train, y_train, x_test, k=20)[:3]
         array([3, 1, 1])
     """
-    train = _normalise(train_features)
     labels = np.asarray(train_labels).astype(np.int64).reshape(-1)
-    if train.ndim != 2 or len(train) != len(labels) or len(train) == 0:
-        raise ValueError(f"Expected [N, D] train features and [N] labels, got {train.shape} "
+    shape, query_shape = np.shape(train_features), np.shape(query_features)
+    if len(shape) != 2 or shape[0] != len(labels) or shape[0] == 0:
+        raise ValueError(f"Expected [N, D] train features and [N] labels, got {shape} "
                          f"and {labels.shape}.")
+    check_memory(4 * shape[1] * (shape[0] + query_shape[0]),
+                 f"kNN on {shape[0]} x {shape[1]} training features",
+                 "Subsample the training set (--max_train_examples) or use a machine with "
+                 "more memory.")
     if (labels < 0).any():
         raise ValueError("kNN needs labelled training examples (no -1 labels).")
     classes, targets = np.unique(labels, return_inverse=True)
+    train = _normalise(train_features)
     k = max(1, min(int(k), len(train)))
     query = _normalise(query_features)
+    if chunk is None:
+        chunk = max(1, _BLOCK_BYTES // (_BYTES_PER_SIMILARITY * len(train)))
     predictions = []
     for start in range(0, len(query), chunk):
         sims = query[start:start + chunk] @ train.T                   # [m, N]
-        top = np.argpartition(-sims, k - 1, axis=1)[:, :k]            # [m, k]
+        # The k largest sit past position N - k after partitioning (no negated copy).
+        top = np.argpartition(sims, len(train) - k, axis=1)[:, len(train) - k:]  # [m, k]
         top_sims = np.take_along_axis(sims, top, axis=1)
         # exp((s - 1) / T): the same ranking as exp(s / T), without overflow.
         weights = np.exp((top_sims.astype(np.float64) - 1.0) / temperature)
-        votes = np.zeros([len(top), len(classes)])
-        np.add.at(votes, (np.arange(len(top))[:, None], targets[top]), weights)
-        predictions.append(classes[np.argmax(votes, axis=1)])
+        # Summed votes per (query, class): one bincount over query * C + class.
+        cells = np.arange(len(top))[:, None] * len(classes) + targets[top]
+        votes = np.bincount(cells.ravel(), weights.ravel(), minlength=len(top) * len(classes))
+        predictions.append(classes[np.argmax(votes.reshape(len(top), -1), axis=1)])
     return np.concatenate(predictions) if predictions else np.zeros([0], np.int64)
 
 

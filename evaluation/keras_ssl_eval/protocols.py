@@ -3,8 +3,8 @@
 Each takes train/test features and labels of one layer and returns a
 JSON-ready dict; `keras_ssl_eval.evaluate` calls them for every model and layer.
 
-- `run_linear`: the L-BFGS linear probe (`keras_ssl_eval.linear`).
-- `run_grid`: Kolesnikov's heads, ``linear`` (solver ``fast`` = L-BFGS or ``sgd``
+- `run_linear`: the linear probe (`keras_ssl_eval.linear`).
+- `run_grid`: Kolesnikov's heads, ``linear`` (solver ``fast`` = Newton-CG or ``sgd``
   = the paper's schedule) and ``mlp`` (`keras_ssl_eval.heads`).
 - `run_knn`: weighted kNN (`keras_ssl_eval.knn`).
 - `run_lowshot`: Goyal's low-shot SVMs and linear head (`keras_ssl_eval.lowshot`).
@@ -50,7 +50,7 @@ def run_grid(x, y, xt, yt, *, heads=HEADS, solver: str = "fast", epochs: int = 7
     Args:
         x, y, xt, yt: Train and test features and labels.
         heads: Any of ``"linear"`` and ``"mlp"``.
-        solver: For the linear head: ``"fast"`` (L-BFGS to the regularised
+        solver: For the linear head: ``"fast"`` (Newton-CG to the regularised
             optimum) or ``"sgd"`` (momentum 0.9, lr 0.1 per 256, x0.1 at 30/70
             and 50/70 of `epochs`). The MLP always uses the SGD schedule.
         epochs: Epochs of the SGD schedule.

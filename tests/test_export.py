@@ -11,7 +11,7 @@ import tensorflow as tf
 
 from conftest import REPO
 from helpers.tiny import tiny_backbone
-from keras_ssl import export
+from keras_ssl import export, run_dir
 
 ENDPOINTS = ["after_root", "block1", "block2", "block3", "block4", "pre_logits"]
 
@@ -22,7 +22,7 @@ def _restored_backbone(model_dir, step):
 
     parse_gin([os.path.join(model_dir, "config.gin")])
     method = build_method()
-    path = export._available_steps(model_dir)[step]
+    path = run_dir.available_steps(model_dir)[step]
     make_checkpoint(method).restore(path).expect_partial()
     return method.backbone
 

@@ -1,9 +1,6 @@
 """SimCLR: views, head, NT-Xent, online probe, multi-replica equality, training."""
 
-import json
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -24,9 +21,13 @@ def test_two_views_are_drawn_independently_eagerly_and_in_tf_data():
     assert views["view_1"].shape == views["view_2"].shape == (16, 16, 3)
     assert not np.allclose(views["view_1"], views["view_2"])
     assert int(views["label"]) == 2
-    batch = next(iter(method.make_dataset(tf.data.Dataset.from_tensors(example(image)).repeat(2), 2)))
-    assert batch["view_1"].shape == (2, 16, 16, 3)
-    assert not np.allclose(batch["view_1"][0], batch["view_1"][1])  # per-image randomness
+    # Views are seeded by the example's index: another index, other views; the same, the same.
+    same_image = tf.data.Dataset.from_tensor_slices(
+        {"image": np.stack([image] * 3), "label": np.zeros(3, np.int64), "index": np.array([0, 1, 0])})
+    batch = next(iter(method.make_dataset(same_image, 3)))
+    assert batch["view_1"].shape == (3, 16, 16, 3)
+    assert not np.allclose(batch["view_1"][0], batch["view_1"][1])
+    np.testing.assert_array_equal(batch["view_1"][0], batch["view_1"][2])
 
 
 def test_head_and_loss():
@@ -58,20 +59,6 @@ def test_online_probe_sees_no_gradient_path_and_ignores_unlabelled():
     log_softmax = logits - np.log(np.exp(logits).sum(1, keepdims=True))
     expected = -log_softmax[keep, labels[keep]].mean()
     assert float(probe) == pytest.approx(expected, rel=1e-4)
-
-
-@pytest.mark.slow
-def test_one_step_on_two_replicas_equals_one_device():
-    result = subprocess.run(
-        [sys.executable, os.path.join(HERE, "helpers", "contrastive_replicas.py"), "simclr"],
-        capture_output=True, text=True, timeout=400,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    report = json.loads(result.stdout.strip().splitlines()[-1])
-    assert report["replicas"] == 2
-    assert report["max_abs_weight_change"] > 1e-3
-    assert report["max_abs_weight_difference"] < 1e-5
-    assert report["loss_difference"] < 1e-5
 
 
 @pytest.mark.slow

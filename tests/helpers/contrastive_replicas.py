@@ -1,7 +1,6 @@
 """Compares contrastive computations on two mirrored logical CPUs with one device.
 
 `nt_xent`: the NT-Xent loss and its gradient w.r.t. the projections.
-`simclr`: one SimCLR train step (synchronized BN) through Orbit's MethodTrainer.
 `stateful`: MoCo's queue and momentum encoder and NPID's memory bank after
 Orbit steps on two replicas.
 Prints one JSON line. Runs in its own process: logical devices must be set
@@ -55,71 +54,6 @@ def nt_xent():
         # The gradient of a replica's own rows, summed over replicas by all_gather's gradient.
         "max_gradient_difference": float(max(np.abs(ga - g1.numpy()).max(), np.abs(gb - g2.numpy()).max())),
         "max_gradient": float(np.abs(g1.numpy()).max()),
-    }
-
-
-def _views(example):
-    # Deterministic, different views: both runs must see the same inputs.
-    image = example["image"]
-    return {
-        "view_1": image,
-        "view_2": tf.image.flip_left_right(image) * 0.8,
-        "label": tf.cast(example["label"], tf.int32),
-    }
-
-
-def _simclr(strategy, weights, images, steps):
-    import orbit
-
-    from keras_ssl.backbones import build_backbone
-    from keras_ssl.optimizers import LARS
-    from keras_ssl.registry import METHODS
-    from keras_ssl.training import MethodTrainer
-
-    with strategy.scope():
-        net = build_backbone(
-            "resnet_v2", depth=10, widening_factor=1, small_image_stem=True, synchronized_bn=True
-        )
-        method = METHODS.get("simclr")(net, temperature=0.5, num_classes=3)
-        method.preprocess = _views
-        examples = tf.data.Dataset.from_tensor_slices(
-            {"image": images, "label": np.arange(len(images)) % 3, "index": np.arange(len(images))}
-        )
-        batches = method.make_dataset(examples, len(images)).repeat()
-        _, metrics = method.compute_pretext_loss(next(iter(batches)), training=False)
-        if weights is not None:
-            method.set_weights(weights)
-        method.compile(optimizer=LARS(0.5, momentum=0.9, weight_decay_rate=1e-4))
-        method.optimizer.build(method.trainable_variables)
-        step = orbit.utils.create_global_step()
-    trainer = MethodTrainer(
-        method, batches, strategy, step, ["loss", "regularization_loss", *metrics], len(images), steps,
-    )
-    outputs = trainer.train(tf.constant(steps))
-    return method, outputs
-
-
-def simclr():
-    images = np.random.RandomState(0).rand(8, 16, 16, 3).astype(np.float32)
-    keras.utils.set_random_seed(0)
-    initial, _ = _simclr(tf.distribute.OneDeviceStrategy("/cpu:0"), None, images[:2], 0)
-    weights = initial.get_weights()
-    single, single_out = _simclr(tf.distribute.OneDeviceStrategy("/cpu:0"), weights, images, 1)
-    strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
-    mirrored, mirrored_out = _simclr(strategy, weights, images, 1)
-    moved = max(float(np.max(np.abs(a - b))) for a, b in zip(weights, single.get_weights()))
-    difference = max(
-        float(np.max(np.abs(a - b))) for a, b in zip(single.get_weights(), mirrored.get_weights())
-    )
-    return {
-        "replicas": strategy.num_replicas_in_sync,
-        "max_abs_weight_change": moved,
-        "max_abs_weight_difference": difference,
-        "loss_difference": abs(single_out["loss"] - mirrored_out["loss"]),
-        "single_loss": single_out["loss"],
-        "contrastive_accuracy_difference": abs(
-            single_out["contrastive_accuracy"] - mirrored_out["contrastive_accuracy"]
-        ),
     }
 
 
@@ -227,4 +161,4 @@ def stateful():
 
 if __name__ == "__main__":
     mode = sys.argv[1]
-    print(json.dumps({"nt_xent": nt_xent, "simclr": simclr, "stateful": stateful}[mode]()))
+    print(json.dumps({"nt_xent": nt_xent, "stateful": stateful}[mode]()))

@@ -8,6 +8,9 @@ The public surface:
   `keras_ssl.export`.
 """
 
+# First, so its quieting of TensorFlow's start-up logs for the binaries applies here too.
+import keras_ssl_eval  # noqa: E402, F401  pylint: disable=unused-import
+
 __version__ = "0.1.0"
 
 from keras_ssl import registry  # noqa: E402

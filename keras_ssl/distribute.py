@@ -239,3 +239,16 @@ def replica_rows(global_values: tf.Tensor) -> tf.Tensor:
         return global_values
     rows = tf.shape(global_values)[0] // replicas
     return global_values[replica * rows:(replica + 1) * rows]
+
+
+def sum_over_workers(strategy):
+    """`value -> sum of value over all workers`, a collective that is also a barrier."""
+    if num_workers(strategy) == 1:
+        return lambda value: value
+
+    @tf.function
+    def total(value):
+        per_replica = strategy.run(tf.identity, args=(value,))
+        return strategy.reduce(tf.distribute.ReduceOp.SUM, per_replica, axis=None)
+
+    return lambda value: float(total(tf.constant(value, tf.float32)))

@@ -20,8 +20,6 @@ checkpoint on disk is a good one.
 from __future__ import annotations
 
 import contextlib
-import signal
-import threading
 import time
 
 import gin
@@ -33,35 +31,20 @@ import tensorflow as tf
 from keras_ssl import registry
 from keras_ssl.backbones import build_backbone
 from keras_ssl.datasets import load_dataset
-from keras_ssl.distribute import check_global_batch, describe, get_strategy, num_workers
+from keras_ssl.distribute import check_global_batch, describe, get_strategy, sum_over_workers
 from keras_ssl.input_pipeline import distributed_batches
 from keras_ssl.optimizers import build_optimizer, learning_rate_schedule
+from keras_ssl.preemption import PREEMPTED_EXIT_CODE, Preempted, PreemptionWatch  # noqa: F401
 from keras_ssl.random import find_stateful_random_ops
 from keras_ssl.run_dir import OPERATIVE_CONFIG_FILE, RunDirectory
 
 MIXED_PRECISION_POLICIES = ("mixed_float16", "mixed_bfloat16")
-# The exit status of a run stopped by SIGTERM: what a process killed by the
-# signal reports, so a scheduler sees it as preempted, not finished.
-PREEMPTED_EXIT_CODE = 128 + signal.SIGTERM
-
-
 class NonFiniteLossError(RuntimeError):
     """The training loss became NaN or infinite."""
 
 
 class TrainingConfigError(ValueError):
     """A training setting that cannot work (a policy, determinism, the loop sizes)."""
-
-
-class Preempted(RuntimeError):
-    """SIGTERM stopped the run after it wrote a checkpoint at `step`."""
-
-    def __init__(self, step: int):
-        super().__init__(
-            f"preempted (SIGTERM): checkpoint written at step {step}; rerun the same "
-            f"command to resume from it."
-        )
-        self.step = step
 
 
 @gin.configurable(module="keras_ssl")
@@ -177,50 +160,6 @@ def make_checkpoint(method, optimizer=None, global_step=None) -> tf.train.Checkp
 def example_batch(method, images: tf.data.Dataset, size: int = 2) -> dict:
     """A small batch of the method's inputs, to create its variables."""
     return next(iter(method.make_dataset(images.take(size), size)))
-
-
-class _PreemptionWatch:
-    """SIGTERM sets a flag that the loop reads between loops, on every worker at once.
-
-    In a multi-worker run the workers agree (a sum over replicas) so they all
-    checkpoint the same step and stop together, even if the signal reached
-    only some of them, or reached them during different loops.
-    """
-
-    def __init__(self, strategy):
-        self._flag = False
-        self._previous = None
-        self._sum = _sum_over_workers(strategy)
-
-    def __enter__(self):
-        if threading.current_thread() is threading.main_thread():
-            self._previous = signal.signal(signal.SIGTERM, self._on_signal)
-        return self
-
-    def __exit__(self, *exc_info):
-        if self._previous is not None:
-            signal.signal(signal.SIGTERM, self._previous)
-
-    def _on_signal(self, signum, frame):
-        del signum, frame
-        self._flag = True
-
-    def requested(self) -> bool:
-        """Whether any worker got SIGTERM."""
-        return self._sum(float(self._flag)) > 0.0
-
-
-def _sum_over_workers(strategy):
-    """`value -> sum of value over all workers`, a collective that is also a barrier."""
-    if num_workers(strategy) == 1:
-        return lambda value: value
-
-    @tf.function
-    def total(value):
-        per_replica = strategy.run(tf.identity, args=(value,))
-        return strategy.reduce(tf.distribute.ReduceOp.SUM, per_replica, axis=None)
-
-    return lambda value: float(total(tf.constant(value, tf.float32)))
 
 
 @contextlib.contextmanager
@@ -405,7 +344,7 @@ def train(
     interval = checkpoint_interval or steps_per_loop
     outputs = {}
     step = start_step
-    with _PreemptionWatch(strategy) as preemption:
+    with PreemptionWatch(strategy) as preemption:
         while step < train_steps:
             outputs = trainer.train(tf.constant(min(steps_per_loop, train_steps - step), tf.int32))
             step = int(global_step.numpy())
@@ -428,7 +367,7 @@ def train(
         export_method(exported, model_dir, step, run.export_dir(step))
     # Workers wait for the chief's export: one leaving early looks like a
     # crashed task to the others' coordination service.
-    _sum_over_workers(strategy)(0.0)
+    sum_over_workers(strategy)(0.0)
     run.finish()
     return outputs
 

@@ -14,11 +14,21 @@ things:
 2. `compute_pretext_loss(batch, training)`: the task's loss and metrics on a
    batch of those tensors.
 
-`train_step` is written once, here: it adds the backbone's regularisation
-losses, divides by the replica count (gradients are SUM-reduced across
-replicas), applies loss scaling for mixed precision and returns the metrics.
-The same step serves `Method.fit` on one device and the Orbit loop of
-`keras_ssl.training` under any `tf.distribute` strategy.
+`train_step` is written once, here: it checks what `compute_pretext_loss`
+returned, adds the backbone's regularisation losses, divides by the replica
+count (gradients are SUM-reduced across replicas), applies loss scaling for
+mixed precision, then runs `after_update` and returns the metrics. The same
+step serves `Method.fit` on one device and the loop of `keras_ssl.training`
+under any `tf.distribute` strategy.
+
+State that is not trained by gradients (a momentum network, a queue, a
+memory bank, a centre) is updated in `after_update`, never in
+`compute_pretext_loss`: training also calls `compute_pretext_loss` once with
+`training=False` to create the variables, and that call must change nothing.
+The toolkit for such methods: `momentum_copy` (an EMA target network kept out
+of the optimizer), `save_for_update`, `training_progress`, and the modules
+`keras_ssl.cross_replica`, `keras_ssl.heads`, `keras_ssl.views`,
+`keras_ssl.schedules` (docs/writing_a_method.md).
 
 Example (a complete method; see docs/writing_a_method.md):
 
@@ -42,11 +52,61 @@ Example (a complete method; see docs/writing_a_method.md):
 
 from __future__ import annotations
 
+import threading
+
 import keras
 import tensorflow as tf
 
+from keras_ssl import cross_replica
 from keras_ssl.augment import build_augmentation
 from keras_ssl.random import example_seed, seeded
+
+
+class PretextOutputError(TypeError):
+    """`compute_pretext_loss` returned something other than `(scalar loss, {name: scalar})`."""
+
+
+def check_pretext_outputs(method, outputs):
+    """Returns `(loss, metrics)` from `outputs` after checking their form and static shapes.
+
+    Args:
+      method: The method whose `compute_pretext_loss` returned `outputs`.
+      outputs: What it returned.
+
+    Returns:
+      `(loss, metrics)`.
+
+    Raises:
+      PretextOutputError: naming the method, `compute_pretext_loss` and the fix.
+    """
+    where = f"{type(method).__name__}.compute_pretext_loss"
+    if not isinstance(outputs, (tuple, list)) or len(outputs) != 2:
+        got = type(outputs).__name__ if not isinstance(outputs, (tuple, list)) else (
+            f"a sequence of {len(outputs)}")
+        raise PretextOutputError(
+            f"{where} must return (loss, metrics): a scalar loss and a dict of scalar "
+            f"metrics; it returned {got}. Return e.g. `loss, {{}}` when there are no metrics."
+        )
+    loss, metrics = outputs
+    shape = getattr(loss, "shape", None)
+    if shape is None or shape.rank != 0:
+        raise PretextOutputError(
+            f"{where} returned a loss of shape {shape}; it must be a scalar, the mean over "
+            f"this replica's examples (wrap it in tf.reduce_mean)."
+        )
+    if not isinstance(metrics, dict):
+        raise PretextOutputError(
+            f"{where} returned metrics of type {type(metrics).__name__}; they must be a dict "
+            f"{{name: scalar tensor}} (an empty dict for none)."
+        )
+    for name, value in metrics.items():
+        shape = getattr(value, "shape", None)
+        if shape is None or shape.rank != 0:
+            raise PretextOutputError(
+                f"{where} returned metric {name!r} of shape {shape}; metrics must be scalars "
+                f"(reduce it with tf.reduce_mean)."
+            )
+    return loss, metrics
 
 
 class Method(keras.Model):
@@ -62,6 +122,8 @@ class Method(keras.Model):
     Attributes:
       seed: The run's seed (set by training), which `keras_ssl.random.step_seed`
         folds into per-step draws.
+      train_steps: The run's length (set by training; None when unknown),
+        which `training_progress` and the momentum schedules follow.
       supports_mixed_precision: False in a subclass that cannot train under a
         mixed float16/bfloat16 policy; training then refuses such a policy.
     """
@@ -71,6 +133,10 @@ class Method(keras.Model):
     def __init__(self, backbone: keras.Model, augmentation="none", **kwargs):
         super().__init__(**kwargs)
         self.seed = 0
+        self.train_steps = None
+        # (source, copy) pairs of `momentum_copy`, kept off Keras' tracking so the
+        # checkpoint layout is the attributes' own.
+        object.__setattr__(self, "_momentum_pairs", [])
         self.backbone = backbone
         self.augmentation_name = augmentation if isinstance(augmentation, str) else getattr(
             augmentation, "__name__", "custom"
@@ -110,6 +176,32 @@ class Method(keras.Model):
     def augment(self, image: tf.Tensor) -> tf.Tensor:
         """Applies the method's augmentation stack to one image."""
         return self._augment_fn(image)
+
+    def after_update(self, saved: dict) -> None:
+        """Runs in each replica's train step right after `apply_gradients` (override).
+
+        Update state that gradients do not train here: move a momentum
+        network (`update_momentum_copies`), enqueue keys, write a memory
+        bank or a centre (with `keras_ssl.cross_replica`, whose updates are
+        the same on every replica). It does not run at build time.
+
+        Args:
+          saved: The tensors this replica's `compute_pretext_loss` passed to
+            `save_for_update` in this step (empty if none).
+        """
+        del saved
+
+    def check_training_setup(self, global_batch_size: int, image_size: int | None) -> None:
+        """Refuses settings the method cannot train with, before a run starts (override).
+
+        Raise a `ValueError` that names the setting and the fix, e.g. a batch
+        too small for batch statistics or crops larger than the image.
+
+        Args:
+          global_batch_size: Images per step over all replicas.
+          image_size: The square size images are resized to (None: as stored).
+        """
+        del global_batch_size, image_size
 
     def adapt(self, examples: tf.data.Dataset) -> None:
         """Estimates statistics of the training data the method needs (default: none).
@@ -156,9 +248,111 @@ class Method(keras.Model):
         """Returns the backbone's end-points for `images`."""
         return self.backbone(images, training=training)
 
+    def checked_pretext_loss(self, batch: dict, training: bool):
+        """`compute_pretext_loss(batch, training)`, its outputs' form and shapes checked."""
+        return check_pretext_outputs(self, self.compute_pretext_loss(batch, training=training))
+
+    # ------------------------------------------- toolkit for method authors
+    def momentum_copy(self, network: keras.Model) -> keras.Model:
+        """A copy of `network` (same weights) that follows it by an exponential moving average.
+
+        The copy is left out of `trainable_variables` (so the optimizer and
+        weight decay never touch it) but stays `trainable`, so called with
+        `training=True` its batch norm normalises with the batch's
+        statistics, as BYOL's target and MoCo's key encoder need (a
+        non-trainable Keras layer would run its batch norm in inference
+        mode). Assign it to an attribute so checkpoints and exports track it,
+        and call `update_momentum_copies` from `after_update`.
+
+        Args:
+          network: A functional or Sequential model owned by this method.
+
+        Returns:
+          The copy.
+
+        Example:
+
+        >>> self.target_backbone = self.momentum_copy(self.backbone)   # doctest: +SKIP
+        """
+        copy = keras.models.clone_model(network)
+        copy.set_weights(network.get_weights())
+        self._momentum_pairs.append((network, copy))
+        return copy
+
+    def update_momentum_copies(self, momentum) -> None:
+        """`copy <- momentum * copy + (1 - momentum) * network` for every `momentum_copy`.
+
+        Only the network's trained weights are averaged; a copy's batch-norm
+        statistics are its own. Safe under any strategy (`cross_replica.ema_update`).
+
+        Args:
+          momentum: A float or scalar tensor, e.g. `schedules.cosine_momentum(...)`.
+        """
+        targets, sources = [], []
+        for network, copy in self._momentum_pairs:
+            for source, target in zip(network.weights, copy.weights):
+                if source.trainable:
+                    sources.append(source)
+                    targets.append(target)
+        if targets:
+            cross_replica.ema_update(targets, sources, momentum)
+
+    def _momentum_copy_ids(self) -> set:
+        return {id(v) for _, copy in self._momentum_pairs for v in copy.weights}
+
+    @property
+    def trainable_weights(self):
+        """The weights the optimizer trains: all trainable ones but those of momentum copies."""
+        excluded = self._momentum_copy_ids()
+        weights = super().trainable_weights
+        return [v for v in weights if id(v) not in excluded] if excluded else weights
+
+    @property
+    def trainable_variables(self):
+        return self.trainable_weights
+
+    @property
+    def non_trainable_weights(self):
+        trained = {id(v) for v in self.trainable_weights}
+        return [v for v in self.weights if id(v) not in trained]
+
+    @property
+    def non_trainable_variables(self):
+        trained = {id(v) for v in self.trainable_weights}
+        return [v for v in self.variables if id(v) not in trained]
+
+    def save_for_update(self, **tensors) -> None:
+        """Keeps tensors of this step (keys, indices, embeddings) for `after_update`.
+
+        Call it from `compute_pretext_loss`. Each replica keeps its own:
+        MirroredStrategy runs replicas in separate Python threads.
+        """
+        if "_saved_local" not in self.__dict__:
+            object.__setattr__(self, "_saved_local", threading.local())
+        self._saved_local.tensors = tensors
+
+    def _take_saved(self) -> dict:
+        local = self.__dict__.get("_saved_local")
+        tensors = getattr(local, "tensors", None) or {}
+        if local is not None:
+            local.tensors = {}
+        return tensors
+
+    def training_progress(self) -> tf.Tensor:
+        """The fraction of the run done, `step / train_steps` in [0, 1] (0 when unknown).
+
+        The step is the optimizer's, so it is the same on every replica and
+        after a resume.
+        """
+        optimizer = getattr(self, "optimizer", None)
+        if optimizer is None or not self.train_steps:
+            return tf.zeros((), tf.float32)
+        step = tf.cast(optimizer.iterations, tf.float32)
+        return tf.clip_by_value(step / float(self.train_steps), 0.0, 1.0)
+
     def train_step(self, data):
         with tf.GradientTape() as tape:
-            loss, metrics = self.compute_pretext_loss(data, training=True)
+            loss, metrics = self.checked_pretext_loss(data, training=True)
             regularization = tf.add_n(self.losses) if self.losses else tf.zeros(())
             total = loss + regularization
             # Gradients are SUM-reduced across replicas: divide so the update
@@ -168,15 +362,20 @@ class Method(keras.Model):
         variables = self.trainable_variables
         gradients = tape.gradient(scaled, variables)
         self.optimizer.apply_gradients(zip(gradients, variables))
+        self.after_update(self._take_saved())
         return {"loss": loss, "regularization_loss": regularization, **metrics}
 
-    def build_from_batch(self, batch: dict) -> None:
-        """Creates every variable by running the task once on `batch`.
+    def build_from_batch(self, batch: dict):
+        """Creates every variable by running the task once on `batch`; returns `(loss, metrics)`.
 
         Subclassed models get no variables from `build(shape)`; call this
-        (inside the strategy scope) before building the optimizer.
+        (inside the strategy scope) before building the optimizer. It runs
+        `compute_pretext_loss(training=False)` and checks what it returns;
+        nothing is kept for `after_update`.
         """
-        self.compute_pretext_loss(batch, training=False)
+        outputs = self.checked_pretext_loss(batch, training=False)
+        self._take_saved()
+        return outputs
 
     def make_dataset(self, images: tf.data.Dataset, batch_size: int) -> tf.data.Dataset:
         """Maps `preprocess` over decoded examples, seeded per example, and batches them.

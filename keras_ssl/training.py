@@ -33,6 +33,7 @@ from keras_ssl.backbones import build_backbone
 from keras_ssl.datasets import load_dataset
 from keras_ssl.distribute import check_global_batch, describe, get_strategy, sum_over_workers
 from keras_ssl.input_pipeline import distributed_batches
+from keras_ssl.monitor import KnnMonitor, MonitorConfigError, knn_monitor
 from keras_ssl.optimizers import build_optimizer, learning_rate_schedule
 from keras_ssl.preemption import PREEMPTED_EXIT_CODE, Preempted, PreemptionWatch  # noqa: F401
 from keras_ssl.random import find_stateful_random_ops
@@ -82,11 +83,13 @@ class MethodTrainer(orbit.StandardTrainer):
       total_steps: The run's length (for the progress line).
       jit_compile: Compile each replica's step with XLA.
       verbose: Print the progress line at the end of each loop.
+      loop_metrics: Optional `step -> dict` of extra figures for the loop's
+        outputs and progress line (the kNN monitor), called after the loop.
     """
 
     def __init__(
         self, method, dataset, strategy, global_step, metric_names, global_batch_size,
-        total_steps, *, jit_compile: bool = False, verbose: bool = True,
+        total_steps, *, jit_compile: bool = False, verbose: bool = True, loop_metrics=None,
     ):
         self.method = method
         self.strategy = strategy
@@ -94,6 +97,7 @@ class MethodTrainer(orbit.StandardTrainer):
         self._global_batch_size = global_batch_size
         self._total_steps = total_steps
         self._verbose = verbose
+        self._loop_metrics = loop_metrics
         self._replica_step = (
             tf.function(method.train_step, jit_compile=True) if jit_compile else method.train_step
         )
@@ -135,9 +139,12 @@ class MethodTrainer(orbit.StandardTrainer):
                 f"base_learning_rate), add warm-up steps, or check the input data."
             )
         outputs["images_per_second"] = steps_per_second * self._global_batch_size
+        if self._loop_metrics is not None:
+            outputs.update(self._loop_metrics(step))
         if self._verbose:
             metrics = " | ".join(
-                f"{k} {v:.4f}" for k, v in outputs.items() if k != "images_per_second"
+                f"{k} {v:.4f}" for k, v in outputs.items()
+                if k not in ("images_per_second", "knn_seconds")
             )
             print(
                 f"step {step}/{self._total_steps} | {metrics} | {steps_per_second:.2f} steps/s"
@@ -195,6 +202,13 @@ def _check_settings(method_name, mixed_precision, train_steps, steps_per_loop, c
             f"keras_ssl.train.checkpoint_interval ({checkpoint_interval}) must be a multiple "
             f"of steps_per_loop ({steps_per_loop}): checkpoints are written between loops."
         )
+
+
+def _check_method_setup(method, batch_size: int, image_size: int | None) -> None:
+    try:
+        method.check_training_setup(batch_size, image_size)
+    except ValueError as error:
+        raise TrainingConfigError(str(error)) from None
 
 
 def _check_stateless(method, images: tf.data.Dataset) -> None:
@@ -289,20 +303,35 @@ def train(
     _check_settings(
         _bound_method_name(), mixed_precision, train_steps, steps_per_loop, checkpoint_interval
     )
+    monitor_settings = knn_monitor()
+    if monitor_settings and monitor_settings["every_steps"] % steps_per_loop:
+        raise TrainingConfigError(
+            f"keras_ssl.knn_monitor.every_steps ({monitor_settings['every_steps']}) must be a "
+            f"multiple of keras_ssl.train.steps_per_loop ({steps_per_loop}): the monitor runs "
+            f"between loops."
+        )
     if deterministic:
         tf.config.experimental.enable_op_determinism()
     run = RunDirectory(model_dir, strategy)
     keras.utils.set_random_seed(seed)
     images, info = load_dataset(dataset, split, data_dir=data_dir, image_size=image_size, seed=seed)
+    monitor = None
+    if monitor_settings:
+        try:
+            monitor = KnnMonitor(monitor_settings, dataset, data_dir, image_size, seed)
+        except MonitorConfigError as error:
+            raise TrainingConfigError(str(error)) from None
 
     with _dtype_policy(mixed_precision), strategy.scope():
         method = build_method()
         method.seed = seed
+        method.train_steps = train_steps
+        _check_method_setup(method, batch_size, image_size)
         if deterministic:
             _check_stateless(method, images)
         method.adapt(images)
         batch = example_batch(method, images)
-        _, metrics = method.compute_pretext_loss(batch, training=False)
+        _, metrics = method.build_from_batch(batch)
         metric_names = ["loss", "regularization_loss", *metrics]
         optimizer = build_optimizer(
             learning_rate_schedule(global_batch_size=batch_size, total_steps=train_steps)
@@ -327,15 +356,24 @@ def train(
         print(describe(strategy, batch_size), flush=True)
         if start_step:
             print(f"resuming from the checkpoint of step {start_step}", flush=True)
+        if monitor is not None:
+            print(f"kNN monitor: every {monitor_settings['every_steps']} steps on "
+                  f"{monitor.description} (k={monitor_settings['k']}, "
+                  f"tau={monitor_settings['temperature']})", flush=True)
 
     manager = run.checkpoint_manager(checkpoint, max_to_keep=max_checkpoints)
     batches = distributed_batches(
         strategy, method, images, info.num_examples, global_batch_size=batch_size, seed=seed,
         shuffle_buffer=shuffle_buffer, start_step=start_step,
     )
+    def monitor_metrics(step):
+        if monitor is None or not (monitor.due(step) or step >= train_steps):
+            return {}
+        return monitor(method.backbone)
+
     trainer = MethodTrainer(
         method, batches, strategy, global_step, metric_names, batch_size, train_steps,
-        jit_compile=jit_compile, verbose=run.is_chief,
+        jit_compile=jit_compile, verbose=run.is_chief, loop_metrics=monitor_metrics,
     )
     writer = (
         tf.summary.create_file_writer(run.summary_dir) if run.summary_dir

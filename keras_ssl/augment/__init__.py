@@ -76,8 +76,9 @@ def inception_crop(
     area_range=(0.08, 1.0),
     aspect_ratio_range=(3 / 4, 4 / 3),
     max_attempts: int = 100,
+    size: int | None = None,
 ) -> tf.Tensor:
-    """Random crop of a random area and aspect ratio, resized back to size.
+    """Random crop of a random area and aspect ratio, resized to `size` (or back to the input's).
 
     The "Inception" crop (`RandomResizedCrop`): the box is drawn by
     `tf.image.sample_distorted_bounding_box` per image; when no box fits
@@ -88,12 +89,14 @@ def inception_crop(
       area_range: Fraction of the image area the crop covers.
       aspect_ratio_range: Width / height of the crop.
       max_attempts: Draws before falling back to the whole image.
+      size: Side of the square output (multi-crop's global and local views);
+        None keeps the input's height and width.
 
     Returns:
-      float32 `[H, W, 3]` in the input's range.
+      float32 `[H, W, 3]` (or `[size, size, 3]`) in the input's range.
     """
     shape = tf.shape(image)
-    begin, size, _ = tf.image.stateless_sample_distorted_bounding_box(
+    begin, box, _ = tf.image.stateless_sample_distorted_bounding_box(
         shape,
         seed=random.next_seed(),
         bounding_boxes=tf.constant([0.0, 0.0, 1.0, 1.0], tf.float32, [1, 1, 4]),
@@ -103,23 +106,27 @@ def inception_crop(
         max_attempts=max_attempts,
         use_image_if_no_bounding_boxes=True,
     )
-    crop = tf.slice(image, begin, size)
-    resized = tf.image.resize(crop[None], shape[:2], method="bicubic")[0]
+    crop = tf.slice(image, begin, box)
+    output_shape = shape[:2] if size is None else [size, size]
+    resized = tf.image.resize(crop[None], output_shape, method="bicubic")[0]
     resized = tf.clip_by_value(resized, 0.0, 1.0)
-    return tf.ensure_shape(resized, image.shape)
+    return tf.ensure_shape(resized, image.shape if size is None else [size, size, image.shape[-1]])
 
 
 def _random_factor(strength):
     return random.uniform([], max(0.0, 1.0 - strength), 1.0 + strength)
 
 
-def color_jitter(image: tf.Tensor, strength: float = 1.0, random_order: bool = True) -> tf.Tensor:
+def color_jitter(
+    image: tf.Tensor, strength: float = 1.0, random_order: bool = True, factors=None
+) -> tf.Tensor:
     """SimCLR's colour distortion with strength s, clipped to [0, 1].
 
     Brightness, contrast and saturation factors are drawn from
     `[max(0, 1 - 0.8 s), 1 + 0.8 s]` and the hue shift from `[-0.2 s, 0.2 s]`
     (torchvision's `ColorJitter(0.8s, 0.8s, 0.8s, 0.2s)`), applied in a
-    random order per image.
+    random order per image. `factors` sets the four ranges directly
+    (BYOL's and DINO's `(0.4, 0.4, 0.2, 0.1)`).
 
     Every random number is drawn here, outside the `switch_case` branches,
     so the position of each draw in the example's seed sequence does not
@@ -129,11 +136,15 @@ def color_jitter(image: tf.Tensor, strength: float = 1.0, random_order: bool = T
       image: float32 `[H, W, 3]` in [0, 1].
       strength: s.
       random_order: Shuffle the order of the four transforms.
+      factors: `(brightness, contrast, saturation, hue)` ranges replacing
+        those of `strength`.
 
     Returns:
       The jittered image.
     """
-    b, c, s, h = 0.8 * strength, 0.8 * strength, 0.8 * strength, 0.2 * strength
+    if factors is None:
+        factors = (0.8 * strength, 0.8 * strength, 0.8 * strength, 0.2 * strength)
+    b, c, s, h = (float(f) for f in factors)
     brightness, contrast, saturation = _random_factor(b), _random_factor(c), _random_factor(s)
     hue = random.uniform([], -h, h)
     transforms = [
@@ -151,6 +162,11 @@ def color_jitter(image: tf.Tensor, strength: float = 1.0, random_order: bool = T
         image = tf.switch_case(order[i], [lambda f=f, x=image: f(x) for f in transforms])
         image = tf.clip_by_value(image, 0.0, 1.0)
     return image
+
+
+def solarize(image: tf.Tensor, threshold: float = 0.5) -> tf.Tensor:
+    """Inverts the pixels at or above `threshold` (BYOL's solarisation, for [0, 1] images)."""
+    return tf.where(image >= threshold, 1.0 - image, image)
 
 
 def to_grayscale(image: tf.Tensor) -> tf.Tensor:

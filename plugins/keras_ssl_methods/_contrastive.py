@@ -1,144 +1,23 @@
-"""Pieces shared by the contrastive methods (SimCLR, MoCo v2, NPID).
+"""`ContrastiveMethod`: a `keras_ssl.Method` with an optional online linear probe.
 
-- `projection_head`: the MLP between the backbone and the contrastive loss.
-- `ContrastiveMethod`: a `keras_ssl.Method` with an optional online linear
-  probe on stop-gradient pre-logits and an `after_update()` hook run after
-  each optimizer step (MoCo's momentum encoder and queue, NPID's memory bank).
-- `assign_across_replicas` / `scatter_across_replicas` / `ema_update`: update non-trained variables from
-  replica context, identically on every replica, through `merge_call` (a
-  mirrored variable cannot be assigned directly in replica context unless it
-  was created with an aggregation).
+The base of SimCLR, MoCo v2, NPID and the non-contrastive methods (BYOL,
+SimSiam, Barlow Twins, VICReg, DINO, SwAV). Everything else they share is
+public toolkit in `keras_ssl` (`Method.after_update`, `Method.momentum_copy`,
+`keras_ssl.heads`, `keras_ssl.cross_replica`, `keras_ssl.views`).
 """
 
 from __future__ import annotations
-
-import threading
 
 import keras
 import tensorflow as tf
 
 from keras_ssl import Method
 from keras_ssl.backbones import output_dim
-
-
-def uses_synchronized_bn(model: keras.Model) -> bool:
-    """Whether any batch norm of `model` computes statistics across replicas."""
-    return any(getattr(layer, "synchronized", False) for layer in model._flatten_layers())
-
-
-def projection_head(
-    input_dim: int,
-    hidden_dim: int,
-    output_dim: int = 128,
-    num_layers: int = 2,
-    batch_norm: bool = True,
-    synchronized_bn: bool = False,
-    name: str = "projection_head",
-) -> keras.Sequential:
-    """An MLP of `num_layers` Dense layers, built for `[batch, input_dim]`.
-
-    Hidden layers: Dense(hidden_dim) [+ BN] + ReLU. The last: Dense(output_dim)
-    [+ BN without offset, as SimCLR v2's head]. Dense layers before a BN have
-    no bias.
-
-    Args:
-      input_dim: Width of the pre-logits.
-      hidden_dim: Width of the hidden layers.
-      output_dim: Width of the projection (128 in SimCLR and MoCo v2).
-      num_layers: 1 (linear, NPID), 2 (SimCLR v1, MoCo v2) or 3 (SimCLR v2).
-      batch_norm: Batch norm after each Dense.
-      synchronized_bn: Those batch norms compute statistics across replicas.
-      name: The model's name.
-
-    Returns:
-      A built `keras.Sequential`.
-    """
-    if num_layers < 1:
-        raise ValueError(f"projection_head: num_layers must be >= 1, got {num_layers}.")
-    layers = []
-    for i in range(num_layers):
-        last = i == num_layers - 1
-        layers.append(keras.layers.Dense(
-            output_dim if last else hidden_dim, use_bias=not batch_norm, name=f"dense_{i}"
-        ))
-        if batch_norm:
-            layers.append(keras.layers.BatchNormalization(
-                center=not last, synchronized=synchronized_bn, name=f"bn_{i}"
-            ))
-        if not last:
-            layers.append(keras.layers.ReLU(name=f"relu_{i}"))
-    head = keras.Sequential(layers, name=name)
-    head.build((None, input_dim))
-    return head
-
-
-def assign_across_replicas(pairs) -> None:
-    """Assigns `value` to `variable` for each `(variable, value)` in `pairs`.
-
-    Every replica must pass the same values (e.g. gathered with
-    `all_gather`); works in replica context (inside `strategy.run`), in
-    cross-replica context and without a strategy.
-    """
-    pairs = [(_tf_variable(v), x) for v, x in pairs]
-
-    def merge_fn(strategy, pairs):
-        for variable, value in pairs:
-            strategy.extended.update(
-                variable, lambda v, x: v.assign(tf.cast(x, v.dtype)), args=(value,), group=False
-            )
-
-    _merge(merge_fn, pairs)
-
-
-def scatter_across_replicas(variable, indices, rows) -> None:
-    """`variable[indices[i]] = rows[i]` (rows of a bank or queue), on every replica.
-
-    Every replica must pass the same indices and rows (gather them first).
-    Only those rows are written, not a copy of the whole variable.
-    """
-
-    def merge_fn(strategy, args):
-        variable, indices, rows = args
-        strategy.extended.update(
-            variable,
-            lambda v, i, r: v.scatter_update(tf.IndexedSlices(tf.cast(r, v.dtype), i)),
-            args=(indices, rows),
-            group=False,
-        )
-
-    _merge(merge_fn, (_tf_variable(variable), indices, rows))
-
-
-def ema_update(targets, sources, momentum) -> None:
-    """`target <- momentum * target + (1 - momentum) * source`, per variable pair."""
-    pairs = [(_tf_variable(t), _tf_variable(s)) for t, s in zip(targets, sources)]
-
-    def merge_fn(strategy, pairs):
-        for target, source in pairs:
-            strategy.extended.update(
-                target,
-                lambda t, s: t.assign(momentum * t + (1.0 - momentum) * tf.cast(s, t.dtype)),
-                args=(source,),
-                group=False,
-            )
-
-    _merge(merge_fn, pairs)
-
-
-def _tf_variable(variable):
-    return variable.value if isinstance(variable, keras.Variable) else variable
-
-
-def _merge(merge_fn, pairs):
-    context = tf.distribute.get_replica_context()
-    if context is None:  # cross-replica context
-        merge_fn(tf.distribute.get_strategy(), pairs)
-    else:
-        context.merge_call(merge_fn, args=(pairs,))
+from keras_ssl.views import check_views_fit, draw_views
 
 
 class ContrastiveMethod(Method):
-    """Base of the contrastive methods: online probe and a post-update hook.
+    """Base of the contrastive and non-contrastive methods: an online probe.
 
     Args:
       backbone: The backbone.
@@ -171,24 +50,64 @@ class ContrastiveMethod(Method):
         loss = tf.reduce_sum(ce * valid) / count
         return loss, {"probe_loss": loss, "probe_accuracy": tf.reduce_sum(correct * valid) / count}
 
-    def after_update(self) -> None:
-        """Runs after each optimizer step, inside the train step (override)."""
-        return None
 
-    def train_step(self, data):
-        outputs = super().train_step(data)
-        self.after_update()
+class MultiViewMethod(ContrastiveMethod):
+    """A method that draws several views of each image, each from its own `ViewSpec`.
+
+    `preprocess` returns `view_0 ... view_{n-1}` and the label;
+    `encode_views` runs the backbone once per group of views of equal size
+    (the two views of BYOL in one pass, the global and the local views of
+    multi-crop in two) and returns each view's pre-logits.
+
+    Args:
+      backbone: The backbone.
+      views: `keras_ssl.views.ViewSpec`s, one per view (global views first).
+      num_classes: Train an online linear probe on the first view.
+      min_global_batch: The smallest global batch the loss is defined for
+        (2 for losses of batch statistics).
+      **kwargs: Passed to `keras_ssl.Method`.
+    """
+
+    min_global_batch = 1
+
+    def __init__(self, backbone, views, num_classes: int | None = None, **kwargs):
+        super().__init__(backbone, num_classes=num_classes, **kwargs)
+        self.views = tuple(views)
+        if len(self.views) < 2:
+            raise ValueError(
+                f"{type(self).__name__}: needs at least two views, got {len(self.views)}."
+            )
+
+    def _setting(self, name: str) -> str:
+        return f"{getattr(self, 'registry_name', type(self).__name__.lower())}.{name}"
+
+    def check_training_setup(self, global_batch_size, image_size):
+        check_views_fit(self.views, image_size, self._setting("views"))
+        if global_batch_size < self.min_global_batch:
+            raise ValueError(
+                f"{self._setting('')[:-1]}: its loss uses statistics over the global batch and "
+                f"needs at least {self.min_global_batch} images per step, got "
+                f"keras_ssl.train.batch_size = {global_batch_size}; raise the batch size."
+            )
+
+    def preprocess(self, example):
+        views = draw_views(example["image"], self.views)
+        return {**{f"view_{i}": view for i, view in enumerate(views)},
+                "label": tf.cast(example["label"], tf.int32)}
+
+    def view_batches(self, batch) -> list:
+        """The batch's views, `[B, size, size, 3]` each, in the order of `views`."""
+        return [batch[f"view_{i}"] for i in range(len(self.views))]
+
+    def encode_views(self, network, views, training) -> list:
+        """`network(view)["pre_logits"]` per view, one call per group of equal-sized views."""
+        groups = {}
+        for i, view in enumerate(views):
+            groups.setdefault(tuple(view.shape[1:3]), []).append(i)
+        outputs = [None] * len(views)
+        for members in groups.values():
+            joined = tf.concat([views[i] for i in members], axis=0)
+            features = network(joined, training=training)["pre_logits"]
+            for i, part in zip(members, tf.split(features, len(members), axis=0)):
+                outputs[i] = part
         return outputs
-
-    def _stash(self, **tensors):
-        # Tensors of this step for after_update. MirroredStrategy runs each
-        # replica's step in its own Python thread, so the stash is
-        # thread-local (a shared attribute would hand replica 1's keys to
-        # replica 0). Set with object.__setattr__ so Keras does not track it.
-        if "_stash_local" not in self.__dict__:
-            object.__setattr__(self, "_stash_local", threading.local())
-        self._stash_local.tensors = tensors
-
-    def _stashed_tensors(self) -> dict:
-        local = self.__dict__.get("_stash_local")
-        return getattr(local, "tensors", None) or {}

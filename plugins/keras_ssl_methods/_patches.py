@@ -20,7 +20,7 @@ import keras
 import tensorflow as tf
 
 from keras_ssl import Method, random
-from keras_ssl_methods._contrastive import uses_synchronized_bn
+from keras_ssl.heads import uses_synchronized_bn
 
 _HEAD_DROPOUT_KEY = 1
 

@@ -19,7 +19,7 @@ import tensorflow as tf
 
 from keras_ssl import Method
 from keras_ssl.distribute import replica_position
-from keras_ssl.losses import gather_across_replicas
+from keras_ssl import cross_replica
 from keras_ssl_methods._image_ops import exemplar_augment, maybe_grayscale
 from keras_ssl_methods._triplet import TRIPLET_VARIANTS, triplet_loss
 
@@ -100,7 +100,7 @@ class Exemplar(Method):
         # so any number of replicas trains like one device.
         replicas, _ = replica_position()
         labels = tf.repeat(tf.range(batch_size * replicas), self.num_copies)
-        embeddings = gather_across_replicas(self.embed(flat, training))
+        embeddings = cross_replica.gather(self.embed(flat, training))
         loss = triplet_loss(labels, embeddings, self.margin, self.triplet)
         return loss, {"nearest_neighbour_accuracy": _nn_accuracy(labels, embeddings)}
 

@@ -26,18 +26,13 @@ from __future__ import annotations
 import keras
 import tensorflow as tf
 
+from keras_ssl import cross_replica
 from keras_ssl.backbones import output_dim
 from keras_ssl.distribute import replica_position
-from keras_ssl.losses import gather_across_replicas, info_nce_loss
+from keras_ssl.heads import projection_head, uses_synchronized_bn
+from keras_ssl.losses import info_nce_loss
 from keras_ssl.random import step_seed
-from keras_ssl_methods._contrastive import (
-    ContrastiveMethod,
-    assign_across_replicas,
-    ema_update,
-    projection_head,
-    scatter_across_replicas,
-    uses_synchronized_bn,
-)
+from keras_ssl_methods._contrastive import ContrastiveMethod
 
 
 class MoCoV2(ContrastiveMethod):
@@ -105,18 +100,10 @@ class MoCoV2(ContrastiveMethod):
             width, hidden_dim or width, projection_dim, num_head_layers, head_batch_norm,
             synchronized_bn=synchronized, name="moco_head",
         )
-        self.key_backbone = keras.models.clone_model(backbone)
-        self.key_head = projection_head(
-            width, hidden_dim or width, projection_dim, num_head_layers, head_batch_norm,
-            synchronized_bn=synchronized, name="moco_key_head",
-        )
-        self.key_backbone.set_weights(backbone.get_weights())
-        self.key_head.set_weights(self.head.get_weights())
-        # The key encoder stays `trainable`: Keras runs the batch norm of a non-trainable
-        # layer in inference mode, and keys must be normalised with their batch's
-        # statistics as the queries are (with moving statistics that never left their
-        # initial 0/1, the keys were unnormalised activations). Gradients never reach it:
-        # `trainable_weights` and `losses` below leave it out.
+        # Momentum copies stay `trainable` so keys are normalised with their batch's
+        # statistics as the queries are; the optimizer never sees them.
+        self.key_backbone = self.momentum_copy(backbone)
+        self.key_head = self.momentum_copy(self.head)
         self.queue = self.add_weight(
             shape=(queue_size, projection_dim),
             initializer=keras.initializers.RandomNormal(stddev=1.0),
@@ -127,34 +114,6 @@ class MoCoV2(ContrastiveMethod):
             shape=(), initializer="zeros", dtype="int32", trainable=False, name="queue_pointer"
         )
 
-    def _key_encoder_ids(self):
-        return {id(v) for v in self.key_backbone.weights + self.key_head.weights}
-
-    @property
-    def trainable_weights(self):
-        """The trained weights: everything but the momentum-updated key encoder."""
-        keys = self._key_encoder_ids()
-        return [v for v in super().trainable_weights if id(v) not in keys]
-
-    @property
-    def trainable_variables(self):
-        return self.trainable_weights
-
-    @property
-    def non_trainable_weights(self):
-        trained = {id(v) for v in self.trainable_weights}
-        return [v for v in self.weights if id(v) not in trained]
-
-    @property
-    def non_trainable_variables(self):
-        return self.non_trainable_weights
-
-    @property
-    def losses(self):
-        """Regularization of the trained parts only (the key encoder's would be a constant)."""
-        parts = [self.backbone, self.head] + ([self.probe] if self.probe is not None else [])
-        return [loss for part in parts for loss in part.losses]
-
     def preprocess(self, example):
         image = example["image"]
         return {
@@ -162,12 +121,6 @@ class MoCoV2(ContrastiveMethod):
             "key_view": self.augment(image),
             "label": tf.cast(example["label"], tf.int32),
         }
-
-    def _query_and_key_encoders(self):
-        return (
-            self.backbone.weights + self.head.weights,
-            self.key_backbone.weights + self.key_head.weights,
-        )
 
     def _in_groups(self, encode, images):
         """`encode` on `shuffle_bn_groups` consecutive slices of `images` (one batch norm
@@ -199,12 +152,12 @@ class MoCoV2(ContrastiveMethod):
         else:
             _, replica = replica_position()
             local = tf.shape(key_views)[0]
-            views = gather_across_replicas(key_views)
+            views = cross_replica.gather(key_views)
             permutation = self.key_permutation(tf.shape(views)[0])
             mine = tf.gather(views, permutation[replica * local:(replica + 1) * local])
             mine = tf.ensure_shape(mine, key_views.shape)
             # Row i of the gathered keys is the key of example permutation[i].
-            shuffled = gather_across_replicas(self._in_groups(encode, mine))
+            shuffled = cross_replica.gather(self._in_groups(encode, mine))
             keys = tf.gather(shuffled, tf.argsort(permutation))[replica * local:(replica + 1) * local]
         keys = tf.stop_gradient(keys)
         return tf.math.l2_normalize(tf.cast(keys, tf.float32), axis=-1)
@@ -219,7 +172,7 @@ class MoCoV2(ContrastiveMethod):
         negatives = tf.stop_gradient(tf.convert_to_tensor(self.queue))
         loss, logits = info_nce_loss(queries, keys, negatives, self.temperature)
         accuracy = tf.reduce_mean(tf.cast(tf.equal(tf.argmax(logits, -1), 0), tf.float32))
-        self._stash(keys=keys)
+        self.save_for_update(keys=keys)
         probe, probe_metrics = self.probe_loss(pre_logits, batch["label"])
         # Cosine similarities of a query to its key and to the queue: both near 1 is collapse.
         similarity = logits * self.temperature
@@ -228,17 +181,14 @@ class MoCoV2(ContrastiveMethod):
                    "negative_similarity": tf.reduce_mean(similarity[:, 1:]), **probe_metrics}
         return loss + probe, metrics
 
-    def after_update(self):
+    def after_update(self, saved):
         """Moves the key encoder towards the query encoder; enqueues this step's keys."""
-        keys = self._stashed_tensors().get("keys")
-        if keys is None:
+        if "keys" not in saved:
             return
-        query_weights, key_weights = self._query_and_key_encoders()
-        trained = [(k, q) for q, k in zip(query_weights, key_weights) if q.trainable]
-        ema_update([k for k, _ in trained], [q for _, q in trained], self.momentum)
-        all_keys = gather_across_replicas(keys)  # the same on every replica
+        self.update_momentum_copies(self.momentum)
+        all_keys = cross_replica.gather(saved["keys"])  # the same on every replica
         count = tf.shape(all_keys)[0]
         pointer = tf.convert_to_tensor(self.queue_pointer)
         rows = (pointer + tf.range(count)) % self.queue_size
-        scatter_across_replicas(self.queue, rows, all_keys)
-        assign_across_replicas([(self.queue_pointer, (pointer + count) % self.queue_size)])
+        cross_replica.scatter(self.queue, rows, all_keys)
+        cross_replica.assign([(self.queue_pointer, (pointer + count) % self.queue_size)])

@@ -27,16 +27,13 @@ from __future__ import annotations
 import keras
 import tensorflow as tf
 
+from keras_ssl import cross_replica
 from keras_ssl.backbones import output_dim
 from keras_ssl.distribute import replica_position
-from keras_ssl.losses import gather_across_replicas, nce_loss
+from keras_ssl.heads import projection_head
+from keras_ssl.losses import nce_loss
 from keras_ssl.random import step_seed
-from keras_ssl_methods._contrastive import (
-    ContrastiveMethod,
-    assign_across_replicas,
-    projection_head,
-    scatter_across_replicas,
-)
+from keras_ssl_methods._contrastive import ContrastiveMethod
 
 
 class NPID(ContrastiveMethod):
@@ -135,10 +132,10 @@ class NPID(ContrastiveMethod):
         estimate = estimate * self.num_examples
         # The mean of the replicas' estimates, each over an equal share of the global batch:
         # the estimate of the whole batch, the same on every replica.
-        estimate = tf.reduce_mean(gather_across_replicas(estimate[None]))
+        estimate = tf.reduce_mean(cross_replica.gather(estimate[None]))
         z = tf.where(z > 0, z, estimate) if self.fix_normalization else estimate
         loss, _ = nce_loss(positive_scores, noise_scores, self.num_examples, self.temperature, z)
-        self._stash(index=index, features=features, z=z)
+        self.save_for_update(index=index, features=features, z=z)
         probe, probe_metrics = self.probe_loss(pre_logits, batch["label"])
         metrics = {
             "nce_loss": loss,
@@ -157,19 +154,18 @@ class NPID(ContrastiveMethod):
         start = tf.cast(replica, tf.int32) * batch_size
         return draw[start:start + batch_size]
 
-    def after_update(self):
+    def after_update(self, saved):
         """Moves the bank rows of this step's examples towards their new features."""
-        stashed = self._stashed_tensors()
-        if "features" not in stashed:
+        if "features" not in saved:
             return
-        index = gather_across_replicas(stashed["index"])
-        features = gather_across_replicas(stashed["features"])
+        index = cross_replica.gather(saved["index"])
+        features = cross_replica.gather(saved["features"])
         old = tf.gather(self.memory_bank.value, index)
         new = tf.math.l2_normalize(
             self.bank_momentum * old + (1.0 - self.bank_momentum) * features, axis=-1
         )
-        scatter_across_replicas(self.memory_bank, index, new)
-        assign_across_replicas([(self.normalization_constant, stashed["z"])])
+        cross_replica.scatter(self.memory_bank, index, new)
+        cross_replica.assign([(self.normalization_constant, saved["z"])])
 
 
 def _unit_rows(shape, dtype=None):

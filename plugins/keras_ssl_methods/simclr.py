@@ -15,8 +15,9 @@ from __future__ import annotations
 import tensorflow as tf
 
 from keras_ssl.backbones import output_dim
+from keras_ssl.heads import projection_head, uses_synchronized_bn
 from keras_ssl.losses import nt_xent_loss
-from keras_ssl_methods._contrastive import ContrastiveMethod, projection_head, uses_synchronized_bn
+from keras_ssl_methods._contrastive import ContrastiveMethod
 
 
 class SimCLR(ContrastiveMethod):
@@ -83,7 +84,7 @@ class SimCLR(ContrastiveMethod):
         projections = self.head(pre_logits, training=training)
         z1, z2 = tf.split(projections, 2, axis=0)
         loss, logits, labels = nt_xent_loss(
-            z1, z2, self.temperature, cross_replica=self.cross_replica_negatives
+            z1, z2, self.temperature, cross_replica_negatives=self.cross_replica_negatives
         )
         accuracy = tf.reduce_mean(tf.cast(
             tf.equal(tf.argmax(logits, -1, output_type=tf.int32), labels), tf.float32

@@ -23,6 +23,12 @@ TINY_NUM_EXAMPLES = 8
 # Relative Patch Location need to fit a 16 px dataset.
 TINY_PATCH_GRID = dict(resize=48, crop=45, patch_size=12)
 
+def _tiny_multi_crop():
+    from keras_ssl.views import multi_crop
+
+    return multi_crop(num_local_views=2, local_size=TINY_IMAGE_SIZE // 2)
+
+
 # Constructor arguments that make each first-party method cheap on `TINY_BACKBONE`.
 # Heads are narrowed, queues and banks sized to the tiny dataset, dropout is off
 # so a few steps on a fixed batch are deterministic enough to show the loss falling.
@@ -45,6 +51,13 @@ TINY_METHOD_SETTINGS = {
     # block4 rather than the default block3, so every backbone kernel feeds the loss
     # (the contract checks that the gradient reaches each of them).
     "colorization": dict(head_units=16, prior_images=TINY_NUM_EXAMPLES, endpoint="block4"),
+    # The non-contrastive methods: narrow heads; multi-crop with two 8-px local views.
+    "byol": dict(projection_dim=16, hidden_dim=32),
+    "simsiam": dict(projection_dim=16, predictor_hidden_dim=8),
+    "barlow_twins": dict(projection_dim=16, redundancy_weight=0.05),
+    "vicreg": dict(projection_dim=16),
+    "dino": dict(num_outputs=32, hidden_dim=32, bottleneck_dim=16, views=_tiny_multi_crop()),
+    "swav": dict(num_prototypes=16, projection_dim=16, hidden_dim=32, views=_tiny_multi_crop()),
 }
 
 # A third-party plugin whose constructor needs arguments passes its tiny settings
@@ -97,7 +110,9 @@ def build_tiny_method(name: str, backbone=None, **overrides):
     from keras_ssl.registry import METHODS
 
     backbone = tiny_backbone() if backbone is None else backbone
-    return METHODS.get(name)(backbone, **{**tiny_method_settings(name), **overrides})
+    method = METHODS.get(name)(backbone, **{**tiny_method_settings(name), **overrides})
+    method.registry_name = name  # as keras_ssl.training.build_method sets it
+    return method
 
 
 def tiny_examples(name: str, count: int = TINY_NUM_EXAMPLES, seed: int = 0):

@@ -1,0 +1,172 @@
+"""SwAV (Caron et al. 2020): swap the prototype assignments of multi-crop views.
+
+The backbone and a projection MLP give l2-normalised embeddings, scored
+against K prototypes (unit vectors, `keras_ssl.heads.NormalizedDense`). For
+each global view, Sinkhorn-Knopp turns the scores of the GLOBAL batch into
+soft codes that spread the batch evenly over the prototypes; every other
+view then predicts those codes from its own scores (softmax at
+temperature 0.1). With small batches, a queue of earlier global-view
+embeddings joins the Sinkhorn batch so the equipartition is over enough
+rows. The prototypes receive no gradient in the first steps.
+"""
+
+from __future__ import annotations
+
+import keras
+import tensorflow as tf
+
+from keras_ssl import cross_replica
+from keras_ssl.backbones import output_dim
+from keras_ssl.distribute import replica_rows
+from keras_ssl.heads import NormalizedDense, projection_head, uses_synchronized_bn
+from keras_ssl.losses import sinkhorn_knopp, swapped_prediction_loss
+from keras_ssl.metrics import normalized_embedding_std
+from keras_ssl.views import ViewSpec, multi_crop
+from keras_ssl_methods._contrastive import MultiViewMethod
+
+# SwAV's view: jitter strength 1 (0.8, 0.8, 0.8, 0.2) p 0.8, grayscale p 0.2, blur p 0.5.
+SWAV_VIEW = ViewSpec(jitter=(0.8, 0.8, 0.8, 0.2), blur_probability=0.5)
+
+
+class SwAV(MultiViewMethod):
+    """Swapping assignments between views.
+
+    Args:
+      backbone: The backbone.
+      num_prototypes: K (3000 on ImageNet).
+      projection_dim: Width of the embeddings (128).
+      hidden_dim: Hidden width of the projection MLP (2048).
+      temperature: tau of the swapped prediction (0.1).
+      sinkhorn_epsilon: Entropy regularisation of the codes (0.05).
+      sinkhorn_iterations: Sinkhorn-Knopp rounds (3).
+      freeze_prototypes_steps: Steps in which the prototypes get no gradient
+        (about one epoch in the paper).
+      queue_length: Global-view embeddings kept from earlier steps for the
+        codes (0: no queue; 3840 for small batches in the paper). A
+        multiple of the global batch.
+      queue_start_step: Step from which the queue is filled and used.
+      views: `ViewSpec`s, the global views (whose codes are computed) first.
+      num_global_views: How many of `views` codes are computed for (2).
+      num_classes: Train an online linear probe (see `ContrastiveMethod`).
+      **kwargs: Passed to `keras_ssl.Method`.
+    """
+
+    def __init__(
+        self,
+        backbone,
+        num_prototypes: int = 3000,
+        projection_dim: int = 128,
+        hidden_dim: int = 2048,
+        temperature: float = 0.1,
+        sinkhorn_epsilon: float = 0.05,
+        sinkhorn_iterations: int = 3,
+        freeze_prototypes_steps: int = 0,
+        queue_length: int = 0,
+        queue_start_step: int = 0,
+        views=None,
+        num_global_views: int = 2,
+        num_classes: int | None = None,
+        **kwargs,
+    ):
+        views = multi_crop(global_views=(SWAV_VIEW, SWAV_VIEW)) if views is None else views
+        super().__init__(backbone, views, num_classes=num_classes, **kwargs)
+        if not 1 <= num_global_views < len(self.views):
+            raise ValueError(
+                f"swav: num_global_views must be at least 1 and fewer than the "
+                f"{len(self.views)} views, got {num_global_views}."
+            )
+        self.num_global_views = num_global_views
+        self.temperature = temperature
+        self.sinkhorn_epsilon = sinkhorn_epsilon
+        self.sinkhorn_iterations = sinkhorn_iterations
+        self.freeze_prototypes_steps = freeze_prototypes_steps
+        self.queue_length = int(queue_length)
+        self.queue_start_step = queue_start_step
+        self.projector = projection_head(
+            output_dim(backbone), hidden_dim, projection_dim, 2, output_batch_norm="none",
+            synchronized_bn=uses_synchronized_bn(backbone), name="swav_projector",
+        )
+        self.prototypes = NormalizedDense(num_prototypes, name="swav_prototypes")
+        self.prototypes.build((None, projection_dim))
+        if self.queue_length:
+            self.queue = self.add_weight(
+                shape=(num_global_views, self.queue_length, projection_dim),
+                initializer="zeros", trainable=False, name="queue",
+            )
+            self.queue_filled = self.add_weight(
+                shape=(), initializer="zeros", dtype="int32", trainable=False, name="queue_filled"
+            )
+
+    def check_training_setup(self, global_batch_size, image_size):
+        super().check_training_setup(global_batch_size, image_size)
+        if self.queue_length % global_batch_size:
+            raise ValueError(
+                f"swav.queue_length ({self.queue_length}) must be a multiple of the global batch "
+                f"(keras_ssl.train.batch_size = {global_batch_size}), so that it holds whole "
+                f"batches; e.g. {max(1, self.queue_length // global_batch_size) * global_batch_size}."
+            )
+
+    def _step(self):
+        optimizer = getattr(self, "optimizer", None)
+        return optimizer.iterations if optimizer is not None else tf.constant(0, tf.int64)
+
+    def _scores(self, embeddings):
+        kernel = self.prototypes.normalized_kernel()
+        frozen = tf.cast(self._step(), tf.int64) < self.freeze_prototypes_steps
+        kernel = tf.where(frozen, tf.stop_gradient(kernel), kernel)
+        return tf.matmul(embeddings, kernel)
+
+    def _codes(self, view_index, scores):
+        if not self.queue_length:
+            return sinkhorn_knopp(scores, self.sinkhorn_epsilon, self.sinkhorn_iterations)
+        # This replica's share of the queue: over all replicas, each queued row once.
+        queued = replica_rows(tf.convert_to_tensor(self.queue)[view_index])
+        queued_scores = tf.matmul(queued, tf.stop_gradient(self.prototypes.normalized_kernel()))
+        with_queue = sinkhorn_knopp(
+            tf.concat([queued_scores, scores], 0), self.sinkhorn_epsilon, self.sinkhorn_iterations
+        )[tf.shape(queued_scores)[0]:]
+        return tf.cond(
+            self.queue_filled >= self.queue_length,
+            lambda: with_queue,
+            lambda: sinkhorn_knopp(scores, self.sinkhorn_epsilon, self.sinkhorn_iterations),
+        )
+
+    def compute_pretext_loss(self, batch, training):
+        pre_logits = self.encode_views(self.backbone, self.view_batches(batch), training)
+        embeddings = [
+            tf.math.l2_normalize(tf.cast(self.projector(f, training=training), tf.float32), -1)
+            for f in pre_logits
+        ]
+        scores = [self._scores(z) for z in embeddings]
+        codes = {i: self._codes(i, scores[i]) for i in range(self.num_global_views)}
+        loss = swapped_prediction_loss(scores, codes, self.temperature)
+        if self.queue_length:
+            self.save_for_update(embeddings=tf.stack(embeddings[:self.num_global_views]))
+        probe, probe_metrics = self.probe_loss(pre_logits[0], batch["label"])
+        used = tf.reduce_sum(tf.one_hot(tf.argmax(codes[0], -1), tf.shape(codes[0])[1]), 0)
+        metrics = {
+            "swav_loss": loss,
+            "embedding_std": normalized_embedding_std(embeddings[0]),
+            # Prototypes chosen by at least one image of this replica's batch.
+            "prototypes_in_use": tf.reduce_sum(tf.cast(used > 0, tf.float32)),
+            **probe_metrics,
+        }
+        return loss + probe, metrics
+
+    def after_update(self, saved):
+        """Pushes the global views' embeddings of the whole batch into the queue."""
+        if "embeddings" not in saved:
+            return
+        new = tf.concat(
+            [cross_replica.gather(saved["embeddings"][i])[None]
+             for i in range(self.num_global_views)], 0
+        )  # [views, global batch, D], the same on every replica
+        queue = tf.convert_to_tensor(self.queue)
+        shifted = tf.concat([new, queue[:, :self.queue_length - tf.shape(new)[1]]], axis=1)
+        started = tf.cast(self._step(), tf.int64) >= self.queue_start_step
+        cross_replica.assign([
+            (self.queue, tf.where(started, shifted, queue)),
+            (self.queue_filled, tf.where(
+                started, tf.minimum(self.queue_filled + tf.shape(new)[1], self.queue_length),
+                self.queue_filled)),
+        ])

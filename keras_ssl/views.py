@@ -179,3 +179,6 @@ def check_views_fit(specs, image_size: int | None, setting: str) -> None:
                 f"{setting}: a local view of {size} px is larger than the first (global) view "
                 f"of {first} px; multi-crop's local views must be smaller than the global ones."
             )
+
+
+gin.external_configurable(multi_crop, module="keras_ssl.views")

@@ -18,6 +18,8 @@ import tensorflow as tf
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "helpers"))
 from tiny import build_tiny_method, tiny_examples  # noqa: E402
 
+sys.path.insert(0, os.path.dirname(__file__))
+
 from keras_ssl import losses  # noqa: E402
 from keras_ssl.method import PretextOutputError, check_pretext_outputs  # noqa: E402
 from keras_ssl.schedules import cosine_momentum, linear_warmup  # noqa: E402
@@ -317,3 +319,94 @@ def test_collapse_metric_is_zero_for_collapsed_and_large_for_spread_embeddings()
     assert float(normalized_embedding_std(tf.ones([8, 4]))) == pytest.approx(0.0, abs=1e-6)
     spread = float(normalized_embedding_std(RNG.normal(size=(4096, 16)).astype(np.float32)))
     assert spread == pytest.approx(1 / math.sqrt(16), rel=0.05)
+
+
+# ------------------------------------------------------------------- gin configs
+NONCONTRASTIVE = ["byol", "simsiam", "barlow_twins", "vicreg", "dino", "swav"]
+# Narrow heads so the paper configs build in a test (their own widths are for accelerators).
+NARROW = {
+    "resnet_v2.depth": 10, "resnet_v2.widening_factor": 1, "byol.hidden_dim": 16,
+    "byol.projection_dim": 16, "simsiam.projection_dim": 16, "simsiam.predictor_hidden_dim": 8,
+    "barlow_twins.projection_dim": 16, "vicreg.projection_dim": 16, "dino.num_outputs": 16,
+    "dino.hidden_dim": 16, "dino.bottleneck_dim": 8, "swav.num_prototypes": 16,
+    "swav.hidden_dim": 16, "swav.projection_dim": 8,
+}
+
+
+@pytest.mark.parametrize("path", [
+    f"{name}/{config}.gin" for name in NONCONTRASTIVE
+    for config in ("synthetic_shapes", "cifar_resnet18", "imagenet_resnet50")
+])
+def test_gin_configs_build_their_method_and_pass_its_setup_check(path):
+    import gin
+
+    from conftest import REPO
+    from keras_ssl import config, training
+
+    config.parse_gin([os.path.join(REPO, "gin_configs", path)],
+                     [f"{k} = {v}" for k, v in NARROW.items()])
+    method = training.build_method()
+    assert method.registry_name == path.split("/")[0]
+    method.check_training_setup(gin.query_parameter("keras_ssl.train.batch_size"),
+                                gin.query_parameter("keras_ssl.train.image_size"))
+    if path.startswith(("dino", "swav")):
+        sizes = [spec.size for spec in method.views]
+        assert sizes[:2] == [None, None] and len(set(sizes[2:])) == 1 and len(sizes) >= 6
+
+
+# ---------------------------------------------------------------- the kNN monitor
+def test_knn_monitor_accuracy_matches_a_brute_force_vote():
+    from keras_ssl.monitor import knn_accuracy
+
+    features = RNG.normal(size=(40, 6))
+    labels = RNG.integers(0, 3, size=40)
+    unit = _unit(features)
+    correct = 0
+    for i in range(40):
+        similarity = unit @ unit[i]
+        similarity[i] = -np.inf
+        nearest = np.argsort(-similarity)[:5]
+        votes = np.zeros(3)
+        for j in nearest:
+            votes[labels[j]] += np.exp(similarity[j] / 0.1)
+        correct += votes.argmax() == labels[i]
+    assert knn_accuracy(features, labels, k=5, temperature=0.1) == pytest.approx(correct / 40)
+
+
+def test_knn_monitor_refuses_a_split_without_labels(tmp_path):
+    from keras_ssl.monitor import KnnMonitor, MonitorConfigError, knn_monitor
+
+    for i in range(3):
+        tf.io.write_file(str(tmp_path / f"image_{i}.png"),
+                         tf.io.encode_png(tf.zeros([8, 8, 3], tf.uint8)))
+    with pytest.raises(MonitorConfigError, match="has no labels|unlabelled"):
+        KnnMonitor(knn_monitor(every_steps=2, split="train"), f"folder:{tmp_path}", None, 8)
+
+
+@pytest.mark.slow
+def test_training_reports_the_knn_monitor_in_the_progress_line(data_dir, tmp_path, capsys):
+    from conftest import tiny_run_bindings, tiny_shapes_name
+    from keras_ssl import config, training
+
+    config.parse_gin(bindings=tiny_run_bindings(
+        data_dir, tiny_shapes_name(), steps=4,
+        **{"keras_ssl.build_method.method": "'byol'", "byol.hidden_dim": 16,
+           "byol.projection_dim": 8, "keras_ssl.knn_monitor.every_steps": 2,
+           "keras_ssl.knn_monitor.num_examples": 24, "keras_ssl.knn_monitor.k": 5},
+    ))
+    outputs = training.train(str(tmp_path / "run"), export=False)
+    printed = capsys.readouterr().out
+    assert "kNN monitor: every 2 steps on 24 " in printed
+    assert printed.count("knn_accuracy") == 2  # after steps 2 and 4
+    assert 0.0 <= outputs["knn_accuracy"] <= 1.0
+
+
+def test_monitor_interval_must_fall_between_loops(data_dir, tmp_path):
+    from conftest import tiny_run_bindings, tiny_shapes_name
+    from keras_ssl import config, training
+
+    config.parse_gin(bindings=tiny_run_bindings(
+        data_dir, tiny_shapes_name(), **{"keras_ssl.knn_monitor.every_steps": 3}))
+    with pytest.raises(training.TrainingConfigError, match="every_steps \\(3\\) must be a multiple"):
+        training.train(str(tmp_path / "run"))
+    assert not os.path.exists(tmp_path / "run")

@@ -1,4 +1,4 @@
-"""The plugin of docs/writing_a_method.md, installed with pip and trained by the binary."""
+"""The plugin of docs/writing_a_method.md (BYOL on the public toolkit), installed with pip and trained."""
 
 import os
 import re
@@ -18,12 +18,12 @@ def _doc_files():
 
 
 def test_doc_declares_a_complete_package():
-    assert set(_doc_files()) == {"setup.cfg", "pyproject.toml", "vertical_flip.py"}
+    assert set(_doc_files()) == {"setup.cfg", "pyproject.toml", "my_byol.py"}
 
 
 @pytest.mark.slow
 def test_documented_plugin_installs_lists_and_trains(tmp_path, data_dir):
-    package = tmp_path / "keras-ssl-vertical-flip"
+    package = tmp_path / "keras-ssl-my-byol"
     package.mkdir()
     for name, content in _doc_files().items():
         (package / name).write_text(content)
@@ -41,11 +41,11 @@ def test_documented_plugin_installs_lists_and_trains(tmp_path, data_dir):
         [sys.executable, "-m", "keras_ssl.cli_list"], capture_output=True, text=True, env=env,
         timeout=120,
     )
-    assert re.search(r"vertical_flip\s+keras-ssl-vertical-flip 0.1.0", listing.stdout), listing.stdout
+    assert re.search(r"my_byol\s+keras-ssl-my-byol 0.1.0", listing.stdout), listing.stdout
 
     bindings = tiny_run_bindings(data_dir, tiny_shapes_name(), steps=4)
-    bindings[0] = "keras_ssl.build_method.method = 'vertical_flip'"
-    bindings.append("vertical_flip.flip_probability = 0.5")
+    bindings[0] = "keras_ssl.build_method.method = 'my_byol'"
+    bindings += ["my_byol.projection_dim = 8", "my_byol.hidden_dim = 16"]
     model_dir = tmp_path / "run"
     result = subprocess.run(
         [sys.executable, "-m", "keras_ssl.train", f"--model_dir={model_dir}"]
@@ -53,5 +53,5 @@ def test_documented_plugin_installs_lists_and_trains(tmp_path, data_dir):
         capture_output=True, text=True, env=env, timeout=300, cwd=REPO,
     )
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "flip_accuracy" in result.stdout
+    assert "embedding_std" in result.stdout
     assert (model_dir / "export" / "step_4" / "saved_model.pb").exists()

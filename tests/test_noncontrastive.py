@@ -410,3 +410,19 @@ def test_monitor_interval_must_fall_between_loops(data_dir, tmp_path):
     with pytest.raises(training.TrainingConfigError, match="every_steps \\(3\\) must be a multiple"):
         training.train(str(tmp_path / "run"))
     assert not os.path.exists(tmp_path / "run")
+
+
+def test_show_views_draws_a_methods_multi_crop_at_relative_sizes():
+    from keras_ssl.augment.show_views import contact_sheet, draw_method_views
+
+    method = build_tiny_method("dino")
+    images = np.stack([e["image"].numpy() for e in tiny_examples("dino", 2)])
+    rows = draw_method_views(images, method, seed=0)
+    assert [v.shape[0] for v in rows[0]] == [16, 16, 8, 8]
+    again = draw_method_views(images, method, seed=0)
+    np.testing.assert_array_equal(rows[1][2], again[1][2])  # seeded like training
+    sheet = contact_sheet(images, rows, cell=32)
+    assert sheet.shape == (2 * 32 + 3 * 4, 5 * 32 + 7 * 4, 3)
+    # A local view fills half a cell: the rest of its cell stays white.
+    x = 4 + 3 * (32 + 4) + 4
+    assert (sheet[4 + 16:4 + 32, x:x + 32] == 255).all() and not (sheet[4:4 + 16, x:x + 16] == 255).all()

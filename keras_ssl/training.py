@@ -352,6 +352,10 @@ def train(
         batch_size=batch_size, train_steps=train_steps, seed=seed,
         mixed_precision=mixed_precision,
     )), gin.config_str())
+    writer = (
+        tf.summary.create_file_writer(run.summary_dir) if run.summary_dir
+        else tf.summary.create_noop_writer()
+    )
     if run.is_chief:
         print(describe(strategy, batch_size), flush=True)
         if start_step:
@@ -360,12 +364,21 @@ def train(
             print(f"kNN monitor: every {monitor_settings['every_steps']} steps on "
                   f"{monitor.description} (k={monitor_settings['k']}, "
                   f"tau={monitor_settings['temperature']})", flush=True)
+    if monitor is not None and start_step == 0:
+        # The random initialisation's figure: the baseline the run has to beat.
+        initial = monitor(method.backbone)
+        with writer.as_default(step=0):
+            tf.summary.scalar("knn_accuracy", initial["knn_accuracy"])
+        if run.is_chief:
+            print(f"step 0/{train_steps} | knn_accuracy {initial['knn_accuracy']:.4f} "
+                  f"(random initialisation)", flush=True)
 
     manager = run.checkpoint_manager(checkpoint, max_to_keep=max_checkpoints)
     batches = distributed_batches(
         strategy, method, images, info.num_examples, global_batch_size=batch_size, seed=seed,
         shuffle_buffer=shuffle_buffer, start_step=start_step,
     )
+
     def monitor_metrics(step):
         if monitor is None or not (monitor.due(step) or step >= train_steps):
             return {}
@@ -374,10 +387,6 @@ def train(
     trainer = MethodTrainer(
         method, batches, strategy, global_step, metric_names, batch_size, train_steps,
         jit_compile=jit_compile, verbose=run.is_chief, loop_metrics=monitor_metrics,
-    )
-    writer = (
-        tf.summary.create_file_writer(run.summary_dir) if run.summary_dir
-        else tf.summary.create_noop_writer()
     )
     interval = checkpoint_interval or steps_per_loop
     outputs = {}

@@ -397,7 +397,8 @@ def test_training_reports_the_knn_monitor_in_the_progress_line(data_dir, tmp_pat
     outputs = training.train(str(tmp_path / "run"), export=False)
     printed = capsys.readouterr().out
     assert "kNN monitor: every 2 steps on 24 " in printed
-    assert printed.count("knn_accuracy") == 2  # after steps 2 and 4
+    assert "step 0/4 | knn_accuracy" in printed and "(random initialisation)" in printed
+    assert printed.count("knn_accuracy") == 3  # at the start, after steps 2 and 4
     assert 0.0 <= outputs["knn_accuracy"] <= 1.0
 
 

@@ -68,3 +68,15 @@ def test_binary_reports_unknown_method_clearly(tmp_path, data_dir):
     assert "Traceback" not in result.stderr
 
 
+
+
+def test_checkpoints_fall_on_multiples_of_the_interval_and_at_the_end(data_dir, tmp_path):
+    from keras_ssl import config, training
+    from keras_ssl.run_dir import available_steps
+
+    model_dir = str(tmp_path / "run")
+    config.parse_gin(bindings=tiny_run_bindings(
+        data_dir, tiny_shapes_name(), steps=6, **{"keras_ssl.train.checkpoint_interval": 4,
+                                                  "keras_ssl.train.max_checkpoints": 5}))
+    training.train(model_dir, export=False)
+    assert sorted(available_steps(model_dir)) == [0, 4, 6]

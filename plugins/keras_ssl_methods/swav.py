@@ -12,7 +12,6 @@ rows. The prototypes receive no gradient in the first steps.
 
 from __future__ import annotations
 
-import keras
 import tensorflow as tf
 
 from keras_ssl import cross_replica

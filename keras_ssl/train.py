@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import sys
 
-from absl import flags, logging
+from absl import flags
 
 from keras_ssl.cli_errors import run_binary
 from keras_ssl.distribute import STRATEGIES
@@ -40,9 +40,6 @@ _MIXED_PRECISION = flags.DEFINE_enum(
 
 def main(argv):
     del argv
-    if not flags.FLAGS["verbosity"].present:
-        # TensorFlow's INFO logs drown the progress lines; --verbosity=0 restores them.
-        logging.set_verbosity(logging.WARNING)
     import tensorflow as tf
 
     from keras_ssl import config, distribute, training

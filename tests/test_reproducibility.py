@@ -60,11 +60,16 @@ def test_run_killed_after_a_checkpoint_resumes_to_identical_weights(reference_ru
 
 @pytest.mark.slow
 def test_two_cpu_replicas_equal_one_device(reference_run, data_dir, tmp_path):
+    # The kNN monitor runs too: it must work on replicas and leave the weights alone.
+    monitor = ["keras_ssl.knn_monitor.every_steps = 4", "keras_ssl.knn_monitor.num_examples = 24",
+               "keras_ssl.knn_monitor.k = 5"]
     model_dir = str(tmp_path / "mirrored")
     result = run_training(
-        model_dir, run_bindings(data_dir, STEPS), "--strategy=mirrored", "--cpu_replicas=2"
+        model_dir, run_bindings(data_dir, STEPS) + monitor, "--strategy=mirrored",
+        "--cpu_replicas=2",
     )
     assert "MirroredStrategy: 2 replica(s) on CPU; global batch 8, 4 per replica" in result.stdout
+    assert result.stdout.count("knn_accuracy") == 3  # steps 0, 4 and 8
     assert checkpoint_difference(_ckpt(reference_run), _ckpt(model_dir)) < 1e-5
 
 

@@ -192,7 +192,7 @@ def test_runner_resume_failure_parallel_and_outputs(tmp_path):
     assert counts == {"ok": 2, "failed": 2, "interrupted": 0, "skipped": 0}
     failed = read_record(str(output), "width-1__lr-bad")
     assert failed["status"] == "failed" and failed["exit_code"] == 1
-    assert failed["reason"] == ("keras-ssl-sweep cell: The training loss became nan between "
+    assert failed["reason"] == ("The training loss became nan between "
                                 "steps 0 and 2.")
     assert any("ETA" in line and "4/4 done, 2 failed" in line for line in lines), lines
     # --parallel=2: two cells ran at the same time.

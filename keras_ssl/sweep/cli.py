@@ -71,12 +71,13 @@ def main(argv):
     written = report.write_outputs(grid, plans, _OUTPUT.value)
     for path in written:
         print(f"wrote {path}", flush=True)
-    print(f"sweep: {counts['ok']} cells finished now, {counts['skipped']} before, "
-          f"{counts['failed']} failed, {counts['interrupted']} interrupted in "
-          f"{time.time() - start:.0f} s", flush=True)
     failed = [p.cell.name for p in plans
               if (runner_lib.read_record(_OUTPUT.value, p.cell.name) or {}).get("status")
               == "failed"]
+    print(f"sweep: this run finished {counts['ok']} cells, {counts['failed']} failed, "
+          f"{counts['interrupted']} interrupted; {counts['skipped']} were done before; "
+          f"{len(failed)} of {len(plans)} cells are recorded as failed "
+          f"({time.time() - start:.0f} s)", flush=True)
     if counts["interrupted"]:
         sys.exit("keras-ssl-sweep: interrupted; rerun the same command to resume.")
     if failed:

@@ -36,6 +36,8 @@ CELLS_DIR = "cells"
 GRID_COPY = "grid.yaml"
 # Exit status of a cell stopped by SIGTERM after writing a checkpoint.
 _PREEMPTED = 143
+# How the cell process starts its one-line reasons (keras_ssl.sweep.cell.main).
+_CELL_ERROR_PREFIX = "keras-ssl-sweep cell: "
 # How long running cells get to checkpoint after SIGTERM before they are killed.
 _STOP_GRACE_SECONDS = 120
 
@@ -183,6 +185,7 @@ class SweepRunner:
     def _record_failure(self, running: _Running, returncode: int) -> str:
         directory = cell_dir(self.output_dir, running.plan.cell.name)
         reason = last_error_line(os.path.join(directory, LOG_FILE)) or "no output"
+        reason = reason.removeprefix(_CELL_ERROR_PREFIX)
         if returncode < 0:
             name = signal.Signals(-returncode).name
             reason = f"killed by {name} (out of memory?); last output: {reason}"

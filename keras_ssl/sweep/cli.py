@@ -56,8 +56,11 @@ def main(argv):
         plans, _OUTPUT.value, parallel=_PARALLEL.value, retry_failed=_RETRY_FAILED.value,
         status_interval=_STATUS_INTERVAL.value,
         print_fn=lambda line: print(line, flush=True))
-    todo = runner.pending() if _DRY_RUN.value else runner.prepare(_GRID.value)
+    todo = runner.pending()
     needed = checks.check_disk(todo, _OUTPUT.value, _MAX_DISK_GB.value, _GRID.value)
+    if not _DRY_RUN.value:
+        # Refuses cells an earlier sweep in this output ran with other settings.
+        todo = runner.prepare(_GRID.value)
     print(f"{len(plans)} cells, {len(todo)} to run; disk for them: about "
           f"{needed / 1e9:.2f} GB", flush=True)
     if _DRY_RUN.value:

@@ -171,7 +171,8 @@ def stub_plans(tmp_path):
           - {name: width, x: width, where: {layer: pre_logits}}
         """)
     plans = [CellPlan(cell=c, evaluation={"protocols": ["linear"]}, train_steps=4,
-                      backbone="resnet_v2", parameters=1, disk_bytes=1) for c in grid.cells()]
+                      dataset="synthetic_shapes", data_dir=None, backbone="resnet_v2",
+                      parameters=1, disk_bytes=1) for c in grid.cells()]
     return grid, plans
 
 

@@ -42,6 +42,7 @@ class CellPlan:
       evaluation: Keyword arguments of `keras_ssl_eval.evaluate` for this
         cell (`dataset` and `data_dir` filled in from its training config).
       train_steps: Steps of its training run.
+      dataset, data_dir: What it trains on (`keras_ssl.train.dataset`, `data_dir`).
       backbone: The backbone name.
       parameters: Estimated backbone parameters.
       disk_bytes: Estimated size of its directory when finished.
@@ -50,6 +51,8 @@ class CellPlan:
     cell: Cell
     evaluation: dict
     train_steps: int
+    dataset: str
+    data_dir: str | None
     backbone: str
     parameters: int
     disk_bytes: int
@@ -178,7 +181,7 @@ def plan_cells(grid: Grid) -> list[CellPlan]:
         parameters = _backbone_parameters(backbone, parameter_cache, gin.config_str())
         plans.append(CellPlan(
             cell=cell, evaluation=evaluation, train_steps=int(settings["train_steps"]),
-            backbone=backbone, parameters=parameters,
+            dataset=settings["dataset"], data_dir=settings["data_dir"], backbone=backbone, parameters=parameters,
             disk_bytes=_disk_bytes(parameters, int(settings["max_checkpoints"]),
                                    evaluation)))
     return plans

@@ -90,6 +90,30 @@ def _duration(seconds: float) -> str:
     return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
 
 
+def prepare_datasets(plans: list[CellPlan], print_fn=print) -> None:
+    """Generates or downloads every dataset the cells train or evaluate on, one at a time.
+
+    Parallel cells would otherwise generate the same dataset at once into one
+    data_dir; and a dataset that cannot be prepared (ImageNet without its
+    manual files) is refused before any cell runs.
+
+    Raises:
+      FileNotFoundError: A dataset is unknown or cannot be prepared; the
+        message says how to prepare it.
+    """
+    from keras_ssl.datasets import prepare_dataset
+
+    needed = []
+    for plan in plans:
+        for name, data_dir in ((plan.dataset, plan.data_dir),
+                               (plan.evaluation["dataset"], plan.evaluation.get("data_dir"))):
+            if (name, data_dir) not in needed:
+                needed.append((name, data_dir))
+    for name, data_dir in needed:
+        print_fn(f"preparing dataset {name}" + (f" in {data_dir}" if data_dir else ""))
+        prepare_dataset(name, data_dir)
+
+
 @dataclasses.dataclass
 class _Running:
     plan: CellPlan

@@ -136,12 +136,14 @@ def test_disk_budget_refused_up_front(tmp_path):
 # A stand-in for `python -m keras_ssl.sweep.cell`: fails cells whose `lr` label is
 # `bad` the way a NaN run does, writes fake results otherwise, and notes each start.
 STUB_WORKER = """\
-import json, os, sys, time
+import json, os, signal, sys, time
+# As training does: SIGTERM -> checkpoint and exit 143.
+signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
 cell_dir = sys.argv[1]
 spec = json.load(open(os.path.join(cell_dir, "cell.json")))
 with open(os.path.join(os.path.dirname(os.path.dirname(cell_dir)), "starts.txt"), "a") as f:
     f.write(f"{spec['name']} {time.time()}\\n")
-time.sleep(1.0)
+time.sleep(float(os.environ.get("STUB_SECONDS", "1")))
 if spec["labels"]["lr"] == "bad":
     print("step 2/4 | loss nan", flush=True)
     sys.exit("keras-ssl-sweep cell: The training loss became nan between steps 0 and 2.")
@@ -226,6 +228,34 @@ def test_runner_resume_failure_parallel_and_outputs(tmp_path):
     markdown = (output / "results.md").read_text()
     assert "| ok | 1 | good | final | 4 | pre_logits | linear |  | test_accuracy | 40.0 |" in (
         markdown)
+
+
+def test_stopped_cells_are_not_failures_and_run_again(tmp_path, monkeypatch):
+    import threading
+    import time
+
+    from keras_ssl.sweep.runner import SweepRunner
+
+    grid, plans = stub_plans(tmp_path)
+    worker = tmp_path / "stub_worker.py"
+    worker.write_text(STUB_WORKER)
+    output = tmp_path / "out"
+    monkeypatch.setenv("STUB_SECONDS", "60")
+    runner = SweepRunner(plans, str(output), parallel=2, print_fn=lambda line: None,
+                         worker_command=[sys.executable, str(worker)])
+    runner.prepare()
+    counts = {}
+    thread = threading.Thread(target=lambda: counts.update(runner.run()))
+    thread.start()
+    deadline = time.time() + 60
+    while time.time() < deadline and not (output / "starts.txt").exists():
+        time.sleep(0.1)
+    time.sleep(0.5)  # Let both workers install their SIGTERM handler.
+    runner.stop()
+    thread.join(timeout=120)
+    assert counts == {"ok": 0, "failed": 0, "interrupted": 4, "skipped": 0}
+    assert not list(output.glob("cells/*/failed.json"))
+    assert len(runner.pending()) == 4
 
 
 def test_changed_grid_refuses_a_cell_run_with_other_bindings(tmp_path):

@@ -26,6 +26,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 from keras_ssl.sweep.cell import CELL_FILE, FAILED_FILE, LOG_FILE, RESULTS_FILE, write_json_atomically
@@ -220,9 +221,13 @@ class SweepRunner:
             "log": os.path.join(directory, LOG_FILE)})
         return reason
 
-    def _request_stop(self, signum, frame):
+    def _request_stop(self, signum=None, frame=None):
         del signum, frame
         self._stop = True
+
+    def stop(self) -> None:
+        """Asks `run` to stop: running cells checkpoint and exit, queued ones stay queued."""
+        self._request_stop()
 
     def run(self) -> dict:
         """Runs the pending cells; returns counts `{ok, failed, interrupted, skipped}`."""
@@ -237,8 +242,11 @@ class SweepRunner:
                     f"({failed_before} of them failed), {len(todo)} to run, "
                     f"{self.parallel} at a time")
         durations, running = [], {}
-        previous_handlers = {s: signal.signal(s, self._request_stop)
-                             for s in (signal.SIGINT, signal.SIGTERM)}
+        previous_handlers = {}
+        if threading.current_thread() is threading.main_thread():
+            # Python lets only the main thread set handlers; elsewhere the caller stops it.
+            previous_handlers = {s: signal.signal(s, self._request_stop)
+                                 for s in (signal.SIGINT, signal.SIGTERM)}
         last_status = time.time()
         try:
             while (todo or running) and not self._stop:

@@ -58,12 +58,12 @@ def main(argv):
         print_fn=lambda line: print(line, flush=True))
     todo = runner.pending()
     needed = checks.check_disk(todo, _OUTPUT.value, _MAX_DISK_GB.value, _GRID.value)
+    print(f"{len(plans)} cells, {len(todo)} to run; disk for them: about "
+          f"{needed / 1e9:.2f} GB", flush=True)
     if not _DRY_RUN.value:
         # Refuses cells an earlier sweep in this output ran with other settings.
         todo = runner.prepare(_GRID.value)
         runner_lib.prepare_datasets(todo, print_fn=lambda line: print(line, flush=True))
-    print(f"{len(plans)} cells, {len(todo)} to run; disk for them: about "
-          f"{needed / 1e9:.2f} GB", flush=True)
     if _DRY_RUN.value:
         for plan in plans:
             state = "to run" if plan in todo else "finished"

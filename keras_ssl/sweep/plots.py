@@ -67,6 +67,29 @@ def select(rows: list[dict], spec: dict, axis_names) -> tuple[list[dict], list[s
     return chosen, series
 
 
+def merged_order(sequences) -> list:
+    """One order of the values of several sequences that keeps each sequence's order.
+
+    A value new to the order goes right after the value before it in its own
+    sequence: VGG's `block5`, `fc6` land between a ResNet's `block4` and
+    `pre_logits`, not after them.
+
+    Example:
+      >>> merged_order([["block4", "pre_logits"], ["block4", "block5", "fc6", "pre_logits"]])
+      ['block4', 'block5', 'fc6', 'pre_logits']
+    """
+    order = []
+    for sequence in sequences:
+        previous = None
+        for value in sequence:
+            if value not in order:
+                # `previous` is already placed (or None at the start of the sequence).
+                position = 0 if previous is None else order.index(previous) + 1
+                order.insert(position, value)
+            previous = value
+    return order
+
+
 def draw(rows: list[dict], spec: dict, axis_names, path: str) -> str | None:
     """Draws one plot into `path`; returns it, or None when no row matches.
 
@@ -81,15 +104,12 @@ def draw(rows: list[dict], spec: dict, axis_names, path: str) -> str | None:
         return None
     x_column = spec["x"]
     metric = spec.get("metric", "test_accuracy")
-    x_values = []
-    for row in chosen:
-        if row.get(x_column) not in x_values:
-            x_values.append(row.get(x_column))
-    numeric = all(_is_number(v) for v in x_values)
     lines = {}
     for row in chosen:
         key = tuple(row.get(column) for column in series_columns)
         lines.setdefault(key, []).append(row)
+    x_values = merged_order([[row.get(x_column) for row in line] for line in lines.values()])
+    numeric = all(_is_number(v) for v in x_values)
     scale = 1.0 if metric == "utility" else 100.0
     fig, ax = plt.subplots(figsize=(max(5.0, 0.9 * len(x_values) + 3), 4))
     for index, (key, line_rows) in enumerate(lines.items()):

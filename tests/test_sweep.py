@@ -72,6 +72,14 @@ def test_gin_literals():
     assert gin_literal("@keras_ssl.some_function") == "@keras_ssl.some_function"
 
 
+def test_plot_x_order_keeps_each_series_order():
+    from keras_ssl.sweep.plots import merged_order
+
+    resnet = ["after_root", "block1", "block2", "block3", "block4", "pre_logits"]
+    vgg = ["block1", "block2", "block3", "block4", "block5", "fc6", "pre_logits"]
+    assert merged_order([resnet, vgg]) == resnet[:5] + ["block5", "fc6", "pre_logits"]
+
+
 @pytest.mark.parametrize("text, expected", [
     ("axes:\n  widht: [1, 2]\n", ["line 2", "'widht'", "gin binding"]),
     ("axis:\n  a.b: [1]\n", ["line 1", "'axis'", "did you mean 'axes'"]),

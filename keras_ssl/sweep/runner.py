@@ -81,8 +81,12 @@ def _last_progress(log_path: str) -> str:
     except OSError:
         return ""
     for line in reversed(lines):
-        if line.startswith("step ") or line.startswith(("evaluating", "exported")):
-            return line.split(" | ")[0] if line.startswith("step ") else line
+        if line.startswith("step "):
+            return line.split(" | ")[0]
+        if line.startswith("exported"):
+            return line.split(" to ")[0]
+        if line.startswith("evaluating"):
+            return line
     return "starting"
 
 

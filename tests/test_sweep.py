@@ -90,6 +90,7 @@ def test_plot_x_order_keeps_each_series_order():
      ["line 4", "unknown axis 'width'"]),
     ("axes:\n  k:\n    binding: a.b\n    format: 'train[:N]'\n    values: [1]\n",
      ["line 2", "`format`"]),
+    ("axes:\n  a.b: [1]\n  a.b: [2]\n", ["line 3", "repeats the one on line 2"]),
 ])
 def test_form_errors_name_the_line_and_axis(tmp_path, text, expected):
     from keras_ssl.sweep.grid import GridError, load_grid

@@ -225,7 +225,13 @@ def _construct_lined_mapping(loader, node):
     yield mapping
     mapping.update(loader.construct_mapping(node, deep=True))
     for key_node, _ in node.value:
-        mapping.lines[loader.construct_object(key_node, deep=True)] = key_node.start_mark.line + 1
+        key = loader.construct_object(key_node, deep=True)
+        if key in mapping.lines:
+            # YAML would keep the second silently: a repeated axis or binding is a mistake.
+            raise yaml.constructor.ConstructorError(
+                None, None, f"key {key!r} repeats the one on line {mapping.lines[key]}",
+                key_node.start_mark)
+        mapping.lines[key] = key_node.start_mark.line + 1
 
 
 _LineLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG,
@@ -401,8 +407,6 @@ def _parse_axis(path, grid_dir, name, spec, line, earlier) -> Axis:
             if one not in [v.label for v in known[other].values]:
                 raise GridError(f"{path} line {_line(when, other, line)}, axis {name!r}: axis "
                                 f"{other!r} has no value {one!r}.")
-    if name in known:
-        raise GridError(f"{where}: the axis is defined twice.")
     return Axis(name=str(name), values=tuple(values), line=line,
                 when=tuple((other, tuple(_as_list(label))) for other, label in when.items()))
 

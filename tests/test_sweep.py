@@ -267,6 +267,38 @@ def test_stopped_cells_are_not_failures_and_run_again(tmp_path, monkeypatch):
     assert len(runner.pending()) == 4
 
 
+def test_an_orphaned_cell_stops_itself(tmp_path):
+    """A cell whose runner died gets SIGTERM (checkpoint and exit), not a life of its own."""
+    import time
+
+    ready, terminated = tmp_path / "ready", tmp_path / "terminated"
+    # keras_ssl.sweep.cell by path: its top level is stdlib only, no TensorFlow import.
+    cell_path = os.path.join(REPO, "keras_ssl", "sweep", "cell.py")
+    grandchild = textwrap.dedent(f"""\
+        import importlib.util, signal, sys, time
+        spec = importlib.util.spec_from_file_location("cell", {cell_path!r})
+        cell = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(cell)
+        signal.signal(signal.SIGTERM, lambda *_: (open({str(terminated)!r}, "w").close(),
+                                                  sys.exit(143)))
+        cell.stop_when_orphaned(interval=0.1)
+        open({str(ready)!r}, "w").close()
+        time.sleep(60)
+        """)
+    parent = textwrap.dedent(f"""\
+        import os, subprocess, sys, time
+        subprocess.Popen([sys.executable, "-c", sys.argv[1]], start_new_session=True)
+        deadline = time.time() + 60
+        while not os.path.exists({str(ready)!r}) and time.time() < deadline:
+            time.sleep(0.05)
+        """)
+    subprocess.run([sys.executable, "-c", parent, grandchild], timeout=120, check=True)
+    deadline = time.time() + 30
+    while not terminated.exists() and time.time() < deadline:
+        time.sleep(0.1)
+    assert terminated.exists()
+
+
 def test_changed_grid_refuses_a_cell_run_with_other_bindings(tmp_path):
     from keras_ssl.sweep.grid import GridError
     from keras_ssl.sweep.runner import SweepRunner
@@ -277,6 +309,19 @@ def test_changed_grid_refuses_a_cell_run_with_other_bindings(tmp_path):
                for plan in plans]
     with pytest.raises(GridError, match="was run with other evaluation"):
         SweepRunner(changed, str(tmp_path / "out")).prepare()
+
+
+def test_one_sweep_per_output_directory(tmp_path):
+    from keras_ssl.sweep.grid import GridError
+    from keras_ssl.sweep.runner import SweepRunner
+
+    _, plans = stub_plans(tmp_path)
+    first = SweepRunner(plans, str(tmp_path / "out"))
+    first.prepare()
+    with pytest.raises(GridError, match=f"another keras-ssl-sweep \\(pid {os.getpid()}\\)"):
+        SweepRunner(plans, str(tmp_path / "out")).prepare()
+    first.unlock()
+    SweepRunner(plans, str(tmp_path / "out")).prepare()
 
 
 @pytest.mark.slow

@@ -19,7 +19,9 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import sys
+import threading
 import time
 import traceback
 
@@ -144,12 +146,31 @@ def run_cell(cell_dir: str) -> dict:
     return results
 
 
+def stop_when_orphaned(interval: float = 5.0) -> None:
+    """SIGTERMs this process once its parent (the sweep runner) is gone.
+
+    Cells run in their own session so Ctrl-C reaches the runner only; a runner
+    killed outright would leave them training on. With this, an orphaned cell
+    checkpoints and exits like a preempted run, and the next sweep resumes it
+    instead of racing a leftover process for the same run directory.
+    """
+    parent = os.getppid()
+
+    def watch():
+        while os.getppid() == parent:
+            time.sleep(interval)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=watch, name="stop_when_orphaned", daemon=True).start()
+
+
 def main(argv=None) -> int:
     """Runs the cell named on the command line; returns the exit status."""
     argv = sys.argv[1:] if argv is None else argv
     if len(argv) != 1:
         print("usage: python -m keras_ssl.sweep.cell CELL_DIR", file=sys.stderr)
         return 2
+    stop_when_orphaned()
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     from absl import logging
 

@@ -3,6 +3,7 @@
 Layout of the output directory::
 
     grid.yaml                 a copy of the grid file
+    .lock                     held by the running sweep (its pid)
     cells/<cell>/cell.json    what the cell runs (gin files, bindings, evaluation)
     cells/<cell>/log.txt      the cell process's output
     cells/<cell>/model/       its run directory (checkpoints, exports)
@@ -34,6 +35,7 @@ from keras_ssl.sweep.checks import CellPlan
 from keras_ssl.sweep.grid import GridError
 
 CELLS_DIR = "cells"
+LOCK_FILE = ".lock"
 GRID_COPY = "grid.yaml"
 # Exit status of a cell stopped by SIGTERM after writing a checkpoint.
 _PREEMPTED = 143
@@ -166,6 +168,35 @@ class SweepRunner:
                 todo.append(plan)
         return todo
 
+    def lock(self) -> None:
+        """Holds `OUTPUT/.lock` for this process's lifetime: one sweep per output directory.
+
+        Raises:
+          GridError: Another sweep holds it.
+        """
+        import fcntl
+
+        os.makedirs(self.output_dir, exist_ok=True)
+        self._lock_file = open(os.path.join(self.output_dir, LOCK_FILE), "a+")
+        try:
+            fcntl.flock(self._lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self._lock_file.seek(0)
+            holder = self._lock_file.read().strip() or "unknown"
+            self._lock_file.close()
+            raise GridError(f"another keras-ssl-sweep (pid {holder}) is running in "
+                            f"{self.output_dir}; wait for it, or stop it (its cells checkpoint "
+                            f"and resume on the next run).") from None
+        self._lock_file.truncate(0)
+        self._lock_file.write(str(os.getpid()))
+        self._lock_file.flush()
+
+    def unlock(self) -> None:
+        """Releases the output directory (after `run`)."""
+        lock_file = getattr(self, "_lock_file", None)
+        if lock_file is not None and not lock_file.closed:
+            lock_file.close()
+
     def prepare(self, grid_path: str | None = None) -> list[CellPlan]:
         """Writes every cell's `cell.json`; refuses a cell set up before with other settings.
 
@@ -173,9 +204,11 @@ class SweepRunner:
           The cells to run.
 
         Raises:
-          GridError: A cell directory holds a run of different bindings,
-            gin files or evaluation settings.
+          GridError: Another sweep runs in the output directory, or a cell
+            directory holds a run of different bindings, gin files or
+            evaluation settings.
         """
+        self.lock()
         os.makedirs(os.path.join(self.output_dir, CELLS_DIR), exist_ok=True)
         if grid_path:
             shutil.copyfile(grid_path, os.path.join(self.output_dir, GRID_COPY))
@@ -292,6 +325,7 @@ class SweepRunner:
                 self._stop_running(running, counts)
             for signum, handler in previous_handlers.items():
                 signal.signal(signum, handler)
+            self.unlock()
         if self._stop:
             counts["interrupted"] += len(todo)
             self._print(f"interrupted: {counts['interrupted']} cells not finished; run the same "

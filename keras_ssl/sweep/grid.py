@@ -163,6 +163,7 @@ class Grid:
         return cells
 
     def axis_names(self) -> list[str]:
+        """The axes' names in file order (the table's axis columns)."""
         return [axis.name for axis in self.axes]
 
 

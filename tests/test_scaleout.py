@@ -49,7 +49,7 @@ def _registry_report(mode):
     report = {}
     try:
         for process in processes:
-            out, err = process.communicate(timeout=1200)
+            out, err = process.communicate(timeout=2400)  # 1200 s per mode, as when they ran apart
             assert process.returncode == 0, out + err
             report.update(json.loads(out.strip().splitlines()[-1]))
     finally:

@@ -1,8 +1,6 @@
 """Augmentation stacks and ops: eagerly and inside tf.data, per-image randomness."""
 
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -128,15 +126,16 @@ def test_stack_parameters_are_gin_bindable():
 def test_show_views_writes_a_contact_sheet(data_dir, tmp_path):
     from PIL import Image
 
+    from _forkserver import run_binary
     from conftest import tiny_shapes_name
 
     output = tmp_path / "views.png"
-    result = subprocess.run(
-        [sys.executable, "-c", "from keras_ssl.augment.show_views import run; run()",
-         # randaugment: Model Garden is imported after the gin config is locked.
-         "--stack=randaugment", f"--dataset={tiny_shapes_name()}", f"--data_dir={data_dir}",
-         "--num_images=3", "--num_views=2", "--cell=32", f"--output={output}"],
-        capture_output=True, text=True, timeout=300, env={**os.environ, "CUDA_VISIBLE_DEVICES": "-1"},
+    result = run_binary(
+        "keras-ssl-show-views",
+        # randaugment: Model Garden is imported after the gin config is locked.
+        "--stack=randaugment", f"--dataset={tiny_shapes_name()}", f"--data_dir={data_dir}",
+        "--num_images=3", "--num_views=2", "--cell=32", f"--output={output}",
+        timeout=300, env={**os.environ, "CUDA_VISIBLE_DEVICES": "-1"},
     )
     assert result.returncode == 0, result.stderr[-3000:]
     sheet = np.asarray(Image.open(output))

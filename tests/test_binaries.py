@@ -4,44 +4,31 @@ Each mistake -- a missing or bad flag, a step or path that is not there, a
 dataset that cannot be prepared, a misspelled gin binding -- must end in a
 non-zero exit and one line saying what is wrong, never in a traceback.
 
-Every binary start imports TensorFlow (10-15 s on 2 busy cores), so all the
-cases start at once, a few at a time, in one module fixture; each test then
-reads its own answer.
+Every binary start imports TensorFlow (10-15 s on 2 busy cores), so the
+cases run as forks of one process that imported it already (`_forkserver`),
+a few at a time, in one module fixture; each test then reads its own answer.
 """
 
 import os
 import pathlib
-import subprocess
-import sys
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
+from _forkserver import run_binary
 from conftest import REPO
 
 pytestmark = pytest.mark.slow
 
-# Each binary's console-script target, run with this interpreter so no PATH is needed.
-_ENTRY_POINTS = {
-    "keras-ssl-train": "keras_ssl.train:run",
-    "keras-ssl-export": "keras_ssl.export:run",
-    "keras-ssl-eval": "keras_ssl_eval.cli:run",
-    "keras-ssl-prepare-data": "keras_ssl.datasets.prepare:run",
-    "keras-ssl-colorize": "keras_ssl_methods.colorize_cli:run",
-    "keras-ssl-show-views": "keras_ssl.augment.show_views:run",
-}
 
-
-# Binaries started at the same time: enough to overlap their imports, few enough for 2 cores.
+# Binaries running at the same time: a few, for 2 cores.
 _CONCURRENT_RUNS = 3
 
 
 def _run(binary, *args, timeout=600):
-    module, function = _ENTRY_POINTS[binary].split(":")
-    code = f"import sys; sys.argv[0] = {binary!r}; from {module} import {function}; {function}()"
-    return subprocess.run(
-        [sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=timeout,
-        cwd=REPO, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", CUDA_VISIBLE_DEVICES="-1"),
+    return run_binary(
+        binary, *args, timeout=timeout, cwd=REPO,
+        env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", CUDA_VISIBLE_DEVICES="-1"),
     )
 
 

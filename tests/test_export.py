@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from _forkserver import run_binary
 from conftest import REPO
 from helpers.tiny import tiny_backbone
 from keras_ssl import export, run_dir
@@ -91,10 +92,9 @@ def test_step_zero_export_is_the_random_initialisation(trained_run):
 @pytest.mark.slow
 def test_export_binary_and_missing_step(trained_run, tmp_path):
     out = tmp_path / "exported"
-    result = subprocess.run(
-        [sys.executable, "-c", "from keras_ssl.export import run; run()",
-         f"--model_dir={trained_run['model_dir']}", "--step=2", f"--export_dir={out}"],
-        capture_output=True, text=True, timeout=180, cwd=REPO,
+    result = run_binary(
+        "keras-ssl-export", f"--model_dir={trained_run['model_dir']}", "--step=2",
+        f"--export_dir={out}", timeout=180, cwd=REPO,
         env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", CUDA_VISIBLE_DEVICES="-1"),
     )
     assert result.returncode == 0, result.stderr

@@ -15,15 +15,7 @@ from keras_ssl import config, random, training
 from keras_ssl.input_pipeline import example_stream
 from keras_ssl.registry import AUGMENTATIONS
 
-STEPS = 8
-
-
-@pytest.fixture(scope="module")
-def reference_run(data_dir, tmp_path_factory):
-    """An uninterrupted 8-step run (loops of 2, a checkpoint after each), the baseline."""
-    model_dir = str(tmp_path_factory.mktemp("reference"))
-    run_training(model_dir, run_bindings(data_dir, STEPS))
-    return model_dir
+STEPS = 8  # the steps of conftest's `reference_run`, the uninterrupted baseline
 
 
 def _ckpt(model_dir, step=STEPS):

@@ -14,12 +14,13 @@ from _runs import (
     checkpoint_difference, checkpoint_steps, free_ports, kill, run_bindings, run_training,
     signal_at_step, start_training, training_env, train_command,
 )
+from _forkserver import run_binary
 from conftest import REPO
 from keras_ssl import config, distribute, training
 from keras_ssl.registry import METHODS
 
 HELPER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "helpers", "registry_steps.py")
-STEPS = 8
+STEPS = 8  # the steps of conftest's `reference_run`
 # The patch heads' dropout is on here (the tiny settings turn it off), to check
 # its masks are drawn per global batch. Relative Patch Location's default
 # colour dropping leaves two channels of 1% noise that per-patch
@@ -48,7 +49,7 @@ def _registry_report(mode):
     report = {}
     try:
         for process in processes:
-            out, err = process.communicate(timeout=1200)
+            out, err = process.communicate(timeout=2400)  # 1200 s per mode, as when they ran apart
             assert process.returncode == 0, out + err
             report.update(json.loads(out.strip().splitlines()[-1]))
     finally:
@@ -57,20 +58,16 @@ def _registry_report(mode):
 
 
 @pytest.fixture(scope="module")
-def replica_report():
-    return _registry_report("replicas")
-
-
-@pytest.fixture(scope="module")
-def xla_report():
-    return _registry_report("xla")
+def registry_report():
+    """`{method: {"replicas": report, "xla": report}}`: both checks in one start-up per process."""
+    return _registry_report("all")
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", METHODS.names())
-def test_two_replicas_train_every_method_like_one_device(replica_report, name):
+def test_two_replicas_train_every_method_like_one_device(registry_report, name):
     """Two Orbit steps on 2 mirrored CPUs: weights, queues, banks, EMA and metrics as on one device."""
-    report = replica_report[name]
+    report = registry_report[name]["replicas"]
     assert "error" not in report, report.get("error")
     assert report["replicas"] == 2 and report["same_structure"]
     assert report["backbone_change"] > 1e-3  # the steps really trained the backbone
@@ -81,20 +78,13 @@ def test_two_replicas_train_every_method_like_one_device(replica_report, name):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", METHODS.names())
-def test_every_method_step_compiles_with_xla(xla_report, name):
+def test_every_method_step_compiles_with_xla(registry_report, name):
     """TPU compatibility: the replica step lowers to XLA (static shapes, no host-side ops)."""
-    report = xla_report[name]
+    report = registry_report[name]["xla"]
     assert "error" not in report, report.get("error")
     assert report["hlo_bytes"] > 0
     if name == "rotation":
         assert report["jit_loss_finite"]
-
-
-@pytest.fixture(scope="module")
-def reference_run(data_dir, tmp_path_factory):
-    model_dir = str(tmp_path_factory.mktemp("reference"))
-    run_training(model_dir, run_bindings(data_dir, STEPS))
-    return model_dir
 
 
 def _cluster_env(ports, index):
@@ -188,10 +178,10 @@ def test_mixed_precision_refused_for_a_method_that_cannot_run_under_it(
 
 def _binary_error(tmp_path, data_dir, *flags, env=None):
     model_dir = tmp_path / "run"
-    result = subprocess.run(
-        train_command(str(model_dir), run_bindings(data_dir, 2), *flags), capture_output=True,
-        text=True, env=env or training_env(), cwd=REPO, timeout=120,
-    )
+    # The command of `train_command`, forked from a process that imported TensorFlow already.
+    command = train_command(str(model_dir), run_bindings(data_dir, 2), *flags)
+    result = run_binary("keras-ssl-train", *command[3:], env=env or training_env(), cwd=REPO,
+                        timeout=120)
     assert result.returncode != 0
     assert "Traceback" not in result.stderr, result.stderr
     assert not model_dir.exists()

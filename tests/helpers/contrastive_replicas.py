@@ -90,10 +90,12 @@ def _run_method(name, strategy, weights, images, steps, synchronized_bn=True, **
         method.compile(optimizer=keras.optimizers.SGD(0.1, momentum=0.9))
         method.optimizer.build(method.trainable_variables)
         step = orbit.utils.create_global_step()
-    trainer = MethodTrainer(
-        method, batches, strategy, step, ["loss", "regularization_loss", *metrics], len(images), steps,
-    )
-    trainer.train(tf.constant(steps))
+    if steps:  # Orbit traces its loop even for 0 steps: a built method is all a 0-step run needs.
+        trainer = MethodTrainer(
+            method, batches, strategy, step, ["loss", "regularization_loss", *metrics], len(images),
+            steps,
+        )
+        trainer.train(tf.constant(steps))
     return method
 
 

@@ -2,8 +2,10 @@
 
     python registry_steps.py replicas METHOD...   # 2 mirrored CPUs against one device
     python registry_steps.py xla METHOD...        # the replica step lowered to XLA
+    python registry_steps.py all METHOD...        # both, in one TensorFlow start-up
 
-Prints one JSON line `{method: report}`. Runs in its own process: logical
+Prints one JSON line `{method: report}` (with `all`, `{method: {mode: report}}`).
+Runs in its own process: logical
 devices must be configured before TensorFlow starts. Each method is built on
 the tiny ResNet of `tiny.py` with synchronized batch norm and the method's
 tiny settings there; its inputs are seeded per example (`Method.make_dataset`),
@@ -40,7 +42,8 @@ MIRRORED = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
 OVERRIDES = json.loads(os.environ.get("KERAS_SSL_TEST_OVERRIDES", "{}"))
 
 
-def _train(name, strategy, weights, steps, jit_compile=False):
+def _build(name, strategy, weights):
+    """The method built under `strategy` (with `weights`, if given), compiled, not yet trained."""
     examples = tiny_examples(name, BATCH)
     with strategy.scope():
         method = build_tiny_method(
@@ -54,12 +57,22 @@ def _train(name, strategy, weights, steps, jit_compile=False):
         method.compile(optimizer=keras.optimizers.SGD(0.05, momentum=0.9))
         method.optimizer.build(method.trainable_variables)
         step = orbit.utils.create_global_step()
+    return method, (strategy, batches, metrics, step)
+
+
+def _steps(method, setup, steps, jit_compile=False):
+    """Runs `steps` Orbit steps of a `_build` method; returns the trainer's outputs."""
+    strategy, batches, metrics, step = setup
     trainer = MethodTrainer(
         method, batches, strategy, step, ["loss", "regularization_loss", *metrics], BATCH, steps,
         jit_compile=jit_compile, verbose=False,
     )
-    outputs = trainer.train(tf.constant(steps)) if steps else {}
-    return method, outputs
+    return trainer.train(tf.constant(steps))
+
+
+def _train(name, strategy, weights, steps, jit_compile=False):
+    method, setup = _build(name, strategy, weights)
+    return method, _steps(method, setup, steps, jit_compile) if steps else {}
 
 
 def _state(method):
@@ -78,11 +91,16 @@ def _max_difference(a, b):
     return max(differences, default=(0.0, None))
 
 
+def _backbone_state(method):
+    return {i: (v.path, np.array(v.numpy())) for i, v in enumerate(method.backbone.variables)}
+
+
 def replicas(name):
     keras.utils.set_random_seed(0)
-    initial, _ = _train(name, ONE_DEVICE, None, 0)
-    weights = initial.get_weights()
-    single, single_out = _train(name, ONE_DEVICE, weights, STEPS)
+    # The one-device run trains the method whose initial weights both runs start from.
+    single, setup = _build(name, ONE_DEVICE, None)
+    weights, initial_backbone = single.get_weights(), _backbone_state(single)
+    single_out = _steps(single, setup, STEPS)
     mirrored, mirrored_out = _train(name, MIRRORED, weights, STEPS)
     single_state, mirrored_state = _state(single), _state(mirrored)
     return {
@@ -90,10 +108,7 @@ def replicas(name):
         "variables": len(single_state),
         "same_structure": [x.shape for _, x in single_state.values()]
         == [x.shape for _, x in mirrored_state.values()],
-        "backbone_change": _max_difference(
-            {i: (v.path, np.asarray(v.numpy())) for i, v in enumerate(initial.backbone.variables)},
-            {i: (v.path, np.asarray(v.numpy())) for i, v in enumerate(single.backbone.variables)},
-        )[0],
+        "backbone_change": _max_difference(initial_backbone, _backbone_state(single))[0],
         "max_state_difference": _max_difference(single_state, mirrored_state),
         "max_metric_difference": max(
             abs(single_out[k] - mirrored_out[k]) for k in single_out if k != "images_per_second"
@@ -122,11 +137,14 @@ def xla(name):
 
 if __name__ == "__main__":
     mode, names = sys.argv[1], sys.argv[2:]
-    run = {"replicas": replicas, "xla": xla}[mode]
+    modes = {"replicas": replicas, "xla": xla}
+    runs = modes if mode == "all" else {mode: modes[mode]}
     reports = {}
     for name in names:
-        try:
-            reports[name] = run(name)
-        except Exception as e:  # reported per method, so one failure does not hide the rest
-            reports[name] = {"error": f"{type(e).__name__}: {str(e)[:2000]}"}
-    print(json.dumps(reports))
+        for run_mode, run in runs.items():
+            try:
+                report = run(name)
+            except Exception as e:  # reported per method, so one failure does not hide the rest
+                report = {"error": f"{type(e).__name__}: {str(e)[:2000]}"}
+            reports.setdefault(name, {})[run_mode] = report
+    print(json.dumps(reports if mode == "all" else {n: r[mode] for n, r in reports.items()}))

@@ -10,6 +10,9 @@ KERAS_SSL_EXTRAS="[test]" source scripts/setup_env.sh
 # modules overlap with the rest. A module stays on one worker (--dist loadfile)
 # so its module fixtures are built once; tests/conftest.py orders the longest
 # modules first. KERAS_SSL_TEST_WORKERS=0 runs everything in this process.
+# Lint first (settings in pyproject.toml): a red lint fails the run like a red test.
+python -m ruff check .
+
 status=0
 python -m pytest -n "${KERAS_SSL_TEST_WORKERS:-2}" --dist loadfile --no-loadscope-reorder \
   --durations=15 "$@" || status=$?

@@ -260,7 +260,10 @@ def _progress_bar(enabled, total, name):
 def _resize_image(image, size):
     """Resizes one [H, W, 3] image to `size` unless it already has that size."""
     same = tf.reduce_all(tf.equal(tf.shape(image)[:2], size))
-    resized = lambda: tf.clip_by_value(tf.image.resize(image, size, antialias=True), 0.0, 1.0)
+
+    def resized():
+        return tf.clip_by_value(tf.image.resize(image, size, antialias=True), 0.0, 1.0)
+
     return tf.ensure_shape(tf.cond(same, lambda: image, resized), [*size, 3])
 
 

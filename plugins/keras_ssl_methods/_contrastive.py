@@ -13,7 +13,7 @@ import tensorflow as tf
 
 from keras_ssl import Method
 from keras_ssl.backbones import output_dim
-from keras_ssl.views import check_views_fit, draw_views
+from keras_ssl.views import ViewSpec, check_views_fit, draw_views
 
 
 class ContrastiveMethod(Method):
@@ -61,7 +61,8 @@ class MultiViewMethod(ContrastiveMethod):
 
     Args:
       backbone: The backbone.
-      views: `keras_ssl.views.ViewSpec`s, one per view (global views first).
+      views: `keras_ssl.views.ViewSpec`s, one per view (global views first), or
+        dicts of their fields (as JSON settings give them).
       num_classes: Train an online linear probe on the first view.
       min_global_batch: The smallest global batch the loss is defined for
         (2 for losses of batch statistics).
@@ -72,7 +73,7 @@ class MultiViewMethod(ContrastiveMethod):
 
     def __init__(self, backbone, views, num_classes: int | None = None, **kwargs):
         super().__init__(backbone, num_classes=num_classes, **kwargs)
-        self.views = tuple(views)
+        self.views = tuple(v if isinstance(v, ViewSpec) else ViewSpec(**v) for v in views)
         if len(self.views) < 2:
             raise ValueError(
                 f"{type(self).__name__}: needs at least two views, got {len(self.views)}."

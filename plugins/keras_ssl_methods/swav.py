@@ -142,11 +142,12 @@ class SwAV(MultiViewMethod):
         if self.queue_length:
             self.save_for_update(embeddings=tf.stack(embeddings[:self.num_global_views]))
         probe, probe_metrics = self.probe_loss(pre_logits[0], batch["label"])
-        used = tf.reduce_sum(tf.one_hot(tf.argmax(codes[0], -1), tf.shape(codes[0])[1]), 0)
+        chosen = tf.argmax(cross_replica.gather(codes[0]), -1)
+        used = tf.reduce_sum(tf.one_hot(chosen, tf.shape(codes[0])[1]), 0)
         metrics = {
             "swav_loss": loss,
             "embedding_std": normalized_embedding_std(embeddings[0]),
-            # Prototypes chosen by at least one image of this replica's batch.
+            # Prototypes chosen by at least one image of the global batch.
             "prototypes_in_use": tf.reduce_sum(tf.cast(used > 0, tf.float32)),
             **probe_metrics,
         }

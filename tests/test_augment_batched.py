@@ -162,8 +162,8 @@ def test_on_device_augmentation_under_two_mirrored_replicas_trains_like_tf_data(
 
     bindings = run_bindings(data_dir, 4, **{
         "keras_ssl.build_method.method": "'simclr'",
-        "simclr.augmentation": "'simclr_cifar'",
-        "simclr.hidden_dim": 16,
+        "methods.simclr.augmentation": "'simclr_cifar'",
+        "methods.simclr.hidden_dim": 16,
     })
     in_tf_data, on_device = str(tmp_path / "tf_data"), str(tmp_path / "device")
     run_training(in_tf_data, bindings + ["keras_ssl.train.export = False"])

@@ -13,8 +13,12 @@ synthetic_shapes (`--image_size` px) and batch them:
 
 The two alternate in `--rounds` rounds of `--images` images each; the ratio is
 taken per round and the median reported, so load from other processes skews
-it less. Each stack also has the on-device path's cost in tf.data (drawing the
-parameters only) and, with `--on_device`, the batched application.
+it less. `keras_ssl` is the path `Method.make_dataset` builds (parameters drawn
+per example, applied in batches of `keras_ssl.augment.batched.TF_DATA_BATCH`,
+except the cheap `flip` and `crop_flip`, applied per image);
+`per_image` calls the stack on each image (what a method whose preprocess
+transforms the views further, e.g. Rotation, gets); with `--on_device`,
+`draw_only` is tf.data's share when the views are augmented on the device.
 
     python -m benchmarks.augmentation --output=benchmarks/results
 """
@@ -146,43 +150,35 @@ def measure(stacks, image_size=32, images=4096, rounds=ROUNDS, batch_size=256, o
             with random.seeded(random.example_seed(0, example["index"])):
                 return {"view1": fn(example["image"]), "view2": fn(example["image"])}
 
-        def deferred_views(example, fn=fn):
-            with random.seeded(random.example_seed(0, example["index"])):
-                with batched.recording() as views:
-                    out = {"view1": fn(example["image"]), "view2": fn(example["image"])}
-            for key, (_, _, params) in zip(("view1", "view2"), views):
-                out.update({f"{key}{batched.PARAM_SEPARATOR}{k}": v for k, v in params.items()})
-            return out
-
         def plain_views(example, fn=plain[name]):
             return {"view1": fn(example["image"]), "view2": fn(example["image"])}
 
-        def pipeline(map_fn):
-            return examples.map(map_fn, num_parallel_calls=tf.data.AUTOTUNE,
-                                deterministic=True).batch(
-                batch_size, drop_remainder=True).prefetch(2)
+        def batches(dataset):
+            return dataset.batch(batch_size, drop_remainder=True).prefetch(2)
 
-        pipelines = {"keras_ssl": pipeline(seeded_views), "plain": pipeline(plain_views)}
-        if on_device and name != "randaugment":
-            stack_of = {}
-            with random.seeded(random.example_seed(0, 0)), batched.recording() as probe:
-                fn(tf.constant(pixels[0]))
-            for key in ("view1", "view2"):
-                if probe:
-                    stack_of[key] = probe[0][1]
-            pipelines["draw_only"] = pipeline(deferred_views)
-            pipelines["batched"] = pipeline(deferred_views).map(
-                lambda b, s=stack_of: batched.apply_deferred(b, s))
+        def mapped(map_fn):
+            return examples.map(map_fn, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+
+        # What Method.make_dataset builds: draws per example, applied in small batches.
+        views = batched.DeferredViews(seeded_views, name)
+        drawn = mapped(views)
+        made = views.apply_in_tf_data(drawn) if views.deferred else drawn
+        pipelines = {"keras_ssl": batches(made), "plain": batches(mapped(plain_views)),
+                     "per_image": batches(mapped(seeded_views))}
+        if on_device and name not in ("none", "randaugment"):
+            # With keras_ssl.train.augment_on_device, tf.data only draws.
+            pipelines["draw_only"] = batches(mapped(batched.DeferredViews(
+                seeded_views, name, on_device=True)))
         series = {key: [] for key in pipelines}
         for _ in range(rounds):
             for key, dataset in pipelines.items():
                 series[key].append(_views_per_second(tf, dataset, images))
         ratios = [k / p for k, p in zip(series["keras_ssl"], series["plain"])]
         entry = {key: float(np.median(values)) for key, values in series.items()}
-        entry.update(ratio=float(np.median(ratios)), ratios=[round(r, 3) for r in ratios])
-        if "batched" in series:
-            entry["batched_ratio"] = float(np.median(
-                [b / p for b, p in zip(series["batched"], series["plain"])]))
+        entry.update(ratio=float(np.median(ratios)), ratios=[round(r, 3) for r in ratios],
+                     deferred=views.deferred)
+        entry["per_image_ratio"] = float(np.median(
+            [k / p for k, p in zip(series["per_image"], series["plain"])]))
         results[name] = entry
         print(f"{name}: {entry}", file=sys.stderr, flush=True)
     return results
@@ -200,16 +196,17 @@ def markdown(result) -> str:
         f"images; {setting['machine']}. Views/s are medians over rounds; the ratio is the median "
         f"of the per-round ratios (keras_ssl / plain).",
         "",
-        "| stack | keras_ssl views/s | plain views/s | ratio (median, min-max) |"
-        + (" draw only views/s | draw + batched apply views/s |" if setting["on_device"] else ""),
-        "| --- | ---: | ---: | ---: |" + (" ---: | ---: |" if setting["on_device"] else ""),
+        "| stack | keras_ssl views/s | plain views/s | x plain (median, min-max) |"
+        " per image views/s | per image x plain |"
+        + (" draw only views/s |" if setting["on_device"] else ""),
+        "| --- | ---: | ---: | ---: | ---: | ---: |" + (" ---: |" if setting["on_device"] else ""),
     ]
     for name, e in result["stacks"].items():
         row = (f"| {name} | {e['keras_ssl']:.0f} | {e['plain']:.0f} | {e['ratio']:.2f} "
-               f"({min(e['ratios']):.2f}-{max(e['ratios']):.2f}) |")
+               f"({min(e['ratios']):.2f}-{max(e['ratios']):.2f}) | {e['per_image']:.0f} | "
+               f"{e['per_image_ratio']:.2f} |")
         if setting["on_device"]:
-            row += (f" {e['draw_only']:.0f} | {e['batched']:.0f} |" if "batched" in e
-                    else " - | - |")
+            row += f" {e['draw_only']:.0f} |" if "draw_only" in e else " - |"
         lines.append(row)
     return "\n".join(lines) + "\n"
 
@@ -222,7 +219,7 @@ def main(argv=None):
     parser.add_argument("--rounds", type=int, default=ROUNDS)
     parser.add_argument("--batch_size", type=int, default=256)
     parser.add_argument("--on_device", action="store_true",
-                        help="also time the on-device path's draw and batched apply (on this CPU)")
+                        help="also time tf.data's share of the on-device path (drawing only)")
     parser.add_argument("--output", default=os.path.join("benchmarks", "results"))
     args = parser.parse_args(argv)
     stacks = [s for s in args.stacks.split(",") if s]

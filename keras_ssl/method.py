@@ -211,7 +211,8 @@ class Method(keras.Model):
           A prefetched dataset of batched task inputs.
         """
         views = batched.DeferredViews(
-            self.seeded_preprocess, getattr(self, "registry_name", type(self).__name__))
+            self.seeded_preprocess, getattr(self, "registry_name", type(self).__name__),
+            on_device=self.augment_on_device)
         dataset = images.map(views, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
         if self.augment_on_device:
             views.check_on_device()

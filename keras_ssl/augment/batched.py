@@ -12,7 +12,8 @@ draw(...))[0]`. In training, `Method.make_dataset` goes through
 `DeferredViews`: tf.data draws each view's parameters per example, carries
 them next to the un-augmented view, and applies them in batches of
 `TF_DATA_BATCH` (each op's fixed cost, which dominates at small image sizes,
-is then paid once per batch), or, with `keras_ssl.train.augment_on_device =
+is then paid once per batch; the cheap `flip` and `crop_flip` stay per
+image), or, with `keras_ssl.train.augment_on_device =
 True`, leaves them to `Method.train_step`, which applies them to each
 replica's whole batch on the accelerator. Every path runs the same code, so a
 view is the same whichever path makes it.
@@ -269,7 +270,16 @@ def crop_area_and_aspect(boxes: tf.Tensor, shape) -> tuple[tf.Tensor, tf.Tensor]
 
 # ------------------------------------------------------------------- stacks
 class Stack:
-    """An augmentation stack: per-image `draw` and batched `apply`."""
+    """An augmentation stack: per-image `draw` and batched `apply`.
+
+    Attributes:
+      batch_in_tf_data: Whether tf.data applies it in batches (see
+        `DeferredViews`). Stacks of a few cheap ops run faster per image:
+        batching, unbatching and the batched kernels cost them more than the
+        per-op overhead they save.
+    """
+
+    batch_in_tf_data = True
 
     def draw(self, shape) -> dict:
         """One image's parameters, drawn through `keras_ssl.random`.
@@ -290,6 +300,8 @@ class Stack:
 class FlipStack(Stack):
     """Left-right flip with probability 0.5 (the `flip` stack)."""
 
+    batch_in_tf_data = False
+
     def draw(self, shape):
         return {"flip": random.uniform() < 0.5}
 
@@ -299,6 +311,8 @@ class FlipStack(Stack):
 
 class CropFlipStack(Stack):
     """Reflection padding, a crop back to size at a random offset, a flip (`crop_flip`)."""
+
+    batch_in_tf_data = False
 
     def __init__(self, padding: int = 4):
         self.padding = int(padding)
@@ -478,9 +492,13 @@ class DeferredViews:
     (rotations, patches, stacks of copies) the call runs `preprocess` again
     as it is, per image, and `deferred` is False.
 
+    In tf.data (not `on_device`), stacks whose `batch_in_tf_data` is False
+    are applied per image too.
+
     Args:
       preprocess: `example -> dict`, seeded per example (`Method.seeded_preprocess`).
       name: The method's name, for errors.
+      on_device: The views will be applied in the training step.
 
     Attributes:
       deferred: After the first call (tf.data traces the map at once):
@@ -488,9 +506,10 @@ class DeferredViews:
       stacks: `{view key: Stack}` of the deferred views.
     """
 
-    def __init__(self, preprocess, name: str = "method"):
+    def __init__(self, preprocess, name: str = "method", on_device: bool = False):
         self.preprocess = preprocess
         self.name = name
+        self.on_device = on_device
         self.deferred = False
         self.stacks = {}
 
@@ -503,6 +522,9 @@ class DeferredViews:
             if len(keys) != 1:
                 # A view transformed after augmentation: augment per image after all
                 # (the draws above are unused, and pruned from the traced function).
+                self.deferred, self.stacks = False, {}
+                return self.preprocess(example)
+            if not (self.on_device or stack.batch_in_tf_data):
                 self.deferred, self.stacks = False, {}
                 return self.preprocess(example)
             found[keys[0]] = (stack, params)

@@ -239,8 +239,8 @@ def main(argv=None):
     args = parser.parse_args(argv)
     quick = args.quick
     defaults = dict(steps=(3, 5), repeats=(3, 5), augment_images=(1024, 4096),
-                    train_steps=(100, 1000), max_train_examples=(1000, 2000),
-                    max_test_examples=(500, 1000), mlp_epochs=(10, 70), extract_images=(256, 1024))
+                    train_steps=(100, 1000), max_train_examples=(500, 2000),
+                    max_test_examples=(300, 1000), mlp_epochs=(10, 70), extract_images=(256, 1024))
     for name, (small, full) in defaults.items():
         if getattr(args, name) is None:
             setattr(args, name, small if quick else full)
@@ -260,12 +260,6 @@ def main(argv=None):
     }
     with tempfile.TemporaryDirectory() as workdir:
         started = time.perf_counter()
-        if "methods" in sections:
-            _log("methods")
-            result["sections"]["methods"] = methods_section(args, workdir)
-        if "augmentation" in sections:
-            _log("augmentation")
-            result["sections"]["augmentation"] = augmentation_section(args)
         saved_model = args.saved_model
         needs_model = {"probe", "extraction", "export"} & set(sections)
         if needs_model and (not saved_model or "export" in sections):
@@ -283,6 +277,14 @@ def main(argv=None):
         if "extraction" in sections:
             _log("extraction")
             result["sections"]["extraction"] = extraction_section(args, saved_model)
+        # After the export: the randaugment stack imports Model Garden, whose gin
+        # configurables (build_optimizer) would make the run's config ambiguous.
+        if "methods" in sections:
+            _log("methods")
+            result["sections"]["methods"] = methods_section(args, workdir)
+        if "augmentation" in sections:
+            _log("augmentation")
+            result["sections"]["augmentation"] = augmentation_section(args)
         result["seconds"] = time.perf_counter() - started
     text = markdown(result)
     if args.output:

@@ -58,7 +58,7 @@ import keras
 import tensorflow as tf
 
 from keras_ssl import cross_replica
-from keras_ssl.augment import build_augmentation
+from keras_ssl.augment import batched, build_augmentation
 from keras_ssl.random import example_seed, seeded
 
 
@@ -129,6 +129,10 @@ class Method(keras.Model):
     """
 
     supports_mixed_precision = True
+    #: Set by training (`keras_ssl.train.augment_on_device`): `make_dataset`
+    #: leaves the views un-augmented, with their parameters, and `train_step`
+    #: applies them to the batch on the device (`keras_ssl.augment.batched`).
+    augment_on_device = False
 
     def __init__(self, backbone: keras.Model, augmentation="none", **kwargs):
         super().__init__(**kwargs)
@@ -350,7 +354,16 @@ class Method(keras.Model):
         step = tf.cast(optimizer.iterations, tf.float32)
         return tf.clip_by_value(step / float(self.train_steps), 0.0, 1.0)
 
+    def augment_batch(self, batch: dict) -> dict:
+        """Applies augmentation parameters carried in `batch` (on-device augmentation).
+
+        A no-op for batches whose views tf.data already augmented.
+        """
+        views = getattr(self, "_deferred_views", None)
+        return views.apply(batch) if views is not None else batch
+
     def train_step(self, data):
+        data = self.augment_batch(data)
         with tf.GradientTape() as tape:
             loss, metrics = self.checked_pretext_loss(data, training=True)
             regularization = tf.add_n(self.losses) if self.losses else tf.zeros(())
@@ -389,15 +402,24 @@ class Method(keras.Model):
           batch_size: Batch size; the last partial batch is dropped so every
             replica gets an equal share.
 
+        Augmentation stacks draw per example and apply per batch
+        (`keras_ssl.augment.batched.DeferredViews`): in tf.data, or on the
+        device in `train_step` when `augment_on_device` is set.
+
         Returns:
           A prefetched dataset of batched task inputs.
         """
-        return (
-            images.map(self.seeded_preprocess, num_parallel_calls=tf.data.AUTOTUNE,
-                       deterministic=True)
-            .batch(batch_size, drop_remainder=True)
-            .prefetch(tf.data.AUTOTUNE)
-        )
+        views = batched.DeferredViews(
+            self.seeded_preprocess, getattr(self, "registry_name", type(self).__name__),
+            on_device=self.augment_on_device)
+        dataset = images.map(views, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+        if self.augment_on_device:
+            views.check_on_device()
+            # object.__setattr__: a plain attribute, outside Keras' tracking.
+            object.__setattr__(self, "_deferred_views", views)
+        elif views.deferred:
+            dataset = views.apply_in_tf_data(dataset)
+        return dataset.batch(batch_size, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
 
     def seeded_preprocess(self, example: dict) -> dict:
         """`preprocess(example)` with its draws seeded by the example's `seed` (or `index`)."""

@@ -165,8 +165,8 @@ def make_checkpoint(method, optimizer=None, global_step=None) -> tf.train.Checkp
 
 
 def example_batch(method, images: tf.data.Dataset, size: int = 2) -> dict:
-    """A small batch of the method's inputs, to create its variables."""
-    return next(iter(method.make_dataset(images.take(size), size)))
+    """A small batch of the method's inputs (augmented), to create its variables."""
+    return method.augment_batch(next(iter(method.make_dataset(images.take(size), size))))
 
 
 @contextlib.contextmanager
@@ -254,6 +254,7 @@ def train(
     deterministic: bool = True,
     jit_compile: bool = False,
     mixed_precision: str | None = None,
+    augment_on_device: bool = False,
 ) -> dict:
     """Trains the gin-configured method (see `build_method`) in `model_dir`.
 
@@ -282,6 +283,9 @@ def train(
       jit_compile: Compile each replica's step with XLA.
       mixed_precision: None (float32), `mixed_float16` (with loss scaling)
         or `mixed_bfloat16`. Exports stay float32.
+      augment_on_device: Draw each view's augmentation parameters in tf.data
+        and apply them to the whole batch in the training step, on the
+        accelerator (methods whose inputs are the views: SimCLR, MoCo, NPID).
 
     Returns:
       The metrics of the last loop (empty if the run was already complete).
@@ -326,6 +330,7 @@ def train(
         method = build_method()
         method.seed = seed
         method.train_steps = train_steps
+        method.augment_on_device = augment_on_device
         _check_method_setup(method, batch_size, image_size)
         if deterministic:
             _check_stateless(method, images)

@@ -16,10 +16,18 @@ area from 0.2), `randaugment` (Model Garden's RandAugment + crop + flip).
 Every draw is stateless and comes from `keras_ssl.random`: inside
 `keras_ssl.random.seeded(seed)` (which `Method.make_dataset` sets up per
 example) a stack gives the same view for the same seed, eagerly or in
-tf.data. Draws happen outside `tf.cond`/`tf.switch_case` branches, so their
-order is the same whichever branch runs. `randaugment` is the exception: it
-runs Model Garden's RandAugment, whose draws are stateful, so training with
-`keras_ssl.train.deterministic = True` refuses it.
+tf.data. `randaugment` is the exception: it runs Model Garden's RandAugment,
+whose draws are stateful, so training with `keras_ssl.train.deterministic =
+True` refuses it.
+
+The other stacks are `keras_ssl.augment.batched.Stack`s: an image draws all
+its parameters first (two seeds: the crop box's, and one vector of uniform
+numbers for the rest, whatever is applied), then one branch-free batched
+function applies them -- to this one image here, or, with
+`keras_ssl.train.augment_on_device = True`, to the whole batch in the
+training step (docs/scaling.md). A transform an image does not draw runs
+with identity parameters rather than behind a `tf.cond`, which in tf.data
+costs more than the transform itself at small sizes.
 """
 
 from __future__ import annotations
@@ -27,6 +35,7 @@ from __future__ import annotations
 import tensorflow as tf
 
 from keras_ssl import random
+from keras_ssl.augment import batched
 
 
 def identity(image: tf.Tensor) -> tf.Tensor:
@@ -38,12 +47,12 @@ def random_flip(image: tf.Tensor) -> tf.Tensor:
     """Flips left-right with probability 0.5 (the `flip` stack).
 
     Args:
-      image: float32 `[H, W, 3]`.
+      image: float32 `[H, W, 3]` with a static shape.
 
     Returns:
       The image, possibly mirrored.
     """
-    return tf.image.stateless_random_flip_left_right(image, random.next_seed())
+    return batched.run(batched.FlipStack(), image)
 
 
 def random_crop_flip(image: tf.Tensor, padding: int = 4) -> tf.Tensor:
@@ -64,10 +73,7 @@ def random_crop_flip(image: tf.Tensor, padding: int = 4) -> tf.Tensor:
     >>> out.shape
     TensorShape([32, 32, 3])
     """
-    shape = tf.shape(image)
-    padded = tf.pad(image, [[padding, padding], [padding, padding], [0, 0]], "REFLECT")
-    cropped = tf.image.stateless_random_crop(padded, shape, random.next_seed())
-    return random_flip(cropped)
+    return batched.run(batched.CropFlipStack(padding), image)
 
 
 # ----------------------------------------------------------------- single ops
@@ -81,11 +87,13 @@ def inception_crop(
     """Random crop of a random area and aspect ratio, resized to `size` (or back to the input's).
 
     The "Inception" crop (`RandomResizedCrop`): the box is drawn by
-    `tf.image.sample_distorted_bounding_box` per image; when no box fits
-    after `max_attempts`, the whole image is used.
+    `tf.image.stateless_sample_distorted_bounding_box` per image; when no box
+    fits after `max_attempts`, the whole image is used. The crop is resized
+    bilinearly (`tf.image.crop_and_resize`, which a batch of images with
+    their own boxes shares on an accelerator).
 
     Args:
-      image: float32 `[H, W, 3]`.
+      image: float32 `[H, W, 3]` with a static shape.
       area_range: Fraction of the image area the crop covers.
       aspect_ratio_range: Width / height of the crop.
       max_attempts: Draws before falling back to the whole image.
@@ -95,78 +103,50 @@ def inception_crop(
     Returns:
       float32 `[H, W, 3]` (or `[size, size, 3]`) in the input's range.
     """
-    shape = tf.shape(image)
-    begin, box, _ = tf.image.stateless_sample_distorted_bounding_box(
-        shape,
-        seed=random.next_seed(),
-        bounding_boxes=tf.constant([0.0, 0.0, 1.0, 1.0], tf.float32, [1, 1, 4]),
-        min_object_covered=float(area_range[0]),
-        aspect_ratio_range=tuple(float(a) for a in aspect_ratio_range),
-        area_range=tuple(float(a) for a in area_range),
-        max_attempts=max_attempts,
-        use_image_if_no_bounding_boxes=True,
-    )
-    crop = tf.slice(image, begin, box)
-    output_shape = shape[:2] if size is None else [size, size]
-    resized = tf.image.resize(crop[None], output_shape, method="bicubic")[0]
-    resized = tf.clip_by_value(resized, 0.0, 1.0)
-    return tf.ensure_shape(resized, image.shape if size is None else [size, size, image.shape[-1]])
-
-
-def _random_factor(strength):
-    return random.uniform([], max(0.0, 1.0 - strength), 1.0 + strength)
+    image = tf.convert_to_tensor(image, tf.float32)
+    box = batched.draw_crop_box(image.shape, area_range, aspect_ratio_range, max_attempts)
+    output = None if size is None else (size, size)
+    view = batched.crop_resize(image[None], box[None], size=output)[0]
+    return tf.ensure_shape(view, image.shape if size is None else [size, size, image.shape[-1]])
 
 
 def color_jitter(
     image: tf.Tensor, strength: float = 1.0, random_order: bool = True, factors=None
 ) -> tf.Tensor:
-    """SimCLR's colour distortion with strength s, clipped to [0, 1].
+    """SimCLR's colour distortion with strength s, clipped to [0, 1] after each transform.
 
     Brightness, contrast and saturation factors are drawn from
     `[max(0, 1 - 0.8 s), 1 + 0.8 s]` and the hue shift from `[-0.2 s, 0.2 s]`
-    (torchvision's `ColorJitter(0.8s, 0.8s, 0.8s, 0.2s)`), applied in a
-    random order per image. `factors` sets the four ranges directly
-    (BYOL's and DINO's `(0.4, 0.4, 0.2, 0.1)`).
-
-    Every random number is drawn here, outside the `switch_case` branches,
-    so the position of each draw in the example's seed sequence does not
-    depend on the order drawn (see `keras_ssl.random`).
+    (torchvision's `ColorJitter(0.8s, 0.8s, 0.8s, 0.2s)`). The four are
+    linear maps of the colour, applied as one matrix and clipped once
+    (`keras_ssl.augment.batched.color_jitter`), so they commute. `factors`
+    sets the four ranges directly (BYOL's and DINO's `(0.4, 0.4, 0.2, 0.1)`).
 
     Args:
       image: float32 `[H, W, 3]` in [0, 1].
       strength: s.
-      random_order: Shuffle the order of the four transforms.
+      random_order: Kept for compatibility; it changes nothing, since the
+        transforms commute when clipped once (torchvision shuffles them
+        because it clips after each).
       factors: `(brightness, contrast, saturation, hue)` ranges replacing
         those of `strength`.
 
     Returns:
       The jittered image.
     """
-    if factors is None:
-        factors = (0.8 * strength, 0.8 * strength, 0.8 * strength, 0.2 * strength)
-    b, c, s, h = (float(f) for f in factors)
-    brightness, contrast, saturation = _random_factor(b), _random_factor(c), _random_factor(s)
-    hue = random.uniform([], -h, h)
-    transforms = [
-        lambda x: x * brightness,
-        lambda x: tf.image.adjust_contrast(x, contrast),
-        lambda x: tf.image.adjust_saturation(x, saturation),
-        lambda x: tf.image.adjust_hue(x, hue),
-    ]
-    if not random_order:
-        for f in transforms:
-            image = tf.clip_by_value(f(image), 0.0, 1.0)
-        return image
-    order = random.permutation(4)
-    for i in range(4):
-        image = tf.switch_case(order[i], [lambda f=f, x=image: f(x) for f in transforms])
-        image = tf.clip_by_value(image, 0.0, 1.0)
-    return image
-
-
-def solarize(image: tf.Tensor, threshold: float = 0.5) -> tf.Tensor:
-    """Inverts the pixels at or above `threshold` (BYOL's solarisation, for [0, 1] images)."""
-    return tf.where(image >= threshold, 1.0 - image, image)
+    del random_order
+    if factors is not None:
+        b, c, s, h = (float(f) for f in factors)
+        low = tf.constant([max(0.0, 1.0 - b), max(0.0, 1.0 - c), max(0.0, 1.0 - s), -h])
+        high = tf.constant([1.0 + b, 1.0 + c, 1.0 + s, h])
+        drawn = low + (high - low) * random.uniform([4])
+        image = tf.convert_to_tensor(image, tf.float32)
+        return batched.color_jitter(image[None], drawn[None])[0]
+    stack = batched.SimCLRStack(
+        crop=False, flip=False, color_jitter_strength=strength, color_jitter_probability=1.0,
+        grayscale_probability=0.0, blur_probability=0.0,
+    )
+    return batched.apply_now(stack, image)
 
 
 def to_grayscale(image: tf.Tensor) -> tf.Tensor:
@@ -204,14 +184,18 @@ def gaussian_blur(image: tf.Tensor, sigma, kernel_size: int | None = None) -> tf
     return tf.ensure_shape(blurred[0], image.shape)
 
 
-def _maybe(probability, fn, image):
-    """`fn(image)` with probability `probability`; `fn` must draw no random numbers
-    (see `color_jitter` on random ops inside branches)."""
-    if probability >= 1.0:
-        return fn(image)
-    if probability <= 0.0:
-        return image
-    return tf.cond(random.uniform() < probability, lambda: fn(image), lambda: image)
+def solarize(image: tf.Tensor, threshold: float = 0.5) -> tf.Tensor:
+    """Inverts the values at or above `threshold` (`x -> 1 - x`).
+
+    Args:
+      image: float32 `[H, W, 3]` in [0, 1].
+      threshold: Values below it are kept.
+
+    Returns:
+      The solarized image.
+    """
+    image = tf.convert_to_tensor(image, tf.float32)
+    return tf.where(image < threshold, image, 1.0 - image)
 
 
 # --------------------------------------------------------------------- stacks
@@ -230,7 +214,7 @@ def simclr_augment(
     """The SimCLR view (the `simclr` stack), drawn independently per image.
 
     Inception crop resized back to size, left-right flip, colour jitter with
-    probability `color_jitter_probability` (random order), grayscale with
+    probability `color_jitter_probability` (see `color_jitter`), grayscale with
     probability `grayscale_probability`, Gaussian blur with probability
     `blur_probability` and sigma uniform in `blur_sigma` (kernel ~10% of the
     image size).
@@ -250,21 +234,14 @@ def simclr_augment(
     Returns:
       float32 `[H, W, 3]` in [0, 1].
     """
-    image = tf.convert_to_tensor(image, tf.float32)
-    if crop:
-        image = inception_crop(image, area_range, aspect_ratio_range)
-    if flip:
-        image = random_flip(image)
-    if color_jitter_strength > 0:
-        # Drawn outside any branch (see color_jitter), then kept or not.
-        jittered = color_jitter(image, color_jitter_strength)
-        keep = random.uniform() < color_jitter_probability
-        image = tf.where(keep, jittered, image)
-    image = _maybe(grayscale_probability, to_grayscale, image)
-    if blur_probability > 0:
-        sigma = random.uniform([], float(blur_sigma[0]), float(blur_sigma[1]))
-        image = _maybe(blur_probability, lambda x: gaussian_blur(x, sigma), image)
-    return tf.clip_by_value(image, 0.0, 1.0)
+    stack = batched.SimCLRStack(
+        crop=crop, area_range=area_range, aspect_ratio_range=aspect_ratio_range, flip=flip,
+        color_jitter_strength=color_jitter_strength,
+        color_jitter_probability=color_jitter_probability,
+        grayscale_probability=grayscale_probability, blur_probability=blur_probability,
+        blur_sigma=blur_sigma,
+    )
+    return batched.run(stack, image)
 
 
 def simclr_cifar_augment(
@@ -347,7 +324,8 @@ def randaugment(
     shape = image.shape
     if crop:
         image = inception_crop(image, area_range)
-    image = random_flip(image)
+    # Applied here even when views are augmented on the device: RandAugment is not batched.
+    image = batched.apply_now(batched.FlipStack(), image)
     quantised = tf.cast(tf.round(tf.clip_by_value(image, 0.0, 1.0) * 255.0), tf.uint8)
     scale = float(shape[0] or 224) / 224.0
     distorted = RandAugment(

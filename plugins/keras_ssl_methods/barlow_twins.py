@@ -28,6 +28,8 @@ class BarlowTwins(MultiViewMethod):
       projection_dim: Width of the projector's layers (8192).
       num_projector_layers: Dense layers of the projector (3).
       redundancy_weight: lambda of the off-diagonal term (5e-3).
+      loss_scale: A factor on the whole loss (the first release of the
+        paper's code scaled it by 1/32 = 0.024; 1 gives the paper's formula).
       views: The two `ViewSpec`s.
       num_classes: Train an online linear probe (see `ContrastiveMethod`).
       **kwargs: Passed to `keras_ssl.Method`.
@@ -41,12 +43,14 @@ class BarlowTwins(MultiViewMethod):
         projection_dim: int = 8192,
         num_projector_layers: int = 3,
         redundancy_weight: float = 5e-3,
+        loss_scale: float = 1.0,
         views=BYOL_VIEWS,
         num_classes: int | None = None,
         **kwargs,
     ):
         super().__init__(backbone, views, num_classes=num_classes, **kwargs)
         self.redundancy_weight = redundancy_weight
+        self.loss_scale = loss_scale
         self.projector = projection_head(
             output_dim(backbone), projection_dim, projection_dim, num_projector_layers,
             output_batch_norm="none", synchronized_bn=uses_synchronized_bn(backbone),
@@ -57,6 +61,7 @@ class BarlowTwins(MultiViewMethod):
         pre_logits = self.encode_views(self.backbone, self.view_batches(batch), training)
         z1, z2 = (self.projector(f, training=training) for f in pre_logits)
         loss, correlation = barlow_twins_loss(z1, z2, self.redundancy_weight)
+        loss = self.loss_scale * loss
         probe, probe_metrics = self.probe_loss(pre_logits[0], batch["label"])
         metrics = {
             "redundancy_loss": loss,

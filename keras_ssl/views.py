@@ -130,6 +130,7 @@ def multi_crop(
     local_area_range=(0.05, 0.4),
     global_area_range=(0.4, 1.0),
     local_blur_probability: float = 0.5,
+    local_jitter: tuple | None = BYOL_JITTER,
 ) -> tuple:
     """The specs of multi-crop (SwAV, DINO): global views, then small local ones.
 
@@ -141,13 +142,15 @@ def multi_crop(
       local_area_range: Crop area of the local views.
       global_area_range: Crop area of the global views.
       local_blur_probability: Blur chance of the local views.
+      local_jitter: Colour-jitter ranges of the local views (`ViewSpec.jitter`).
 
     Returns:
       A tuple of `ViewSpec`s, the global views first.
     """
     globals_ = tuple(dataclasses.replace(v, area_range=tuple(global_area_range)) for v in global_views)
     local = ViewSpec(size=local_size, area_range=tuple(local_area_range),
-                     blur_probability=local_blur_probability)
+                     blur_probability=local_blur_probability,
+                     jitter=None if local_jitter is None else tuple(local_jitter))
     return globals_ + (local,) * num_local_views
 
 

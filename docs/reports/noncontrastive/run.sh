@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # Trains each non-contrastive method from its synthetic_shapes config at one budget,
 # exports step 0 (random init) and the end, and probes both linearly.
-# Usage: bash docs/reports/noncontrastive/run.sh [STEPS] [OUT]
+# Usage: bash docs/reports/noncontrastive/run.sh [STEPS] [OUT] [METHOD ...]
 set -euo pipefail
 steps=${1:-500}
 out=${2:-runs/noncontrastive}
+shift $(( $# < 2 ? $# : 2 ))
+methods=${*:-byol simsiam barlow_twins vicreg dino swav}
 mkdir -p "$out"
-for method in byol simsiam barlow_twins vicreg dino swav; do
+for method in $methods; do
   run="$out/$method"
   rm -rf "$run"
   start=$(date +%s)

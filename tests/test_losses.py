@@ -128,6 +128,29 @@ def test_triplet_normalises_each_embedding_and_has_finite_gradients():
     assert np.all(np.isfinite(tape.gradient(loss, e).numpy()))
 
 
+def test_triplet_batch_hard_by_hand():
+    # Two classes on a line: 0 at {0, 1}, 1 at {1.2, 3}; margin 0.5, not normalised.
+    x = np.array([[0.0], [1.0], [1.2], [3.0]], np.float32)
+    labels = [0, 0, 1, 1]
+    # per anchor, hardest positive - closest negative + margin:
+    # 0: 1 - 1.2 + .5 = .3; 1: 1 - .2 + .5 = 1.3; 2: 1.8 - .2 + .5 = 2.1; 3: 1.8 - 2 + .5 = .3
+    got = losses.triplet_loss(x, labels, margin=0.5, normalize=False)
+    assert float(got) == pytest.approx((0.3 + 1.3 + 2.1 + 0.3) / 4, rel=1e-5)
+
+
+@pytest.mark.parametrize("mining", losses.TRIPLET_MINING)
+def test_triplet_gradient_is_finite_with_identical_embeddings(mining):
+    x = tf.Variable(np.tile(np.eye(3, dtype=np.float32), (2, 1)))  # pairs of identical rows
+    with tf.GradientTape() as tape:
+        loss = losses.triplet_loss(x, [0, 1, 2, 0, 1, 2], 0.5, mining, normalize=False)
+    assert np.isfinite(tape.gradient(loss, x).numpy()).all()
+
+
+def test_triplet_refuses_unknown_mining():
+    with pytest.raises(ValueError, match="mining must be one of"):
+        losses.triplet_loss(np.eye(2, dtype=np.float32), [0, 1], mining="hardest")
+
+
 def test_npair_matches_numpy():
     rng = np.random.RandomState(6)
     a, p = rng.randn(5, 4).astype(np.float32), rng.randn(5, 4).astype(np.float32)

@@ -18,7 +18,7 @@ step on N replicas equals one step on the concatenated batch on one device
 from keras_ssl.losses.barlow_twins import barlow_twins_loss, cross_correlation
 from keras_ssl.losses.contrastive import info_nce_loss, nce_loss, nt_xent_loss
 from keras_ssl.losses.dino import dino_loss
-from keras_ssl.losses.metric_learning import npair_loss, pairwise_distances, triplet_loss
+from keras_ssl.losses.metric_learning import TRIPLET_MINING, npair_loss, pairwise_distances, triplet_loss
 from keras_ssl.losses.negative_cosine import negative_cosine_similarity
 from keras_ssl.losses.swav import sinkhorn_knopp, swapped_prediction_loss
 from keras_ssl.losses.vicreg import vicreg_loss
@@ -36,5 +36,6 @@ __all__ = [
     "sinkhorn_knopp",
     "swapped_prediction_loss",
     "triplet_loss",
+    "TRIPLET_MINING",
     "vicreg_loss",
 ]

@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import tensorflow as tf
 
+# The hard-example mining `triplet_loss` knows.
+TRIPLET_MINING = ("batch_hard", "semi_hard")
+
 
 def pairwise_distances(embeddings: tf.Tensor, squared: bool = False) -> tf.Tensor:
     """`[N, N]` Euclidean distances between rows (0 on the diagonal)."""
@@ -88,7 +91,7 @@ def triplet_loss(
         pairs = positive * has_negative
         losses = tf.nn.relu(d - chosen + margin) * pairs
         return tf.reduce_sum(losses) / tf.maximum(tf.reduce_sum(pairs), 1.0)
-    raise ValueError(f"mining must be 'batch_hard' or 'semi_hard', got {mining!r}.")
+    raise ValueError(f"mining must be one of {TRIPLET_MINING}, got {mining!r}.")
 
 
 def npair_loss(anchors: tf.Tensor, positives: tf.Tensor, labels=None, l2_regularization: float = 0.002):

@@ -20,8 +20,8 @@ import tensorflow as tf
 from keras_ssl import Method
 from keras_ssl.distribute import replica_position
 from keras_ssl import cross_replica
+from keras_ssl.losses import TRIPLET_MINING, triplet_loss
 from keras_ssl_methods._image_ops import exemplar_augment, maybe_grayscale
-from keras_ssl_methods._triplet import TRIPLET_VARIANTS, triplet_loss
 
 
 class Exemplar(Method):
@@ -71,8 +71,8 @@ class Exemplar(Method):
         super().__init__(backbone, augmentation=augmentation, **kwargs)
         if num_copies < 2:
             raise ValueError(f"exemplar: num_copies must be >= 2 (positives), got {num_copies}.")
-        if triplet not in TRIPLET_VARIANTS:
-            raise ValueError(f"exemplar: triplet must be one of {TRIPLET_VARIANTS}, got {triplet!r}.")
+        if triplet not in TRIPLET_MINING:
+            raise ValueError(f"exemplar: triplet must be one of {TRIPLET_MINING}, got {triplet!r}.")
         self.num_copies = int(num_copies)
         self.margin = float(margin)
         self.triplet = triplet
@@ -101,7 +101,8 @@ class Exemplar(Method):
         replicas, _ = replica_position()
         labels = tf.repeat(tf.range(batch_size * replicas), self.num_copies)
         embeddings = cross_replica.gather(self.embed(flat, training))
-        loss = triplet_loss(labels, embeddings, self.margin, self.triplet)
+        # The embeddings are already l2-normalised.
+        loss = triplet_loss(embeddings, labels, self.margin, self.triplet, normalize=False)
         return loss, {"nearest_neighbour_accuracy": _nn_accuracy(labels, embeddings)}
 
 

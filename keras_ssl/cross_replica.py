@@ -13,7 +13,7 @@ replicas and sums the gradients. A loss computed from `gather(x)` or
 `global_sum(x)` is the same on every replica, and the gradient of each
 collective routes the other replicas' share back to this one's rows, so
 the update equals that of the loss of the concatenated batch on one
-device (tests/test_cross_replica.py checks it).
+device (tests/test_noncontrastive.py checks it).
 
 Variable updates (`assign`, `scatter`, `ema_update`) are for state kept out
 of the optimizer (queues, memory banks, momentum networks, centres). A
@@ -37,8 +37,35 @@ def replica_context():
 
 def num_replicas() -> int:
     """Replicas in sync (1 outside a strategy)."""
-    context = replica_context()
-    return 1 if context is None else context.num_replicas_in_sync
+    return replica_position()[0]
+
+
+def replica_position() -> tuple[int, int | tf.Tensor]:
+    """`(number of replicas, this replica's index)`; `(1, 0)` outside replica context."""
+    context = tf.distribute.get_replica_context()
+    if context is None:
+        return 1, 0
+    return context.num_replicas_in_sync, context.replica_id_in_sync_group
+
+
+def replica_rows(global_values: tf.Tensor) -> tf.Tensor:
+    """This replica's rows of `global_values`, whose rows cover the global batch.
+
+    Replica r of R holds rows `[r * n / R, (r + 1) * n / R)`, the order in
+    which the global batch is split over replicas.
+
+    Args:
+      global_values: A tensor whose first dimension is the global batch
+        (or a multiple of it).
+
+    Returns:
+      The rows of this replica (all of them on one device).
+    """
+    replicas, replica = replica_position()
+    if replicas == 1:
+        return global_values
+    rows = tf.shape(global_values)[0] // replicas
+    return global_values[replica * rows:(replica + 1) * rows]
 
 
 def gather(tensor: tf.Tensor) -> tf.Tensor:

@@ -1,9 +1,9 @@
-"""`tf.distribute` strategies by name, and what a method needs to know about replicas.
+"""`tf.distribute` strategies by name, workers and batches split over replicas.
 
 The same `Method.train_step` runs under each strategy through Orbit
-(`keras_ssl.training`). For method authors: `replica_position` says which
-replica a step runs on, and `replica_rows` takes this replica's rows of a
-tensor drawn for the whole global batch (see `keras_ssl.random.step_seed`).
+(`keras_ssl.training`). What a method needs to know about replicas (which
+one a step runs on, its rows of the global batch) is in
+`keras_ssl.cross_replica`.
 """
 
 from __future__ import annotations
@@ -211,34 +211,6 @@ def check_global_batch(strategy: tf.distribute.Strategy, global_batch_size: int)
             f"set keras_ssl.train.batch_size to a multiple of {replicas} (e.g. {lower or replicas} "
             f"or {lower + replicas})."
         )
-
-
-def replica_position() -> tuple[int, int | tf.Tensor]:
-    """`(number of replicas, this replica's index)`; `(1, 0)` outside replica context."""
-    context = tf.distribute.get_replica_context()
-    if context is None:
-        return 1, 0
-    return context.num_replicas_in_sync, context.replica_id_in_sync_group
-
-
-def replica_rows(global_values: tf.Tensor) -> tf.Tensor:
-    """This replica's rows of `global_values`, whose rows cover the global batch.
-
-    Replica r of R holds rows `[r * n / R, (r + 1) * n / R)`, the order in
-    which the global batch is split over replicas.
-
-    Args:
-      global_values: A tensor whose first dimension is the global batch
-        (or a multiple of it).
-
-    Returns:
-      The rows of this replica (all of them on one device).
-    """
-    replicas, replica = replica_position()
-    if replicas == 1:
-        return global_values
-    rows = tf.shape(global_values)[0] // replicas
-    return global_values[replica * rows:(replica + 1) * rows]
 
 
 def sum_over_workers(strategy):

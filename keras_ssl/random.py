@@ -11,7 +11,7 @@ A run is a function of its config and seed (docs/training.md, "Reproducibility")
   parallelism, after a resume and on any replica.
 - **Per step** (inside `train_step`): `step_seed(method, key)` is keyed by the
   optimizer step, `key` and the run seed. Draws that cover the whole global
-  batch and are then sliced by `keras_ssl.distribute.replica_rows` are the
+  batch and are then sliced by `keras_ssl.cross_replica.replica_rows` are the
   same on any number of replicas.
 
 Stateful ops (`tf.random.uniform`, `tf.image.random_flip_left_right`, Keras'
@@ -158,7 +158,7 @@ def step_seed(method, key: int) -> tf.Tensor:
 
     The same on every replica and for the same step on one device: draw for
     the whole global batch with it and take this replica's rows
-    (`keras_ssl.distribute.replica_rows`) so the method behaves the same on
+    (`keras_ssl.cross_replica.replica_rows`) so the method behaves the same on
     any number of replicas.
 
     Args:
@@ -188,7 +188,7 @@ def dropout(values: tf.Tensor, rate: float, seed) -> tf.Tensor:
     Returns:
       `values` with dropped units zeroed and kept ones scaled by `1 / (1 - rate)`.
     """
-    from keras_ssl.distribute import replica_position, replica_rows
+    from keras_ssl.cross_replica import replica_position, replica_rows
 
     if rate <= 0.0:
         return values

@@ -16,7 +16,7 @@ from _runs import (
 )
 from _forkserver import run_binary
 from conftest import REPO
-from keras_ssl import config, distribute, training
+from keras_ssl import config, cross_replica, distribute, training
 from keras_ssl.registry import METHODS
 
 HELPER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "helpers", "registry_steps.py")
@@ -243,5 +243,5 @@ def test_parse_tf_config_names_what_is_wrong():
 
 def test_replica_rows_outside_a_strategy_is_everything():
     values = tf.range(6)
-    np.testing.assert_array_equal(distribute.replica_rows(values), values)
+    np.testing.assert_array_equal(cross_replica.replica_rows(values), values)
     assert distribute.is_chief(tf.distribute.get_strategy())

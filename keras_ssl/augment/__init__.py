@@ -150,8 +150,9 @@ def color_jitter(
 
 
 def to_grayscale(image: tf.Tensor) -> tf.Tensor:
-    """Luma replicated to three channels."""
-    return tf.tile(tf.image.rgb_to_grayscale(image), [1, 1, 3])
+    """Luma (ITU-R BT.601) replicated to three channels, for `[..., H, W, 3]`."""
+    gray = tf.image.rgb_to_grayscale(image)
+    return tf.concat([gray, gray, gray], axis=-1)
 
 
 def gaussian_blur(image: tf.Tensor, sigma, kernel_size: int | None = None) -> tf.Tensor:

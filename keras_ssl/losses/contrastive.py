@@ -53,9 +53,7 @@ def nt_xent_loss(
         h2 = tf.math.l2_normalize(h2, axis=-1)
     batch = tf.shape(h1)[0]
     if cross_replica_negatives:
-        replicas, replica_id = cross_replica.num_replicas(), 0
-        if replicas > 1:
-            replica_id = tf.distribute.get_replica_context().replica_id_in_sync_group
+        replicas, replica_id = cross_replica.replica_position()
         h1_all = cross_replica.gather(h1)
         h2_all = cross_replica.gather(h2)
     else:

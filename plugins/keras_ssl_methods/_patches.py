@@ -23,18 +23,7 @@ from keras_ssl import Method, random
 from keras_ssl.heads import uses_synchronized_bn
 
 _HEAD_DROPOUT_KEY = 1
-
-
-def check_geometry(name: str, resize: int, crop: int, grid: int, patch: int) -> int:
-    """Validates the patch geometry; returns the cell size."""
-    if crop > resize:
-        raise ValueError(f"{name}: crop ({crop}) must not exceed resize ({resize}).")
-    cell = crop // grid
-    if patch > cell:
-        raise ValueError(
-            f"{name}: patch ({patch}) must fit in a cell of crop // grid = {crop} // {grid} = {cell} px."
-        )
-    return cell
+GRID = 3  # cells per side
 
 
 def random_crop_resized(image: tf.Tensor, resize: int, crop: int) -> tf.Tensor:
@@ -132,11 +121,42 @@ def embed_patches(method, embedding: keras.layers.Layer, patches: tf.Tensor, tra
 class PatchGridMethod(Method):
     """Base of the methods whose backbone sees the cells of a 3x3 grid.
 
-    Subclasses set `crop` (the image size the grid is cut from), `patch_size`
-    and `standardize`. Their exports take whole [0, 1] RGB images in the
-    evaluation's patch protocol: `keras-ssl-eval` cuts the same grid and
-    averages features over the patches.
+    Holds the grid's geometry (the module docstring) and cuts it. Exports
+    take whole [0, 1] RGB images in the evaluation's patch protocol:
+    `keras-ssl-eval` cuts the same grid and averages features over the
+    patches.
+
+    Args:
+      backbone: The backbone, applied to every patch.
+      name: The method's name in errors.
+      resize: Side the image is resized to.
+      crop: Side of the random crop cut into the grid.
+      patch_size: Side of the patches (at most `crop // 3`).
+      standardize: Per-patch standardisation (also in the export).
+      **kwargs: Passed to `keras_ssl.Method`.
     """
+
+    def __init__(self, backbone, name: str, resize: int, crop: int, patch_size: int,
+                 standardize: bool, **kwargs):
+        super().__init__(backbone, **kwargs)
+        if crop > resize:
+            raise ValueError(f"{name}: crop ({crop}) must not exceed resize ({resize}).")
+        self.cell = crop // GRID
+        if patch_size > self.cell:
+            raise ValueError(
+                f"{name}: patch ({patch_size}) must fit in a cell of crop // grid = "
+                f"{crop} // {GRID} = {self.cell} px."
+            )
+        self.resize, self.crop, self.patch_size = int(resize), int(crop), int(patch_size)
+        self.standardize = bool(standardize)
+
+    def crop_image(self, image):
+        """The augmented image resized to `resize`, then a random `crop` x `crop` window."""
+        return random_crop_resized(self.augment(image), self.resize, self.crop)
+
+    def cut_patches(self, image, jitter: int | None):
+        """`[9, patch, patch, 3]`: one patch per cell of `crop_image`'s output (`cut_grid`)."""
+        return cut_grid(image, GRID, self.cell, self.patch_size, jitter=jitter)
 
     def head_logits(self, features, training):
         """`self.head` on `features`, its dropout keyed by the step (same on every replica)."""
@@ -151,7 +171,7 @@ class PatchGridMethod(Method):
     def export_metadata(self):
         return {
             "input_form": "patches",
-            "patch_grid": [3, 3],
+            "patch_grid": [GRID, GRID],
             "patch_size": [self.patch_size, self.patch_size],
             "input_size": [self.crop, self.crop],
         }

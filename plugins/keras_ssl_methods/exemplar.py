@@ -18,7 +18,6 @@ import keras
 import tensorflow as tf
 
 from keras_ssl import Method
-from keras_ssl.distribute import replica_position
 from keras_ssl import cross_replica
 from keras_ssl.losses import TRIPLET_MINING, triplet_loss
 from keras_ssl_methods._image_ops import exemplar_augment, maybe_grayscale
@@ -98,7 +97,7 @@ class Exemplar(Method):
         # Triplets are mined over the global batch (every replica computes the
         # same loss; all_gather's gradient sums the replicas' contributions),
         # so any number of replicas trains like one device.
-        replicas, _ = replica_position()
+        replicas, _ = cross_replica.replica_position()
         labels = tf.repeat(tf.range(batch_size * replicas), self.num_copies)
         embeddings = cross_replica.gather(self.embed(flat, training))
         # The embeddings are already l2-normalised.

@@ -26,11 +26,10 @@ import keras_ssl.random
 
 from keras_ssl_methods._image_ops import maybe_grayscale
 from keras_ssl_methods._patches import (
-    PatchGridMethod, check_geometry, cut_grid, embed_patches, fc_head, random_crop_resized,
+    PatchGridMethod, embed_patches, fc_head,
 )
 from keras_ssl_methods._permutations import permutation_set
 
-GRID = 3
 
 
 class Jigsaw(PatchGridMethod):
@@ -83,23 +82,20 @@ class Jigsaw(PatchGridMethod):
         augmentation="none",
         **kwargs,
     ):
-        super().__init__(backbone, augmentation=augmentation, **kwargs)
+        super().__init__(backbone, "jigsaw", resize, crop, patch_size, standardize,
+                         augmentation=augmentation, **kwargs)
         if not 10 <= num_permutations <= 10_000:
             raise ValueError(f"jigsaw: num_permutations must be in [10, 10000], got {num_permutations}.")
-        self.cell = check_geometry("jigsaw", resize, crop, GRID, patch_size)
-        self.resize, self.crop, self.patch_size = int(resize), int(crop), int(patch_size)
         self.num_permutations = int(num_permutations)
         self.permutations = permutation_set(self.num_permutations, permutation_seed)
         self.grayscale_probability = float(grayscale_probability)
-        self.standardize = bool(standardize)
         self.patch_embedding = keras.layers.Dense(embedding_dim, name="patch_embedding")
         self.head = fc_head(backbone, self.num_permutations, hidden_units, dropout, name="jigsaw_head")
 
     # ------------------------------------------------------------------ inputs
     def preprocess(self, example):
-        image = random_crop_resized(self.augment(example["image"]), self.resize, self.crop)
-        image = maybe_grayscale(image, self.grayscale_probability)
-        tiles = cut_grid(image, GRID, self.cell, self.patch_size, jitter=None)
+        image = maybe_grayscale(self.crop_image(example["image"]), self.grayscale_probability)
+        tiles = self.cut_patches(image, jitter=None)
         label = keras_ssl.random.uniform([], 0, self.num_permutations, dtype=tf.int32)
         order = tf.gather(tf.constant(self.permutations), label)
         return {"patches": tf.gather(tiles, order), "permutation": label}

@@ -28,7 +28,6 @@ import tensorflow as tf
 
 from keras_ssl import cross_replica
 from keras_ssl.backbones import output_dim
-from keras_ssl.distribute import replica_position
 from keras_ssl.heads import projection_head, uses_synchronized_bn
 from keras_ssl.losses import info_nce_loss
 from keras_ssl.random import step_seed
@@ -150,7 +149,7 @@ class MoCoV2(ContrastiveMethod):
         if not self.shuffle_bn_groups:
             keys = encode(key_views)
         else:
-            _, replica = replica_position()
+            _, replica = cross_replica.replica_position()
             local = tf.shape(key_views)[0]
             views = cross_replica.gather(key_views)
             permutation = self.key_permutation(tf.shape(views)[0])

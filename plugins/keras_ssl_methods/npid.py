@@ -29,7 +29,6 @@ import tensorflow as tf
 
 from keras_ssl import cross_replica
 from keras_ssl.backbones import output_dim
-from keras_ssl.distribute import replica_position
 from keras_ssl.heads import projection_head
 from keras_ssl.losses import nce_loss
 from keras_ssl.random import step_seed
@@ -146,7 +145,7 @@ class NPID(ContrastiveMethod):
 
     def _noise_index(self, batch_size):
         """[batch_size, K] uniform bank rows: this replica's rows of the global batch's draw."""
-        replicas, replica = replica_position()
+        replicas, replica = cross_replica.replica_position()
         draw = tf.random.stateless_uniform(
             [batch_size * replicas, self.num_negatives], step_seed(self, self.noise_seed),
             0, self.num_examples, tf.int32,

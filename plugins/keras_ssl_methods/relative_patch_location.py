@@ -33,13 +33,12 @@ import keras
 import tensorflow as tf
 
 import keras_ssl.random
+from keras_ssl.augment import to_grayscale
 
-from keras_ssl_methods._image_ops import to_grayscale3
 from keras_ssl_methods._patches import (
-    PatchGridMethod, check_geometry, cut_grid, embed_patches, fc_head, random_crop_resized,
+    GRID, PatchGridMethod, embed_patches, fc_head,
 )
 
-GRID = 3
 CENTRE = 4
 NEIGHBOURS = (0, 1, 2, 3, 5, 6, 7, 8)
 COLOR_HANDLING = ("drop", "grayscale", "none")
@@ -87,8 +86,8 @@ class RelativePatchLocation(PatchGridMethod):
         augmentation="none",
         **kwargs,
     ):
-        super().__init__(backbone, augmentation=augmentation, **kwargs)
-        self.cell = check_geometry("relative_patch_location", resize, crop, GRID, patch_size)
+        super().__init__(backbone, "relative_patch_location", resize, crop, patch_size, standardize,
+                         augmentation=augmentation, **kwargs)
         if color_handling not in COLOR_HANDLING:
             raise ValueError(
                 f"relative_patch_location: color_handling must be one of {COLOR_HANDLING}, "
@@ -96,20 +95,17 @@ class RelativePatchLocation(PatchGridMethod):
             )
         if jitter < 0:
             raise ValueError(f"relative_patch_location: jitter must be >= 0, got {jitter}.")
-        self.resize, self.crop, self.patch_size = int(resize), int(crop), int(patch_size)
         self.jitter = int(jitter)
         self.color_handling = color_handling
-        self.standardize = bool(standardize)
         self.patch_embedding = keras.layers.Dense(embedding_dim, name="patch_embedding")
         self.head = fc_head(backbone, len(NEIGHBOURS), hidden_units, dropout, name="location_head")
 
     def preprocess(self, example):
-        image = random_crop_resized(self.augment(example["image"]), self.resize, self.crop)
-        patches = cut_grid(image, GRID, self.cell, self.patch_size, jitter=self.jitter)
+        patches = self.cut_patches(self.crop_image(example["image"]), jitter=self.jitter)
         if self.color_handling == "drop":
             patches = tf.stack([drop_colors(patches[i]) for i in range(GRID * GRID)])
         elif self.color_handling == "grayscale":
-            patches = to_grayscale3(patches)
+            patches = to_grayscale(patches)
         return {"patches": patches, "location": tf.range(len(NEIGHBOURS), dtype=tf.int32)}
 
     def pair_features(self, patches, training):

@@ -16,7 +16,6 @@ import tensorflow as tf
 
 from keras_ssl import cross_replica
 from keras_ssl.backbones import output_dim
-from keras_ssl.distribute import replica_rows
 from keras_ssl.heads import NormalizedDense, projection_head, uses_synchronized_bn
 from keras_ssl.losses import sinkhorn_knopp, swapped_prediction_loss
 from keras_ssl.metrics import normalized_embedding_std
@@ -119,7 +118,7 @@ class SwAV(MultiViewMethod):
         if not self.queue_length:
             return sinkhorn_knopp(scores, self.sinkhorn_epsilon, self.sinkhorn_iterations)
         # This replica's share of the queue: over all replicas, each queued row once.
-        queued = replica_rows(tf.convert_to_tensor(self.queue)[view_index])
+        queued = cross_replica.replica_rows(tf.convert_to_tensor(self.queue)[view_index])
         queued_scores = tf.matmul(queued, tf.stop_gradient(self.prototypes.normalized_kernel()))
         with_queue = sinkhorn_knopp(
             tf.concat([queued_scores, scores], 0), self.sinkhorn_epsilon, self.sinkhorn_iterations

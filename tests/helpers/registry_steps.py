@@ -95,10 +95,19 @@ def _backbone_state(method):
     return {i: (v.path, np.array(v.numpy())) for i, v in enumerate(method.backbone.variables)}
 
 
-def replicas(name):
-    keras.utils.set_random_seed(0)
+def replicas(name, built=None):
+    """Two steps on 2 mirrored CPUs against one device, from the same initial weights.
+
+    Args:
+      name: The registered method.
+      built: Optional `_build(name, ONE_DEVICE, None)` output to train as the
+        one-device run (built under seed 0).
+    """
+    if built is None:
+        keras.utils.set_random_seed(0)
+        built = _build(name, ONE_DEVICE, None)
     # The one-device run trains the method whose initial weights both runs start from.
-    single, setup = _build(name, ONE_DEVICE, None)
+    single, setup = built
     weights, initial_backbone = single.get_weights(), _backbone_state(single)
     single_out = _steps(single, setup, STEPS)
     mirrored, mirrored_out = _train(name, MIRRORED, weights, STEPS)
@@ -116,16 +125,22 @@ def replicas(name):
     }
 
 
-def xla(name):
+def xla(name, built=None):
     """Lowers the replica step to XLA HLO, where a TPU's compilation fails if it will.
 
     Unsupported ops and dynamic shapes fail here; LLVM code generation for
     the CPU, the slow part of `jit_compile`, is skipped. Rotation's step also
     runs jit-compiled, end to end through the trainer.
+
+    Args:
+      name: The registered method.
+      built: Optional `_build` output (any strategy's) to lower instead of a new build.
     """
-    keras.utils.set_random_seed(0)
-    method, _ = _train(name, tf.distribute.get_strategy(), None, 0)
-    batch = next(iter(method.make_dataset(tiny_examples(name, BATCH), BATCH)))
+    if built is None:
+        keras.utils.set_random_seed(0)
+        built = _build(name, ONE_DEVICE, None)
+    method, (_, batches, _, _) = built
+    batch = next(iter(batches))
     hlo = tf.function(method.train_step, jit_compile=True).experimental_get_compiler_ir(batch)(
         stage="hlo")
     report = {"hlo_bytes": len(hlo)}
@@ -141,9 +156,16 @@ if __name__ == "__main__":
     runs = modes if mode == "all" else {mode: modes[mode]}
     reports = {}
     for name in names:
+        built = None
         for run_mode, run in runs.items():
             try:
-                report = run(name)
+                if built is None:
+                    # One build serves both checks: lowering to HLO needs the
+                    # variables, not their values, so the trained one-device
+                    # method lowers as well as a fresh one.
+                    keras.utils.set_random_seed(0)
+                    built = _build(name, ONE_DEVICE, None)
+                report = run(name, built)
             except Exception as e:  # reported per method, so one failure does not hide the rest
                 report = {"error": f"{type(e).__name__}: {str(e)[:2000]}"}
             reports.setdefault(name, {})[run_mode] = report

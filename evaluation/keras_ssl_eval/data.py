@@ -26,10 +26,10 @@ import re
 
 import tensorflow as tf
 
-__all__ = ["DatasetInfo", "load_images", "to_rgb_float", "FOLDER_PREFIX", "IMAGE_EXTENSIONS"]
+from keras_ssl_eval.contract import FOLDER_PREFIX, IMAGE_EXTENSIONS
 
-FOLDER_PREFIX = "folder:"
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp")
+__all__ = ["DatasetInfo", "load_images", "to_rgb_float"]
+
 # Pillow format names of files `tf.io.decode_image` can decode (MPO is the
 # multi-picture JPEG some cameras write; TF reads its first frame).
 _DECODABLE_FORMATS = frozenset({"JPEG", "MPO", "PNG", "BMP", "GIF", "WEBP"})

@@ -33,6 +33,7 @@ import re
 
 import tensorflow as tf
 
+from keras_ssl_eval._naming import natural_sort_key
 from keras_ssl_eval.contract import FOLDER_PREFIX, IMAGE_EXTENSIONS
 
 __all__ = ["DatasetInfo", "load_images", "to_rgb_float"]
@@ -347,10 +348,6 @@ def _has_image(path):
     return any(_is_image_name(f) for _, _, files in os.walk(path) for f in files)
 
 
-def _natural_key(path):
-    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", path)]
-
-
 def _find_images(split_dir):
     """Lists the image files under `split_dir`, and the other files.
 
@@ -371,8 +368,8 @@ def _find_images(split_dir):
                 found.append((os.path.join(dirpath, filename), cls))
             elif not filename.startswith("."):
                 unsupported.append(os.path.join(dirpath, filename))
-    found.sort(key=lambda item: _natural_key(item[0]))
-    unsupported.sort(key=_natural_key)
+    found.sort(key=lambda item: natural_sort_key(item[0]))
+    unsupported.sort(key=natural_sort_key)
     return found, unsupported
 
 

@@ -18,6 +18,7 @@ import re
 import numpy as np
 import tensorflow as tf
 
+from keras_ssl_eval._naming import natural_sort_key
 from keras_ssl_eval.contract import (FORMAT_NAME, FORMAT_VERSION, METADATA_PATH,
                                      REPRESENTATION_SIGNATURE)
 from keras_ssl_eval.patches import cut_patches, patch_spec_from_metadata
@@ -30,10 +31,6 @@ _CONTRACT = (f"docs/savedmodel_contract.md: signature {REPRESENTATION_SIGNATURE!
              "(e.g. after_root, block1..block4, pre_logits)")
 
 _log = logging.getLogger(__name__)
-
-
-def _natural_key(name):
-    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", name)]
 
 
 def _size_from_metadata(metadata):
@@ -137,7 +134,7 @@ class RepresentationModel:
         (self._input_name, input_spec), = inputs.items()
         outputs = list(self._signature.structured_outputs)
         listed = [n for n in self.metadata.get("endpoints", []) if n in outputs]
-        rest = sorted((n for n in outputs if n not in listed), key=_natural_key)
+        rest = sorted((n for n in outputs if n not in listed), key=natural_sort_key)
         self.endpoint_names = tuple(listed + rest)
         static = tuple(input_spec.shape[1:3]) if input_spec.shape.rank == 4 else ()
         self.input_size = _size_from_metadata(self.metadata) or (

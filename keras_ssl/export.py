@@ -34,15 +34,15 @@ import shutil
 import tempfile
 
 import tensorflow as tf
+from keras_ssl_eval.contract import (
+    FORMAT, INPUT_NAME, METADATA_FILENAME, REPRESENTATION_SIGNATURE, SERVING_SIGNATURE,
+)
 
 import keras_ssl
 from keras_ssl.backbones import PRE_LOGITS, backbone_spec
 from keras_ssl.run_dir import (
     CONFIG_FILE, available_steps, default_export_dir, read_config, read_run_file,
 )
-
-METADATA_FILE = "keras_ssl.json"
-SIGNATURE_REPRESENTATION = "representation"
 
 
 def export_backbone(
@@ -79,7 +79,7 @@ def export_backbone(
     >>> net = build_backbone("resnet_v2", depth=10, widening_factor=1)
     >>> export_backbone(net, "/tmp/net", {}, image_size=32)    # doctest: +SKIP
     """
-    images_spec = tf.TensorSpec([None, None, None, 3], tf.float32, name="images")
+    images_spec = tf.TensorSpec([None, None, None, 3], tf.float32, name=INPUT_NAME)
     endpoint_names = list(backbone.endpoint_names)
     transform = input_transform or (lambda images: images)
 
@@ -106,7 +106,7 @@ def export_backbone(
         outputs = net(images, False)
         return {name: outputs[name] for name in endpoint_names}
 
-    signatures = {"serving_default": serving, SIGNATURE_REPRESENTATION: representation}
+    signatures = {SERVING_SIGNATURE: serving, REPRESENTATION_SIGNATURE: representation}
     for name, fn in (extra_signatures or {}).items():
         signatures[name] = tf.function(fn, input_signature=[images_spec])
 
@@ -126,7 +126,7 @@ def export_backbone(
         for name, value in net(probe, False).items()
     }
     full_metadata = {
-        "format": "keras_ssl.savedmodel/1",
+        "format": FORMAT,
         "library_version": keras_ssl.__version__,
         "backbone": backbone_spec(backbone) | {"name": backbone.name},
         "input_size": size,
@@ -141,7 +141,7 @@ def export_backbone(
     os.makedirs(parent, exist_ok=True)
     staging = tempfile.mkdtemp(prefix=".export-", dir=parent)
     try:
-        metadata_path = os.path.join(staging, "metadata", METADATA_FILE)
+        metadata_path = os.path.join(staging, "metadata", METADATA_FILENAME)
         os.makedirs(os.path.dirname(metadata_path))
         with open(metadata_path, "w") as f:
             json.dump(full_metadata, f, indent=2, default=str)

@@ -45,6 +45,18 @@ def test_folder_with_class_subfolders(tmp_path):
     assert labels == [0, 0, 0, 1, 1]
 
 
+def test_folder_split_slices_for_training(tmp_path):
+    # A folder of class folders only, cut into a training and a held-out part.
+    write_image_folder(str(tmp_path / "pets"), {"cat": 6, "dog": 4}, size=16)
+    name = f"folder:{tmp_path / 'pets'}"
+    train, train_info = load_dataset(name, "train[:80%]")
+    held_out, held_out_info = load_dataset(name, "train[80%:]")
+    assert (train_info.num_examples, held_out_info.num_examples) == (8, 2)
+    train_images = {e["image"].numpy().tobytes() for e in _check_examples(train, 16, 8)}
+    held_out_images = {e["image"].numpy().tobytes() for e in _check_examples(held_out, 16, 2)}
+    assert train_images.isdisjoint(held_out_images)
+
+
 def test_any_tfds_name_through_mock_data():
     with tfds.testing.mock_data(num_examples=4):
         dataset, info = load_dataset("cifar10", "train")

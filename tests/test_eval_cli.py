@@ -70,6 +70,21 @@ def test_cli_unknown_layer(workspace, tmp_path):
                          f"--output={tmp_path}", "--cache_dir="])
 
 
+def test_cli_folder_split_slices(workspace, tmp_path):
+    # Class folders without split folders: the probe's train and test splits
+    # are slices of the one folder.
+    write_image_folder(str(tmp_path / "data"), {"a": 8, "b": 8}, size=16, seed=2)
+    out = tmp_path / "eval"
+    _run_in_process([f"--saved_model={workspace['models'][0]}",
+                     f"--dataset=folder:{tmp_path / 'data'}", "--layers=pre_logits",
+                     "--train_split=train[:75%]", "--test_split=train[75%:]",
+                     f"--output={out}", "--batch_size=8", "--l2_grid=1e-2", "--cache_dir="])
+    results = json.loads((out / "results.json").read_text())
+    assert results["dataset"]["train"]["num_examples"] == 12
+    assert results["dataset"]["test"]["num_examples"] == 4
+    assert results["settings"]["train_split"] == "train[:75%]"
+
+
 def test_unlabelled_dataset_is_an_error(workspace, tmp_path):
     write_image_folder(str(tmp_path / "unlabelled"), 4, size=16)
     with pytest.raises(ValueError, match="has no labels"):

@@ -1,9 +1,11 @@
 """Tests of keras_ssl_eval.data: folder and TFDS image sources."""
 
 import logging
+import re
 
 import numpy as np
 import pytest
+import tensorflow as tf
 import tensorflow_datasets as tfds
 from PIL import Image
 
@@ -47,20 +49,38 @@ def test_folder_corrupt_file_skipped_and_counted(tmp_path, caplog):
     assert len(_collect(ds)) == 4
 
 
-def test_folder_truncated_jpeg_dropped_at_decode(tmp_path):
+def test_folder_truncated_jpeg_skipped_at_load(tmp_path, caplog):
     write_image_folder(str(tmp_path), 3, size=64, extension=".jpg")
     victim = tmp_path / "img_001.jpg"
     content = victim.read_bytes()
-    victim.write_bytes(content[:len(content) // 2])  # Pillow's header check still passes.
-    ds, info = data.load_images(f"folder:{tmp_path}", "train")
+    victim.write_bytes(content[:len(content) // 2])  # A header-only check would still pass it.
+    with caplog.at_level(logging.WARNING):
+        ds, info = data.load_images(f"folder:{tmp_path}", "train")
+    # Caught by the full decode at load time, so counted and named with the
+    # other unreadable files, and never handed to tf.data.
+    assert info.num_examples == 2 and info.num_skipped == 1
+    assert "skipped 1 unreadable" in caplog.text and "img_001.jpg" in caplog.text
     elements = _collect(ds)
-    # Two images come out, keeping their file indices; the truncated one is dropped.
-    assert len(elements) == 2
-    assert [e["index"] for e in elements] == [0, 2]
+    assert [e["index"] for e in elements] == [0, 1]
     _check_elements(elements, (64, 64))
-    # info counts the files whose header checks out (no full decode at load time),
-    # so it overcounts by the file only decoding finds broken: an upper bound here.
-    assert info.num_examples == 3 and info.num_skipped == 0
+    for element, kept in zip(elements, ["img_000.jpg", "img_002.jpg"]):
+        expected = tf.io.decode_jpeg((tmp_path / kept).read_bytes()).numpy() / 255
+        np.testing.assert_allclose(element["image"], expected, atol=1e-6)
+
+
+def test_folder_unsupported_extensions_reported(tmp_path, caplog):
+    write_image_folder(str(tmp_path), {"a": 2, "b": 2}, size=8)
+    (tmp_path / "a" / "scan.tif").write_bytes(b"II*\x00")
+    (tmp_path / "b" / "scan2.TIF").write_bytes(b"II*\x00")
+    (tmp_path / "b" / "notes.txt").write_text("labels by hand")
+    (tmp_path / "b" / ".DS_Store").write_bytes(b"")  # Hidden: not worth a word.
+    with caplog.at_level(logging.WARNING):
+        ds, info = data.load_images(f"folder:{tmp_path}", "train")
+    assert info.num_examples == 4 and info.num_skipped == 0 and len(_collect(ds)) == 4
+    lines = [r.getMessage() for r in caplog.records if "ignored" in r.getMessage()]
+    assert len(lines) == 1 and "\n" not in lines[0]
+    assert "ignored 3 file(s)" in lines[0] and ".tif 2, .txt 1" in lines[0]
+    assert "scan.tif" in lines[0] and "notes.txt" in lines[0] and ".DS_Store" not in lines[0]
 
 
 def test_folder_nothing_readable(tmp_path):
@@ -118,6 +138,71 @@ def test_folder_shuffle_keeps_index(tmp_path):
     for e in shuffled:
         np.testing.assert_array_equal(e["image"], plain[e["index"]]["image"])
         assert e["label"] == plain[e["index"]]["label"]
+
+
+def _image_keys(ds):
+    """The images of a dataset as bytes (the test images are random, so distinct)."""
+    return [e["image"].tobytes() for e in _collect(ds)]
+
+
+def test_folder_slices_without_split_folders(tmp_path):
+    write_image_folder(str(tmp_path), {"a": 6, "b": 4}, size=8)
+    name = f"folder:{tmp_path}"
+    whole = set(_image_keys(data.load_images(name, "train")[0]))
+    head_ds, head_info = data.load_images(name, "train[:80%]")
+    tail_ds, tail_info = data.load_images(name, "train[80%:]")
+    head, tail = _image_keys(head_ds), _image_keys(tail_ds)
+    assert head_info.num_examples == len(head) == 8 and tail_info.num_examples == len(tail) == 2
+    assert set(head).isdisjoint(tail) and set(head) | set(tail) == whole
+    assert head_info.split == "train[:80%]" and head_info.class_names == ("a", "b")
+    assert [e["index"] for e in _collect(head_ds)] == list(range(8))
+    # The same files every time, and the same slice however it is written.
+    assert _image_keys(data.load_images(name, "train[:80%]")[0]) == head
+    assert _image_keys(data.load_images(name, "train[-20%:]")[0]) == tail
+    assert len(_image_keys(data.load_images(name, "train[:3]")[0])) == 3
+    assert set(_image_keys(data.load_images(name, "train[-3:]")[0])) < whole
+    with pytest.raises(FileNotFoundError, match="no split folder 'test'.*'train\\[80%:\\]'"):
+        data.load_images(name, "test[:50%]")
+
+
+def test_folder_slices_of_split_folders(tmp_path):
+    write_image_folder(str(tmp_path / "train"), {"a": 2, "b": 2}, size=8, seed=0)
+    write_image_folder(str(tmp_path / "test"), {"a": 5, "b": 5}, size=8, seed=1)
+    name = f"folder:{tmp_path}"
+    test = set(_image_keys(data.load_images(name, "test")[0]))
+    parts = [_image_keys(data.load_images(name, f"test[{a}%:{b}%]")[0])
+             for a, b in [(0, 10), (10, 20), (20, 100)]]
+    assert [len(p) for p in parts] == [1, 1, 8]
+    assert set().union(*parts) == test and sum(len(p) for p in parts) == len(test)
+    _, info = data.load_images(name, "test[10%:20%]")
+    assert info.class_names == ("a", "b") and info.num_examples == 1
+
+
+def test_folder_slice_order_is_fixed():
+    # Pins the seeded shuffle: changing it would move files between the slices
+    # of experiments already run.
+    files = [(f"/data/{c}/img_{i}.png", k) for k, c in enumerate("ab") for i in range(5)]
+    head = data._slice_files(files, ((0, True), (40, True)), "/data")
+    tail = data._slice_files(files, ((40, True), None), "/data")
+    assert len(head) == 4 and len(tail) == 6 and set(head) | set(tail) == set(files)
+    assert head == [item for item in files if item in head]  # Natural order kept.
+    assert [path for path, _ in head] == ["/data/a/img_0.png", "/data/b/img_2.png",
+                                          "/data/b/img_3.png", "/data/b/img_4.png"]
+
+
+@pytest.mark.parametrize("split", ["train[80%]", "train[:80%]+test", "train[:150%]",
+                                   "train[a:b]", "train[:80%", "train[::2]"])
+def test_folder_malformed_slice(tmp_path, split):
+    write_image_folder(str(tmp_path), {"a": 2}, size=8)
+    with pytest.raises(ValueError, match=re.escape(f"split {split!r}") + ".*"
+                       + re.escape("SPLIT[START:END]")):
+        data.load_images(f"folder:{tmp_path}", split)
+
+
+def test_folder_empty_slice(tmp_path):
+    write_image_folder(str(tmp_path), {"a": 2}, size=8)
+    with pytest.raises(ValueError, match=r"split 'train\[:10%\]' selects none"):
+        data.load_images(f"folder:{tmp_path}", "train[:10%]")
 
 
 # -------------------------------------------------------------------- TFDS --

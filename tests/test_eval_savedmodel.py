@@ -1,14 +1,18 @@
 """Tests of keras_ssl_eval.savedmodel and keras_ssl_eval.pooling."""
 
+import json
 import logging
 import os
+import re
+import shutil
 
 import numpy as np
 import pytest
 import tensorflow as tf
 
-from keras_ssl_eval import pooling, savedmodel
+from keras_ssl_eval import contract, pooling, savedmodel
 from keras_ssl_eval.data import load_images
+from keras_ssl_eval.finetune import FineTuner
 from keras_ssl_eval.testing import save_toy_savedmodel, write_image_folder
 
 
@@ -162,3 +166,51 @@ def test_missing_metadata_warns(tmp_path, caplog):
     assert model.input_size is None  # The toy signature accepts any size.
     assert model.extract(np.zeros([2, 12, 12, 3], np.float32), ["after_root"])[
         "after_root"].shape == (2, 6 * 6 * 4)
+
+
+def _toy_model_with_format(tmp_path, toy_model_dir, metadata_format):
+    """A copy of the toy model whose metadata says `metadata_format`."""
+    path = str(tmp_path / "m")
+    shutil.copytree(toy_model_dir, path)
+    metadata_file = os.path.join(path, contract.METADATA_PATH)
+    with open(metadata_file) as f:
+        metadata = json.load(f)
+    with open(metadata_file, "w") as f:
+        json.dump({**metadata, "format": metadata_format}, f)
+    return path
+
+
+def test_unknown_major_format_version_refused(tmp_path, toy_model_dir):
+    major, _ = contract.FORMAT_VERSION
+    found = f"{contract.FORMAT_NAME}/{major + 1}.0"
+    path = _toy_model_with_format(tmp_path, toy_model_dir, found)
+    with pytest.raises(ValueError) as error:
+        savedmodel.load_representation_model(path)
+    message = str(error.value)
+    assert "\n" not in message
+    assert found in message and f"{contract.FORMAT_NAME}/{major}.x" in message
+    assert "re-export it with a keras-ssl" in message and "upgrade keras-ssl-eval" in message
+    # Fine-tuning loads the SavedModel itself, and checks the same way.
+    with pytest.raises(ValueError, match=re.escape(found)):
+        FineTuner(path, num_classes=2)
+
+
+@pytest.mark.parametrize("minor", [0, 7])
+def test_known_major_format_version_read(tmp_path, toy_model_dir, minor):
+    major, _ = contract.FORMAT_VERSION
+    found = f"{contract.FORMAT_NAME}/{major}.{minor}"
+    model = savedmodel.load_representation_model(
+        _toy_model_with_format(tmp_path, toy_model_dir, found))
+    assert model.metadata["format"] == found and model.endpoint_names[-1] == "pre_logits"
+
+
+def test_written_format_is_read(tmp_path, toy_model_dir):
+    path = _toy_model_with_format(tmp_path, toy_model_dir, contract.FORMAT)
+    assert savedmodel.load_representation_model(path).metadata["format"] == contract.FORMAT
+
+
+def test_malformed_format_refused(tmp_path, toy_model_dir):
+    path = _toy_model_with_format(tmp_path, toy_model_dir, "keras_ssl.savedmodel/one")
+    with pytest.raises(ValueError, match="format 'keras_ssl.savedmodel/one'.*"
+                       r"keras_ssl\.savedmodel/<major>\[\.<minor>\]"):
+        savedmodel.load_representation_model(path)

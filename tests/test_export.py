@@ -13,6 +13,7 @@ from _forkserver import run_binary
 from conftest import REPO
 from helpers.tiny import tiny_backbone
 from keras_ssl import export, run_dir
+from keras_ssl_eval import contract
 
 ENDPOINTS = ["after_root", "block1", "block2", "block3", "block4", "pre_logits"]
 
@@ -65,7 +66,7 @@ def test_export_loads_without_keras_and_matches_in_memory_backbone(trained_run, 
 
 @pytest.mark.slow
 def test_export_metadata(trained_run):
-    with open(os.path.join(trained_run["final_export"], "assets", export.METADATA_FILE)) as f:
+    with open(os.path.join(trained_run["final_export"], contract.METADATA_PATH)) as f:
         metadata = json.load(f)
     assert metadata["method"] == "rotation" and metadata["steps"] == 4
     assert metadata["input_size"] == [16, 16] and metadata["input_value_range"] == [0.0, 1.0]
@@ -85,7 +86,7 @@ def test_step_zero_export_is_the_random_initialisation(trained_run):
     expected = _restored_backbone(trained_run["model_dir"], 0)(images)["pre_logits"]
     np.testing.assert_allclose(initial(images), expected, rtol=1e-4, atol=1e-5)
     assert not np.allclose(initial(images), final(images), atol=1e-4)
-    with open(os.path.join(trained_run["initial_export"], "assets", export.METADATA_FILE)) as f:
+    with open(os.path.join(trained_run["initial_export"], contract.METADATA_PATH)) as f:
         assert json.load(f)["steps"] == 0
 
 
@@ -119,5 +120,5 @@ def test_export_is_atomic(tmp_path, monkeypatch):
     # The earlier export is untouched and no staging directory is left behind.
     assert sorted(os.listdir(destination)) == before
     assert sorted(os.listdir(tmp_path)) == ["model"]
-    with open(destination / "assets" / export.METADATA_FILE) as f:
+    with open(destination / contract.METADATA_PATH) as f:
         assert json.load(f)["name"] == "first"

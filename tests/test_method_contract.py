@@ -33,6 +33,7 @@ from helpers.tiny import (
     TINY_BATCH_SIZE, TINY_IMAGE_SIZE, TINY_NUM_EXAMPLES, build_tiny_method,
 )
 from keras_ssl import Method, config, export, registry, run_dir
+from keras_ssl_eval import contract
 
 METHOD_NAMES = registry.METHODS.names()
 
@@ -142,7 +143,7 @@ def test_export_equals_the_in_memory_model(name, tmp_path):
     path = export.export_method(method, model_dir, step=1)
 
     loaded = tf.saved_model.load(path)
-    with open(os.path.join(path, "assets", export.METADATA_FILE)) as f:
+    with open(os.path.join(path, contract.METADATA_PATH)) as f:
         metadata = json.load(f)
     for key, value in method.export_metadata().items():
         assert json.loads(json.dumps(metadata[key])) == json.loads(json.dumps(value)), key
@@ -154,7 +155,7 @@ def test_export_equals_the_in_memory_model(name, tmp_path):
     np.testing.assert_allclose(loaded(images), expected["pre_logits"], rtol=1e-4, atol=1e-4)
     served = loaded.signatures["serving_default"](images=images)
     np.testing.assert_allclose(served["pre_logits"], expected["pre_logits"], rtol=1e-4, atol=1e-4)
-    representation = loaded.signatures[export.SIGNATURE_REPRESENTATION](images=images)
+    representation = loaded.signatures[contract.REPRESENTATION_SIGNATURE](images=images)
     assert set(representation) == set(method.backbone.endpoint_names)
     for endpoint, value in representation.items():
         np.testing.assert_allclose(value, expected[endpoint], rtol=1e-4, atol=1e-4,

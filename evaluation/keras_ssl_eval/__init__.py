@@ -22,7 +22,8 @@ if _os.path.basename(_sys.argv[0] if _sys.argv else "").startswith("keras-ssl-")
 
 from keras_ssl_eval.cache import DEFAULT_CACHE_DIR, FeatureCache
 from keras_ssl_eval.compare import compare_reports, load_reports
-from keras_ssl_eval.data import FOLDER_PREFIX, DatasetInfo, load_images, to_rgb_float
+from keras_ssl_eval.contract import FOLDER_PREFIX
+from keras_ssl_eval.data import DatasetInfo, load_images, to_rgb_float
 from keras_ssl_eval.evaluate import PROTOCOLS, evaluate, evaluate_linear
 from keras_ssl_eval.features import split_features
 from keras_ssl_eval.heads import HeadResult, train_head

@@ -5,7 +5,12 @@ Two kinds of names are understood by `load_images`:
 - ``folder:/path/to/dir``: image files found recursively. Sub-folders holding
   images are classes (sorted names -> labels 0..K-1), otherwise every label is
   -1. ``dir/<split>/`` is used for a split when it exists; without split
-  folders the whole directory is the split ``train``.
+  folders the whole directory is the split ``train``. A split may be sliced
+  as in TFDS (``train[:80%]``, ``test[10%:20%]``): slices cut a fixed,
+  seeded shuffle of the split's files, so they are the same in every run and
+  ``train[:80%]`` and ``train[80%:]`` are disjoint and cover the split. Every
+  file is decoded when the dataset is loaded; unreadable ones are skipped,
+  counted and named in a warning, and so are files of other types.
 - any TFDS name (``cifar10``, ``synthetic_shapes/TCVL``), read from
   ``data_dir``. A builder whose code is not imported in this process is read
   from its prepared files (TFDS' read-only builder), so evaluation never needs
@@ -18,22 +23,32 @@ shuffling, so it can key a memory bank or join features with labels.
 
 from __future__ import annotations
 
+import collections
 import concurrent.futures
 import dataclasses
+import hashlib
 import logging
 import os
 import re
 
 import tensorflow as tf
 
-__all__ = ["DatasetInfo", "load_images", "to_rgb_float", "FOLDER_PREFIX", "IMAGE_EXTENSIONS"]
+from keras_ssl_eval._naming import natural_sort_key
+from keras_ssl_eval.contract import FOLDER_PREFIX, IMAGE_EXTENSIONS
 
-FOLDER_PREFIX = "folder:"
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp")
-# Pillow format names of files `tf.io.decode_image` can decode (MPO is the
-# multi-picture JPEG some cameras write; TF reads its first frame).
-_DECODABLE_FORMATS = frozenset({"JPEG", "MPO", "PNG", "BMP", "GIF", "WEBP"})
-_MAX_NAMED_SKIPPED = 5
+__all__ = ["DatasetInfo", "load_images", "to_rgb_float"]
+
+# How many file names a warning about skipped or ignored files shows.
+_MAX_NAMED_FILES = 5
+# Seed of the fixed shuffle that folder split slices cut; changing it would
+# move files between train[:80%] and train[80%:] of existing experiments.
+_SLICE_SEED = 0
+# SPLIT or SPLIT[START:END]; each bound optional, an integer with an optional %.
+_SPLIT_SLICE = re.compile(
+    r"(?P<base>[^\[\]]+)(?P<slice>\[(?P<start>-?\d+%?)?:(?P<end>-?\d+%?)?\])?")
+_SLICE_FORM = ("SPLIT or SPLIT[START:END], START and END each optional, a percentage or a "
+               "number of files, negative from the end (e.g. 'train', 'train[:80%]', "
+               "'train[80%:]', 'test[10%:20%]', 'train[:1000]')")
 
 _log = logging.getLogger(__name__)
 
@@ -50,7 +65,8 @@ class DatasetInfo:
             a TFDS label that is not a ClassLabel, when their number is unknown).
         class_names: Class names, index = label.
         image_size: ``(height, width)`` of every image, or None when sizes vary.
-        num_skipped: Files of a folder source skipped as unreadable (0 for TFDS).
+        num_skipped: Image files of a folder source skipped because they do not
+            decode, e.g. truncated (0 for TFDS).
     """
 
     name: str
@@ -77,8 +93,10 @@ def load_images(
     Args:
         name: ``folder:/path`` or a TFDS dataset name (with config, e.g.
             ``synthetic_shapes/TCVL``).
-        split: Split name (``train``, ``test``; TFDS slices such as
-            ``train[:10%]`` are accepted for TFDS sources).
+        split: Split name (``train``, ``test``), or a slice of one such as
+            ``train[:80%]``, ``train[80%:]``, ``test[10%:20%]`` or
+            ``train[:1000]`` (for TFDS any TFDS split string). Folder slices
+            are cut from a fixed shuffle of the split's files.
         data_dir: TFDS data directory (TFDS' default when None); ignored for
             folders.
         image_size: Resize every image to ``(height, width)`` (an int means a
@@ -99,7 +117,8 @@ def load_images(
     Raises:
         FileNotFoundError: The folder, split or prepared TFDS dataset is missing.
         ValueError: Unusable images (none readable, mixed sizes without
-            ``image_size``, wrong shape).
+            ``image_size``, wrong shape), or a folder split that is not
+            ``SPLIT`` or ``SPLIT[START:END]`` or whose slice is empty.
 
     Example:
         >>> ds, info = load_images("folder:/data/pets", "train", image_size=64)
@@ -166,8 +185,11 @@ def _load_folder(name, split, size, shuffle_files, seed):
         raise FileNotFoundError(
             f"Dataset {name!r}: directory {root!r} does not exist. Pass "
             f"'folder:' followed by a directory of images.")
-    split_dir, class_names = _resolve_split(root, split, name)
-    files = _find_images(split_dir)
+    base_split, bounds = _parse_split(split, name)
+    split_dir, class_names = _resolve_split(root, base_split, split, name)
+    files, unsupported = _find_images(split_dir)
+    if unsupported:
+        _warn_unsupported(name, split, split_dir, unsupported)
     loose = [f for f, cls in files if cls is None]
     if class_names:
         if loose:
@@ -181,11 +203,16 @@ def _load_folder(name, split, size, shuffle_files, seed):
     if not files:
         raise ValueError(f"Dataset {name!r}, split {split!r}: no image files "
                          f"({', '.join(IMAGE_EXTENSIONS)}) under {split_dir!r}.")
+    if bounds is not None:
+        files = _slice_files(files, bounds, split_dir)
+        if not files:
+            raise ValueError(f"Dataset {name!r}: split {split!r} selects none of the image "
+                             f"files under {split_dir!r}; widen the slice.")
 
     sizes, bad = _verify(files)
     if bad:
-        shown = ", ".join(os.path.relpath(f, split_dir) for f in bad[:_MAX_NAMED_SKIPPED])
-        more = f" and {len(bad) - _MAX_NAMED_SKIPPED} more" if len(bad) > _MAX_NAMED_SKIPPED else ""
+        shown = ", ".join(os.path.relpath(f, split_dir) for f in bad[:_MAX_NAMED_FILES])
+        more = f" and {len(bad) - _MAX_NAMED_FILES} more" if len(bad) > _MAX_NAMED_FILES else ""
         _log.warning("%s, split %s: skipped %d unreadable or corrupt image "
                      "file(s): %s%s.", name, split, len(bad), shown, more)
     good = [(f, label) for (f, label), s in zip(files, sizes) if s is not None]
@@ -205,9 +232,90 @@ def _load_folder(name, split, size, shuffle_files, seed):
     return _folder_dataset(good, size, common, shuffle_files, seed), info
 
 
-def _resolve_split(root, split, name):
-    """Returns the directory of `split` and the class names of the whole dataset."""
-    split_dir = os.path.join(root, split)
+def _parse_split(split, name):
+    """Splits ``"train[10%:20%]"`` into ``"train"`` and its slice bounds.
+
+    Args:
+        split: ``SPLIT`` or ``SPLIT[START:END]``; START and END are optional,
+            each a percentage (``80%``) or a number of files (``1000``), negative
+            ones counting from the end, as in TFDS.
+        name: The dataset name, for messages.
+
+    Returns:
+        ``(base split, bounds)``: bounds is None without a slice, else
+        ``(start, end)``, each None (open) or ``(value, is_percent)``.
+
+    Raises:
+        ValueError: `split` has another form, or a percentage outside [-100, 100].
+    """
+    match = _SPLIT_SLICE.fullmatch(split)
+    if match is None:
+        raise ValueError(f"Dataset {name!r}: split {split!r} is not understood; folder "
+                         f"datasets accept {_SLICE_FORM}.")
+    if match.group("slice") is None:
+        return match.group("base"), None
+    bounds = []
+    for text in (match.group("start"), match.group("end")):
+        if not text:
+            bounds.append(None)
+            continue
+        value, is_percent = int(text.rstrip("%")), text.endswith("%")
+        if is_percent and abs(value) > 100:
+            raise ValueError(f"Dataset {name!r}: split {split!r} has the percentage {text}, "
+                             f"outside -100%..100%; folder datasets accept {_SLICE_FORM}.")
+        bounds.append((value, is_percent))
+    return match.group("base"), tuple(bounds)
+
+
+def _slice_position(bound, count, default):
+    """The position in a list of `count` files where a slice bound falls."""
+    if bound is None:
+        return default
+    value, is_percent = bound
+    if is_percent:
+        # -20% is the same place as 80%, so train[:80%] and train[-20%:] meet.
+        value = value if value >= 0 else 100 + value
+        return count * value // 100
+    return min(max(value if value >= 0 else count + value, 0), count)
+
+
+def _slice_order_key(path, split_dir):
+    """A file's place in the fixed shuffle that slices cut.
+
+    A hash of the seed and the path relative to the split folder: the same on
+    every machine and run, independent of where the dataset lies, and adding
+    a file moves no other file from one slice to another.
+    """
+    relative = os.path.relpath(path, split_dir).replace(os.sep, "/")
+    return hashlib.sha256(f"{_SLICE_SEED}:{relative}".encode()).hexdigest()
+
+
+def _slice_files(files, bounds, split_dir):
+    """Returns the files of one slice of a split, in their natural order.
+
+    The files are put in a fixed pseudo-random order first, so that a slice
+    draws from every class (files are listed class by class) and
+    ``train[:80%]`` and ``train[80%:]`` are disjoint and together cover the
+    split.
+
+    Args:
+        files: ``(path, label)`` of every image file of the split.
+        bounds: ``(start, end)`` from `_parse_split`.
+        split_dir: The split's folder (paths are hashed relative to it).
+
+    Returns:
+        The ``(path, label)`` pairs of the slice, sorted as `files` was.
+    """
+    shuffled = sorted(files, key=lambda item: _slice_order_key(item[0], split_dir))
+    start = _slice_position(bounds[0], len(files), 0)
+    end = _slice_position(bounds[1], len(files), len(files))
+    chosen = {path for path, _ in shuffled[start:end]}
+    return [item for item in files if item[0] in chosen]
+
+
+def _resolve_split(root, base_split, split, name):
+    """Returns the directory of `base_split` and the class names of the whole dataset."""
+    split_dir = os.path.join(root, base_split)
     if os.path.isdir(split_dir):
         # Labels must mean the same in every split, so classes are the union of
         # the class folders of all sibling split folders.
@@ -216,12 +324,13 @@ def _resolve_split(root, split, name):
         for sibling in siblings:
             names.update(e.name for e in _subdirs(sibling) if _has_image(e.path))
         return split_dir, sorted(names)
-    if split != "train":
+    if base_split != "train":
         found = sorted(e.name for e in _subdirs(root))
         raise FileNotFoundError(
-            f"Dataset {name!r}: no split folder {split!r} in {root!r} (sub-folders: "
-            f"{found or 'none'}). Put the split's images in {split_dir!r}, or use "
-            f"split 'train', which means the whole folder when it has no split folders.")
+            f"Dataset {name!r}: no split folder {base_split!r} in {root!r} for split "
+            f"{split!r} (sub-folders: {found or 'none'}). Put the split's images in "
+            f"{split_dir!r}, or use split 'train', which means the whole folder when it "
+            f"has no split folders, or a slice of it such as 'train[80%:]'.")
     return root, sorted(e.name for e in _subdirs(root) if _has_image(e.path))
 
 
@@ -239,40 +348,63 @@ def _has_image(path):
     return any(_is_image_name(f) for _, _, files in os.walk(path) for f in files)
 
 
-def _natural_key(path):
-    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", path)]
-
-
 def _find_images(split_dir):
-    """Returns sorted ``(path, class folder name or None)`` of all image files."""
-    found = []
+    """Lists the image files under `split_dir`, and the other files.
+
+    Hidden files and folders (``.DS_Store``, ``.git``) are neither.
+
+    Returns:
+        ``(images, unsupported)``: sorted ``(path, class folder name or None)``
+        of every image file, and the paths of files whose extension is not in
+        `IMAGE_EXTENSIONS`.
+    """
+    found, unsupported = [], []
     for dirpath, dirnames, filenames in os.walk(split_dir):
         dirnames[:] = [d for d in dirnames if not d.startswith(".")]
         rel = os.path.relpath(dirpath, split_dir)
         cls = None if rel == os.curdir else rel.split(os.sep)[0]
-        found.extend((os.path.join(dirpath, f), cls) for f in filenames if _is_image_name(f))
-    found.sort(key=lambda item: _natural_key(item[0]))
-    return found
+        for filename in filenames:
+            if _is_image_name(filename):
+                found.append((os.path.join(dirpath, filename), cls))
+            elif not filename.startswith("."):
+                unsupported.append(os.path.join(dirpath, filename))
+    found.sort(key=lambda item: natural_sort_key(item[0]))
+    unsupported.sort(key=natural_sort_key)
+    return found, unsupported
 
 
-def _verify_one(path):
-    from PIL import Image  # Only folder sources need Pillow.
+def _warn_unsupported(name, split, split_dir, unsupported):
+    """Logs, in one line, the files a folder dataset ignores for their extension."""
+    extensions = collections.Counter(
+        os.path.splitext(f)[1].lower() or "no extension" for f in unsupported)
+    counts = ", ".join(f"{ext} {n}" for ext, n in sorted(extensions.items()))
+    shown = ", ".join(os.path.relpath(f, split_dir) for f in unsupported[:_MAX_NAMED_FILES])
+    more = (f" and {len(unsupported) - _MAX_NAMED_FILES} more"
+            if len(unsupported) > _MAX_NAMED_FILES else "")
+    _log.warning("%s, split %s: ignored %d file(s) that are not of an image type read "
+                 "here (%s): %s%s; images must be %s.", name, split, len(unsupported),
+                 counts, shown, more, ", ".join(IMAGE_EXTENSIONS))
 
+
+def _decoded_size(path):
+    """Returns ``(height, width)`` of the image at `path`, or None if it cannot be read.
+
+    The file is decoded whole, by the op the `tf.data` pipeline uses, so a file
+    that passes here also decodes there: a header check alone passes, e.g., a
+    truncated JPEG.
+    """
     try:
-        with Image.open(path) as image:
-            if image.format not in _DECODABLE_FORMATS:
-                return None
-            width, height = image.size
-            image.verify()  # Header and structure checks, without a full decode.
-        return (height, width)
-    except Exception:  # Pillow raises many types for broken files.  # pylint: disable=broad-except
+        image = tf.io.decode_image(tf.io.read_file(path), channels=3, expand_animations=False)
+    except Exception:  # Broken files raise several error types.  # pylint: disable=broad-except
         return None
+    return (int(image.shape[0]), int(image.shape[1]))
 
 
 def _verify(files):
     """Returns each file's (h, w) or None, and the unreadable paths."""
+    # Decoding releases the GIL, so threads decode in parallel.
     with concurrent.futures.ThreadPoolExecutor(max_workers=8) as pool:
-        sizes = list(pool.map(_verify_one, [f for f, _ in files]))
+        sizes = list(pool.map(_decoded_size, [f for f, _ in files]))
     bad = [f for (f, _), s in zip(files, sizes) if s is None]
     return sizes, bad
 
@@ -292,7 +424,7 @@ def _folder_dataset(files, size, common, shuffle_files, seed):
         return {"image": image, "label": label, "index": index}
 
     ds = ds.map(decode, num_parallel_calls=tf.data.AUTOTUNE)
-    # A file Pillow accepted may still fail to decode (e.g. a truncated JPEG);
-    # drop it with a logged warning instead of ending a long run.
+    # Every file decoded when the dataset was loaded, but one can still change
+    # before it is read (a folder being written to): drop it with a logged
+    # warning instead of ending a long run.
     return ds.ignore_errors(log_warning=True)
-

@@ -16,7 +16,8 @@ import time
 import numpy as np
 
 from keras_ssl_eval.cache import FeatureCache, model_identity
-from keras_ssl_eval.data import FOLDER_PREFIX, DatasetInfo, load_images
+from keras_ssl_eval.contract import FOLDER_PREFIX
+from keras_ssl_eval.data import DatasetInfo, load_images
 from keras_ssl_eval.pooling import MAX_FEATURE_VALUES
 
 __all__ = ["SplitFeatures", "split_features"]

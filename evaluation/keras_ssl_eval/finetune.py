@@ -18,6 +18,9 @@ import logging
 import numpy as np
 import tensorflow as tf
 
+from keras_ssl_eval.contract import REPRESENTATION_SIGNATURE
+from keras_ssl_eval.savedmodel import check_format_version
+
 __all__ = ["FineTuner", "SegmentationFineTuner", "finetune_curve", "load_arrays", "mean_iou",
            "subset_indices"]
 
@@ -66,6 +69,7 @@ class FineTuner:
 
     def __init__(self, path: str, num_classes: int, *, steps: int = 100, batch_size: int = 32,
                  learning_rate: float = 0.01, momentum: float = 0.9, seed: int = 0):
+        check_format_version(path)
         self.model = tf.saved_model.load(path)
         if not hasattr(self.model, "trainable_variables"):
             raise ValueError(f"SavedModel {path!r} has no trainable_variables, so it cannot "
@@ -197,7 +201,7 @@ class SegmentationFineTuner(FineTuner):
         self.layer = layer
         self._end_points = getattr(self.model, "end_points", None)
         if self._end_points is None:
-            if "representation" not in self.model.signatures:
+            if REPRESENTATION_SIGNATURE not in self.model.signatures:
                 raise ValueError(f"SavedModel {path!r} has neither end_points nor the "
                                  f"representation signature; see docs/savedmodel_contract.md.")
             _log.warning("%s has no end_points function: fine-tuning through its "
@@ -208,7 +212,7 @@ class SegmentationFineTuner(FineTuner):
         if self._end_points is not None:
             outputs = self._end_points(images, training=training)
         else:
-            outputs = self.model.signatures["representation"](images=images)
+            outputs = self.model.signatures[REPRESENTATION_SIGNATURE](images=images)
         if self.layer not in outputs:
             raise ValueError(f"End-point {self.layer!r} is not in {self.path!r}; it has "
                              f"{sorted(outputs)}.")

@@ -3,7 +3,9 @@
 Evaluation relies only on the SavedModel contract (docs/savedmodel_contract.md):
 a ``representation`` signature mapping float32 images ``[batch, H, W, 3]`` in
 [0, 1] to every named end-point, and optional metadata in
-``assets/keras_ssl.json``. Neither keras nor keras_ssl is imported.
+``assets/keras_ssl.json``, whose ``format`` version is checked first. The
+contract's names come from `keras_ssl_eval.contract`. Neither keras nor
+keras_ssl is imported.
 """
 
 from __future__ import annotations
@@ -16,23 +18,19 @@ import re
 import numpy as np
 import tensorflow as tf
 
+from keras_ssl_eval._naming import natural_sort_key
+from keras_ssl_eval.contract import (FORMAT_NAME, FORMAT_VERSION, METADATA_PATH,
+                                     REPRESENTATION_SIGNATURE)
 from keras_ssl_eval.patches import cut_patches, patch_spec_from_metadata
 from keras_ssl_eval.pooling import MAX_FEATURE_VALUES, flatten_features
 
-__all__ = ["RepresentationModel", "load_representation_model", "METADATA_FILE",
-           "SIGNATURE"]
+__all__ = ["RepresentationModel", "check_format_version", "load_representation_model"]
 
-SIGNATURE = "representation"
-METADATA_FILE = os.path.join("assets", "keras_ssl.json")
-_CONTRACT = ("docs/savedmodel_contract.md: signature 'representation' maps float32 "
+_CONTRACT = (f"docs/savedmodel_contract.md: signature {REPRESENTATION_SIGNATURE!r} maps float32 "
              "images [batch, height, width, 3] in [0, 1] to a dict of named end-points "
              "(e.g. after_root, block1..block4, pre_logits)")
 
 _log = logging.getLogger(__name__)
-
-
-def _natural_key(name):
-    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", name)]
 
 
 def _size_from_metadata(metadata):
@@ -44,6 +42,55 @@ def _size_from_metadata(metadata):
     if isinstance(value, (list, tuple)) and len(value) >= 2:
         return (int(value[0]), int(value[1]))  # [h, w] or [h, w, 3]
     return None
+
+
+def _check_format(metadata, path):
+    """Refuses metadata whose contract ``format`` this reader cannot read.
+
+    A missing ``format`` is accepted: the metadata is optional for other
+    writers of the contract. Minor versions newer than this reader's are
+    accepted too, because they only add what a reader may ignore.
+
+    Args:
+        metadata: Contents of the model's metadata file ({} when absent).
+        path: The SavedModel directory, for the message.
+
+    Raises:
+        ValueError: ``format`` is not ``keras_ssl.savedmodel/<major>[.<minor>]``,
+            or its major version is not this reader's.
+    """
+    found = metadata.get("format")
+    if found is None:
+        return
+    supported = f"{FORMAT_NAME}/{FORMAT_VERSION[0]}.x"
+    fix = (f"re-export it with a keras-ssl that writes {supported}, or upgrade "
+           f"keras-ssl-eval to one that reads {found}")
+    match = re.fullmatch(re.escape(FORMAT_NAME) + r"/(\d+)(?:\.(\d+))?", str(found))
+    if match is None:
+        raise ValueError(f"SavedModel {path!r} has metadata format {found!r}, which is not "
+                         f"{FORMAT_NAME}/<major>[.<minor>]; keras-ssl-eval reads {supported}: "
+                         f"{fix}.")
+    if int(match.group(1)) != FORMAT_VERSION[0]:
+        raise ValueError(f"SavedModel {path!r} has contract version {found} but keras-ssl-eval "
+                         f"reads {supported} only: {fix}.")
+
+
+def check_format_version(path: str) -> None:
+    """Refuses a SavedModel whose metadata has a contract version this reader cannot read.
+
+    For readers that load the SavedModel themselves (fine-tuning); a model
+    without metadata passes.
+
+    Args:
+        path: The SavedModel directory (local or any `tf.io.gfile` path).
+
+    Raises:
+        ValueError: As `load_representation_model`, for the ``format``.
+    """
+    file = os.path.join(path, METADATA_PATH)
+    if tf.io.gfile.exists(file):
+        with tf.io.gfile.GFile(file) as f:
+            _check_format(json.load(f), path)
 
 
 class RepresentationModel:
@@ -67,24 +114,27 @@ class RepresentationModel:
 
     def __init__(self, path: str):
         self.path = path
+        # Metadata first: a model of an unknown contract version is refused
+        # before the (slow) load, whose errors would hide the real cause.
+        self.metadata = self._read_metadata(path)
+        _check_format(self.metadata, path)
         self._loaded = tf.saved_model.load(path)
         signatures = dict(self._loaded.signatures)
-        if SIGNATURE not in signatures:
+        if REPRESENTATION_SIGNATURE not in signatures:
             raise ValueError(
-                f"SavedModel {path!r} lacks the {SIGNATURE!r} signature (it has: "
+                f"SavedModel {path!r} lacks the {REPRESENTATION_SIGNATURE!r} signature (it has: "
                 f"{sorted(signatures) or 'none'}), so its end-points cannot be read. "
                 f"keras-ssl-eval needs the keras-ssl SavedModel contract, see {_CONTRACT}. "
                 f"Re-export the model with keras-ssl's export binary.")
-        self._signature = signatures[SIGNATURE]
+        self._signature = signatures[REPRESENTATION_SIGNATURE]
         inputs = self._signature.structured_input_signature[1]
         if len(inputs) != 1:
-            raise ValueError(f"SavedModel {path!r}: signature {SIGNATURE!r} must take one "
-                             f"images tensor, it takes {sorted(inputs)}; see {_CONTRACT}.")
+            raise ValueError(f"SavedModel {path!r}: signature {REPRESENTATION_SIGNATURE!r} must "
+                             f"take one images tensor, it takes {sorted(inputs)}; see {_CONTRACT}.")
         (self._input_name, input_spec), = inputs.items()
-        self.metadata = self._read_metadata(path)
         outputs = list(self._signature.structured_outputs)
         listed = [n for n in self.metadata.get("endpoints", []) if n in outputs]
-        rest = sorted((n for n in outputs if n not in listed), key=_natural_key)
+        rest = sorted((n for n in outputs if n not in listed), key=natural_sort_key)
         self.endpoint_names = tuple(listed + rest)
         static = tuple(input_spec.shape[1:3]) if input_spec.shape.rank == 4 else ()
         self.input_size = _size_from_metadata(self.metadata) or (
@@ -116,11 +166,11 @@ class RepresentationModel:
 
     @staticmethod
     def _read_metadata(path):
-        file = os.path.join(path, METADATA_FILE)
+        file = os.path.join(path, METADATA_PATH)
         if not tf.io.gfile.exists(file):
             _log.warning("SavedModel %s has no %s; evaluating it without metadata "
                          "(model name from the directory, input size from the signature).",
-                         path, METADATA_FILE)
+                         path, METADATA_PATH)
             return {}
         with tf.io.gfile.GFile(file) as f:
             return json.load(f)
@@ -292,7 +342,9 @@ def load_representation_model(path: str) -> RepresentationModel:
         A `RepresentationModel`.
 
     Raises:
-        ValueError: The SavedModel has no ``representation`` signature.
+        ValueError: The SavedModel has no ``representation`` signature, or its
+            metadata ``format`` has a major version this keras-ssl-eval does not
+            read (see `keras_ssl_eval.contract`).
 
     Example:
         >>> model = load_representation_model("/models/rotation")

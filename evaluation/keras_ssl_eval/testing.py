@@ -14,6 +14,9 @@ import tempfile
 import numpy as np
 import tensorflow as tf
 
+from keras_ssl_eval.contract import (INPUT_NAME, METADATA_FILENAME, REPRESENTATION_SIGNATURE,
+                                     SERVING_SIGNATURE)
+
 __all__ = ["save_toy_savedmodel", "write_image_folder"]
 
 
@@ -65,7 +68,7 @@ def save_toy_savedmodel(path: str, *, input_size: int = 16, root_channels: int =
         pre_logits = tf.reduce_mean(block1, axis=[1, 2])
         return {"after_root": after_root, "block1": block1, "pre_logits": pre_logits}
 
-    image_spec = tf.TensorSpec([None, None, None, 3], tf.float32, name="images")
+    image_spec = tf.TensorSpec([None, None, None, 3], tf.float32, name=INPUT_NAME)
 
     @tf.function
     def call(images, training=False):
@@ -80,9 +83,9 @@ def save_toy_savedmodel(path: str, *, input_size: int = 16, root_channels: int =
     root.regularization_losses = []
 
     serving = tf.function(lambda images: {"pre_logits": endpoints(images)["pre_logits"]})
-    signatures = {"serving_default": serving.get_concrete_function(image_spec)}
+    signatures = {SERVING_SIGNATURE: serving.get_concrete_function(image_spec)}
     if with_representation:
-        signatures["representation"] = tf.function(endpoints).get_concrete_function(image_spec)
+        signatures[REPRESENTATION_SIGNATURE] = tf.function(endpoints).get_concrete_function(image_spec)
 
     with tempfile.TemporaryDirectory() as staging:
         if with_metadata:
@@ -94,7 +97,7 @@ def save_toy_savedmodel(path: str, *, input_size: int = 16, root_channels: int =
             if patch_grid is not None:
                 metadata.update(input_form="patches", patch_grid=list(patch_grid),
                                 patch_size=[patch_size, patch_size])
-            asset_file = os.path.join(staging, "keras_ssl.json")
+            asset_file = os.path.join(staging, METADATA_FILENAME)
             with open(asset_file, "w") as f:
                 json.dump(metadata, f)
             # An Asset is copied into <path>/assets/ under its base name.

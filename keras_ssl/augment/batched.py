@@ -404,8 +404,9 @@ class SimCLRStack(Stack):
             images = grayscale(images, params["grayscale"])
         if self.blur_probability > 0:
             images = gaussian_blur(images, params["blur_sigma"])
-        # Every step maps [0, 1] into [0, 1] (bilinear and blur average, jitter clips).
-        return images
+        # Bilinear, luma and blur are weighted averages, but their float sums can
+        # overshoot 1 by an ulp (a test saw 1.0000002): one clip keeps [0, 1] exact.
+        return tf.clip_by_value(images, 0.0, 1.0)
 
 
 # ------------------------------------------- per image, or deferred to the step

@@ -17,9 +17,8 @@ from __future__ import annotations
 
 import os
 
+from keras_ssl_eval.contract import FOLDER_PREFIX
 from keras_ssl_eval.data import DatasetInfo, load_images
-
-FOLDER_PREFIX = "folder:"
 
 
 def _import_builder(name: str) -> None:

@@ -16,11 +16,13 @@ import glob
 import json
 import os
 
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif")
-
 
 def list_images(images: str) -> list[str]:
     """Files of the directory `images`, or the files matching the glob `images`."""
+    # Imported here: the binary's --help must not wait for TensorFlow, which
+    # importing the keras_ssl_eval package brings.
+    from keras_ssl_eval.contract import IMAGE_EXTENSIONS
+
     if os.path.isdir(images):
         paths = [os.path.join(images, n) for n in sorted(os.listdir(images))]
     else:
@@ -35,6 +37,8 @@ def colorize_files(saved_model: str, images: str, output: str) -> list[str]:
     """Colourises the images found for `images` into PNGs under `output`; returns their paths."""
     import tensorflow as tf
 
+    from keras_ssl_eval.contract import METADATA_PATH
+
     from keras_ssl_methods import _lab
 
     model = tf.saved_model.load(saved_model)
@@ -43,7 +47,7 @@ def colorize_files(saved_model: str, images: str, output: str) -> list[str]:
             f"{saved_model!r} has no 'colorize' signature: export a run of the "
             f"'colorization' method (signatures: {sorted(model.signatures)})."
         )
-    with open(os.path.join(saved_model, "assets", "keras_ssl.json")) as f:
+    with open(os.path.join(saved_model, METADATA_PATH)) as f:
         size = json.load(f).get("input_size")
     colorize = model.signatures["colorize"]
     os.makedirs(output, exist_ok=True)

@@ -35,7 +35,7 @@ from typing import Sequence
 # Console scripts are named `keras-ssl-*`.
 _BINARY_PREFIX = "keras-ssl-"
 # `python -m` runs of the same binaries (`python -m keras_ssl.cli.train`).
-_BINARY_PACKAGES = ("keras_ssl.cli.", "keras_ssl_eval.cli", "keras_ssl_methods.cli.")
+_BINARY_PACKAGES = ("keras_ssl.cli.", "keras_ssl_eval.cli.", "keras_ssl_methods.cli.")
 # The spellings of absl's verbosity flag.
 _VERBOSITY_FLAGS = ("--verbosity", "-verbosity", "--v", "-v")
 # The logger of keras_ssl_eval's progress lines (features extracted, accuracies).

@@ -74,7 +74,7 @@ def trained_model(args, workdir):
     """A Rotation run of `--train_steps` steps on synthetic_shapes/TCV- (the quickstart's config)."""
     model_dir = os.path.join(workdir, "run")
     command = [
-        sys.executable, "-m", "keras_ssl.train", "--gin_file=gin_configs/quickstart.gin",
+        sys.executable, "-m", "keras_ssl.cli.train", "--gin_file=gin_configs/quickstart.gin",
         f"--model_dir={model_dir}", f"--gin_bindings=keras_ssl.train.train_steps = {args.train_steps}",
         f"--gin_bindings=keras_ssl.train.steps_per_loop = {min(50, args.train_steps)}",
         f"--gin_bindings=keras_ssl.learning_rate_schedule.warmup_steps = {max(1, args.train_steps // 10)}",

@@ -10,7 +10,8 @@ from __future__ import annotations
 import sys
 from typing import Callable, Sequence
 
-from absl import app, flags, logging
+from absl import app, flags
+from keras_ssl_eval import quiet
 
 from keras_ssl.config import ConfigError
 from keras_ssl.registry import PluginError
@@ -39,7 +40,8 @@ def run_binary(
 ) -> None:
     """`absl.app.run(main)`, turning user errors into `program: message` and exit 1.
 
-    Library logs below WARNING are hidden unless `--verbosity` is given.
+    The binary starts quietly (`keras_ssl_eval.quiet`): library logs below
+    WARNING are hidden unless `--verbosity` is given.
 
     Args:
       program: The binary's name, printed before the message.
@@ -50,10 +52,9 @@ def run_binary(
     errors = USER_ERRORS + tuple(extra_errors)
 
     def reporting_main(argv):
-        if not flags.FLAGS["verbosity"].present:
-            # Library INFO logs (SavedModel writer, TFDS) drown the binary's own lines;
-            # --verbosity=0 brings them back.
-            logging.set_verbosity(logging.WARNING)
+        # Library INFO logs (SavedModel writer, TFDS, Orbit) drown the binary's own
+        # lines; --verbosity=0 brings them back.
+        quiet.quiet_library_logs(flags.FLAGS["verbosity"].present)
         try:
             return main(argv)
         except errors as e:

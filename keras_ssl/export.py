@@ -23,7 +23,8 @@ and the objects holding their variables).
 Exports are written to a temporary directory and renamed into place, so a
 crash never leaves a half-written model at the destination.
 
-Binary: `keras-ssl-export --model_dir=RUN [--step=N] [--export_dir=DIR]`.
+Binary: `keras-ssl-export --model_dir=RUN [--step=N] [--export_dir=DIR]`
+(`keras_ssl.cli.export`).
 """
 
 from __future__ import annotations
@@ -246,26 +247,3 @@ def export_checkpoint(model_dir: str, step: int | None = None, export_dir: str |
     path = available[step]
     make_checkpoint(method).restore(path).expect_partial()
     return export_method(method, model_dir, step, export_dir)
-
-
-def main(argv):
-    del argv
-    from absl import flags
-
-    values = flags.FLAGS
-    export_checkpoint(values.model_dir, values.step, values.export_dir)
-
-
-def run():
-    from absl import flags
-
-    from keras_ssl.cli_errors import run_binary
-
-    flags.DEFINE_string("model_dir", None, "Run directory written by keras-ssl-train.", required=True)
-    flags.DEFINE_integer("step", None, "Checkpoint step to export (default: latest; 0 = random init).")
-    flags.DEFINE_string("export_dir", None, "Destination (default MODEL_DIR/export/step_N).")
-    run_binary("keras-ssl-export", main)
-
-
-if __name__ == "__main__":
-    run()

@@ -1,6 +1,6 @@
 """Runs the binaries' entry points in fresh processes without paying TensorFlow's start-up each time.
 
-A binary started as `python -c "from keras_ssl.train import run; run()"`
+A binary started as `python -c "from keras_ssl.cli.train import run; run()"`
 spends most of its seconds importing TensorFlow, Keras, TFDS and keras_ssl
 (about 9 s of CPU each here). The tests that only check how a binary answers
 (refusals, exit codes, the lines it prints) start their binaries through a
@@ -31,12 +31,12 @@ PRELOAD = [
 
 # Each binary's console-script target (setup.cfg files' entry points).
 ENTRY_POINTS = {
-    "keras-ssl-train": "keras_ssl.train:run",
-    "keras-ssl-export": "keras_ssl.export:run",
-    "keras-ssl-eval": "keras_ssl_eval.cli:run",
-    "keras-ssl-prepare-data": "keras_ssl.datasets.prepare:run",
-    "keras-ssl-colorize": "keras_ssl_methods.colorize_cli:run",
-    "keras-ssl-show-views": "keras_ssl.augment.show_views:run",
+    "keras-ssl-train": "keras_ssl.cli.train:run",
+    "keras-ssl-export": "keras_ssl.cli.export:run",
+    "keras-ssl-eval": "keras_ssl_eval.cli.eval:run",
+    "keras-ssl-prepare-data": "keras_ssl.cli.prepare_data:run",
+    "keras-ssl-colorize": "keras_ssl_methods.cli.colorize:run",
+    "keras-ssl-show-views": "keras_ssl.cli.show_views:run",
 }
 
 _CONTEXT = None

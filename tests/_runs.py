@@ -14,8 +14,8 @@ from conftest import REPO, tiny_run_bindings, tiny_shapes_name
 
 
 def train_command(model_dir, bindings, *flags):
-    """`keras-ssl-train` (as `python -m keras_ssl.train`) with gin `bindings` and extra `flags`."""
-    command = [sys.executable, "-m", "keras_ssl.train", f"--model_dir={model_dir}", *flags]
+    """`keras-ssl-train` (as `python -m keras_ssl.cli.train`) with gin `bindings` and extra `flags`."""
+    command = [sys.executable, "-m", "keras_ssl.cli.train", f"--model_dir={model_dir}", *flags]
     return command + [f"--gin_bindings={b}" for b in bindings]
 
 

@@ -152,7 +152,7 @@ def test_loss_falls_on_synthetic_shapes(data_dir):
 
 @pytest.mark.slow
 def test_export_colorize_signature_and_cli(data_dir, tmp_path):
-    from keras_ssl_methods.colorize_cli import colorize_files
+    from keras_ssl_methods.colorize import colorize_files
 
     losses, outputs, export, metadata = train_tiny(
         data_dir, str(tmp_path / "run"), "colorization", steps=2, steps_per_loop=2,

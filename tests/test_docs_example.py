@@ -38,7 +38,7 @@ def test_documented_plugin_installs_lists_and_trains(tmp_path, data_dir):
         TF_CPP_MIN_LOG_LEVEL="2", CUDA_VISIBLE_DEVICES="-1",
     )
     listing = subprocess.run(
-        [sys.executable, "-m", "keras_ssl.cli_list"], capture_output=True, text=True, env=env,
+        [sys.executable, "-m", "keras_ssl.cli.list"], capture_output=True, text=True, env=env,
         timeout=120,
     )
     assert re.search(r"my_byol\s+keras-ssl-my-byol 0.1.0", listing.stdout), listing.stdout
@@ -48,7 +48,7 @@ def test_documented_plugin_installs_lists_and_trains(tmp_path, data_dir):
     bindings += ["my_byol.projection_dim = 8", "my_byol.hidden_dim = 16"]
     model_dir = tmp_path / "run"
     result = subprocess.run(
-        [sys.executable, "-m", "keras_ssl.train", f"--model_dir={model_dir}"]
+        [sys.executable, "-m", "keras_ssl.cli.train", f"--model_dir={model_dir}"]
         + [f"--gin_bindings={b}" for b in bindings],
         capture_output=True, text=True, env=env, timeout=300, cwd=REPO,
     )

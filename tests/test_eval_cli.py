@@ -6,11 +6,10 @@ import subprocess
 import sys
 
 import pytest
-from absl import flags
 
-from keras_ssl_eval import cli, report
+from keras_ssl_eval import report
 from keras_ssl_eval.evaluate import evaluate_linear
-from keras_ssl_eval.testing import save_toy_savedmodel, write_image_folder
+from keras_ssl_eval.testing import run_eval_main, save_toy_savedmodel, write_image_folder
 
 _EVAL_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                          "evaluation")
@@ -29,10 +28,7 @@ def workspace(tmp_path_factory):
 
 
 def _run_in_process(argv):
-    flag_values = flags.FlagValues()  # Never touches the global absl FLAGS.
-    cli.define_flags(flag_values)
-    flag_values(["keras-ssl-eval", *argv])
-    cli.main(["keras-ssl-eval"], flag_values)
+    run_eval_main(argv)
 
 
 def test_cli_writes_results(workspace, tmp_path, capsys):
@@ -118,7 +114,7 @@ def test_cli_runs_without_keras(workspace, tmp_path):
     code = ("import sys\n"
             "for name in ('keras', 'keras_ssl', 'keras_ssl_methods', 'tf_keras'):\n"
             "    sys.modules[name] = None  # Any import of them now fails.\n"
-            "from keras_ssl_eval.cli import run\n"
+            "from keras_ssl_eval.cli.eval import run\n"
             "sys.argv = ['keras-ssl-eval'] + sys.argv[1:]\n"
             "try:\n"
             "    run()\n"

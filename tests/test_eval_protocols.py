@@ -4,12 +4,11 @@ import json
 
 import numpy as np
 import pytest
-from absl import flags
 
-from keras_ssl_eval import cli, compare, report, utility
+from keras_ssl_eval import compare, report, utility
 from keras_ssl_eval.evaluate import evaluate
 from keras_ssl_eval.finetune import FineTuner, subset_indices
-from keras_ssl_eval.testing import save_toy_savedmodel, write_image_folder
+from keras_ssl_eval.testing import run_eval_main, save_toy_savedmodel, write_image_folder
 
 
 @pytest.fixture(scope="module")
@@ -23,10 +22,7 @@ def workspace(tmp_path_factory):
 
 
 def _cli(argv):
-    flag_values = flags.FlagValues()
-    cli.define_flags(flag_values)
-    positional = flag_values(["keras-ssl-eval", *argv])
-    cli.main(positional, flag_values)
+    run_eval_main(argv)
 
 
 # ----------------------------------------------------------------- utility --

@@ -7,7 +7,7 @@ import textwrap
 import pytest
 
 from keras_ssl import registry
-from keras_ssl.cli_list import format_registry
+from keras_ssl.cli.list import format_registry
 
 
 def _install_fake_distribution(site, dist_name, entry_points: dict, modules: dict):
@@ -124,9 +124,9 @@ def test_in_process_registration_and_gin_binding():
 
 
 def test_list_binary_prints_every_kind(capsys):
-    from keras_ssl import cli_list
+    from keras_ssl.cli import list as list_binary
 
-    cli_list.main(["keras-ssl-list"])
+    list_binary.main(["keras-ssl-list"])
     out = capsys.readouterr().out
     for heading in ("methods (", "backbones (", "augmentation stacks (", "datasets ("):
         assert heading in out

@@ -138,17 +138,13 @@ def _without_timings(value):
 def test_evaluation_of_the_same_export_gives_the_same_numbers(trained_run, data_dir, tmp_path):
     import json
 
-    from absl import flags
-
     from conftest import tiny_shapes_name
-    from keras_ssl_eval import cli
+    from keras_ssl_eval.testing import run_eval_main
 
     results = []
     for attempt in ("first", "second"):
-        flag_values = flags.FlagValues()
-        cli.define_flags(flag_values)
-        flag_values([
-            "keras-ssl-eval", f"--saved_model={trained_run['final_export']}",
+        run_eval_main([
+            f"--saved_model={trained_run['final_export']}",
             f"--scratch_model={trained_run['initial_export']}", f"--dataset={tiny_shapes_name()}",
             f"--data_dir={data_dir}", "--layers=block2,pre_logits",
             "--protocol=grid,knn,lowshot,utility", "--epochs=3", "--mlp_hidden=16", "--knn_k=5",
@@ -156,6 +152,5 @@ def test_evaluation_of_the_same_export_gives_the_same_numbers(trained_run, data_
             "--finetune_batch_size=8", "--l2_grid=1e-3,1e-1", "--batch_size=16",
             "--cache_dir=", "--plots=false", "--progress=false", f"--output={tmp_path / attempt}",
         ])
-        cli.main(["keras-ssl-eval"], flag_values)
         results.append(_without_timings(json.loads((tmp_path / attempt / "results.json").read_text())))
     assert results[0]["models"] == results[1]["models"]

@@ -365,7 +365,7 @@ def test_sweep_binary_end_to_end(tmp_path, data_dir):
     training.train(str(output / "cells" / killed.name / "model"))
 
     result = subprocess.run(
-        [sys.executable, "-m", "keras_ssl.sweep.cli", f"--grid={grid_path}",
+        [sys.executable, "-m", "keras_ssl.cli.sweep", f"--grid={grid_path}",
          f"--output={output}", "--parallel=2"],
         capture_output=True, text=True, cwd=REPO, timeout=600,
         env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", CUDA_VISIBLE_DEVICES="-1"))

@@ -10,15 +10,16 @@ Example:
     >>> feats, labels = model.extract(ds, ["pre_logits"], with_labels=True)
 """
 
+# First: run as a binary, TensorFlow's C++ start-up logs are hidden before
+# TensorFlow is imported (see keras_ssl_eval.quiet). Imported as a library,
+# TensorFlow's defaults stay.
 import os as _os
-import sys as _sys
 
-# Run as a `keras-ssl-*` binary, print that binary's output only: TensorFlow's
-# C++ start-up logs (CUDA probing, CPU features) are hidden unless the user
-# chose a level. Imported as a library, TensorFlow's defaults stay.
-if _os.path.basename(_sys.argv[0] if _sys.argv else "").startswith("keras-ssl-"):
+from keras_ssl_eval import quiet as _quiet
+
+if _quiet.started_as_binary() and not _quiet.verbosity_given():
     _os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-
+    _quiet.hide_library_warnings()
 
 from keras_ssl_eval.cache import DEFAULT_CACHE_DIR, FeatureCache
 from keras_ssl_eval.compare import compare_reports, load_reports

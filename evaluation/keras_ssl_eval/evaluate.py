@@ -121,7 +121,7 @@ def evaluate(saved_models, dataset: str, *, protocols=("linear",), data_dir: str
                 if "linear" in protocols:
                     entry["layers"][layer] = {**P.run_linear(*args, l2_grid=l2_grid, seed=seed),
                                               **sizes}
-                    _log.info("%s %s linear: %.4f", name, layer,
+                    _log.info("%s, %s: linear probe test accuracy %.4f", name, layer,
                               entry["layers"][layer]["test_accuracy"])
                 if "grid" in protocols:
                     entry["grid"][layer] = P.run_grid(

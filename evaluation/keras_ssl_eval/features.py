@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 import time
 
 import numpy as np
@@ -105,8 +106,11 @@ def split_features(model, dataset: str, split: str, layers, *, data_dir: str | N
             shapes[layer] = model.last_endpoint_shapes.get(layer)
             cache.save(keys[layer], new[layer], labels, shapes[layer])
         features.update(new)
-        _log.info("Extracted %d %s images (%s) in %.1fs.", len(labels), split,
-                  ", ".join(missing), seconds)
+        _log.info("extracted features of %s (%s) on %d %s images ... %.1f s",
+                  _model_name(model), ", ".join(missing), len(labels), split, seconds)
+    if cached:
+        _log.info("features of %s (%s) on %s images: from the cache", _model_name(model),
+                  ", ".join(cached), split)
     if labels is None or len(labels) == 0:
         raise ValueError(f"Dataset {dataset!r}, split {split!r} yielded no images.")
     if need_labels and (labels < 0).all():
@@ -114,3 +118,8 @@ def split_features(model, dataset: str, split: str, layers, *, data_dir: str | N
                          f"probe needs labelled data.")
     return SplitFeatures({layer: features[layer] for layer in layers}, labels, info, shapes,
                          cached, seconds)
+
+
+def _model_name(model) -> str:
+    """The model's directory name, as the progress bar names it (e.g. `step_0`)."""
+    return os.path.basename(os.path.normpath(model.path))

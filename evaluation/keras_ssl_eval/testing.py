@@ -17,7 +17,7 @@ import tensorflow as tf
 from keras_ssl_eval.contract import (INPUT_NAME, METADATA_FILENAME, REPRESENTATION_SIGNATURE,
                                      SERVING_SIGNATURE)
 
-__all__ = ["save_toy_savedmodel", "write_image_folder"]
+__all__ = ["run_eval_main", "save_toy_savedmodel", "write_image_folder"]
 
 
 def save_toy_savedmodel(path: str, *, input_size: int = 16, root_channels: int = 4,
@@ -139,3 +139,27 @@ def write_image_folder(path: str, classes: dict[str, int] | int, *, size: int = 
             pixels = np.clip(colour + rng.normal(0, 20, [size, size, 3]), 0, 255).astype(np.uint8)
             Image.fromarray(pixels).save(os.path.join(folder, f"img_{i:03d}{extension}"))
     return path
+
+
+def run_eval_main(argv: list[str]) -> None:
+    """Runs `keras-ssl-eval ARGV`'s main in this process, as a test does.
+
+    The binary's flags (`keras_ssl_eval.cli.eval`, defined when that module
+    is first imported) are parsed from `argv` into absl's `FLAGS` and reset to
+    their defaults afterwards, so the next call starts from the defaults. Unlike
+    the binary, it leaves logging alone and user errors propagate as exceptions.
+
+    Args:
+        argv: The arguments after the program name, e.g.
+            ``["--saved_model=/m", "--dataset=cifar10", "--output=/o"]``.
+    """
+    from absl import flags
+
+    from keras_ssl_eval.cli import eval as eval_binary
+
+    flags.FLAGS.unparse_flags()
+    try:
+        positional = flags.FLAGS(["keras-ssl-eval", *argv])
+        eval_binary.main(positional)
+    finally:
+        flags.FLAGS.unparse_flags()

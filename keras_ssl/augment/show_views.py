@@ -1,39 +1,14 @@
-"""`keras-ssl-show-views`: a contact sheet of an augmentation stack's or a method's views.
+"""The drawing behind `keras-ssl-show-views`: an augmentation stack's or a method's views.
 
-Row i shows source image i (left, framed) and `--num_views` independent
-views of it drawn by the stack, as the training input pipeline would draw
-them (per image, inside `tf.data`). Look at it before training: crops too
-small, colours gone, blur on tiny images all show at once.
-
-With `--method`, a row shows the views that method's `preprocess` draws from
-the image, in order and at their relative sizes: BYOL's asymmetric pair, or
-the global and the smaller local views of multi-crop (DINO, SwAV).
-
-    keras-ssl-show-views --stack=simclr --dataset=synthetic_shapes --output=views.png
-    keras-ssl-show-views --method=dino --gin_file=gin_configs/dino/synthetic_shapes.gin \
-        --dataset=synthetic_shapes/TCV- --image_size=32 --output=dino_views.png
+`draw_views` applies a stack to each image as the training input pipeline
+would (per image, inside `tf.data`); `draw_method_views` draws the views a
+method's `preprocess` makes; `contact_sheet` puts them side by side, one row
+per source image. The binary is `keras_ssl.cli.show_views`.
 """
 
 from __future__ import annotations
 
 import numpy as np
-from absl import flags
-
-FLAGS = flags.FLAGS
-flags.DEFINE_string("stack", "simclr", "Registered augmentation stack.")
-flags.DEFINE_string("method", None, "Show this registered method's views instead of a stack's "
-                    "(configured by --gin_file/--gin_bindings).")
-flags.DEFINE_string("dataset", "synthetic_shapes", "Dataset name (see keras_ssl.datasets).")
-flags.DEFINE_string("split", "train", "Split.")
-flags.DEFINE_string("data_dir", None, "TFDS data directory.")
-flags.DEFINE_integer("image_size", None, "Resize images to this square size (None keeps them).")
-flags.DEFINE_integer("num_images", 6, "Rows: source images.")
-flags.DEFINE_integer("num_views", 6, "Columns: views per image.")
-flags.DEFINE_integer("cell", 96, "Pixel size of one cell of the sheet.")
-flags.DEFINE_integer("seed", 0, "Random seed.")
-flags.DEFINE_multi_string("gin_file", [], "gin files (stack parameters).")
-flags.DEFINE_multi_string("gin_bindings", [], "gin bindings, e.g. \"simclr.blur_probability = 0\".")
-flags.DEFINE_string("output", "views.png", "PNG to write.")
 
 
 def draw_views(images: np.ndarray, stack, num_views: int, seed: int = 0) -> np.ndarray:
@@ -125,40 +100,3 @@ def contact_sheet(images: np.ndarray, views, cell: int = 96, gap: int = 4) -> np
         for j, view in enumerate(views[i]):
             put(i, j + 1, view)
     return sheet
-
-
-def main(argv):
-    del argv
-    from PIL import Image
-
-    from keras_ssl import config, registry
-    from keras_ssl.datasets import load_dataset
-
-    config.parse_gin(FLAGS.gin_file, FLAGS.gin_bindings)
-    dataset, _ = load_dataset(
-        FLAGS.dataset, FLAGS.split, data_dir=FLAGS.data_dir, image_size=FLAGS.image_size
-    )
-    images = np.stack([e["image"].numpy() for e in dataset.take(FLAGS.num_images)])
-    if FLAGS.method:
-        from keras_ssl.training import build_method
-
-        method = build_method(method=FLAGS.method)
-        method.check_training_setup(1 << 30, images.shape[1])
-        views = draw_method_views(images, method, FLAGS.seed)
-        sizes = " ".join(f"{v.shape[0]}" for v in views[0])
-        what = f"{len(views[0])} views of method {FLAGS.method!r} (sizes {sizes} px)"
-    else:
-        views = draw_views(images, registry.AUGMENTATIONS.get(FLAGS.stack), FLAGS.num_views,
-                           FLAGS.seed)
-        what = f"{FLAGS.num_views} views of stack {FLAGS.stack!r}"
-    Image.fromarray(contact_sheet(images, views, FLAGS.cell)).save(FLAGS.output)
-    print(
-        f"wrote {FLAGS.output}: {len(images)} images x {what} "
-        f"({images.shape[1]}x{images.shape[2]} px; source framed in red)"
-    )
-
-
-def run():
-    from keras_ssl.cli_errors import run_binary
-
-    run_binary("keras-ssl-show-views", main)

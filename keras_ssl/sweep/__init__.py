@@ -5,7 +5,7 @@
 - `cell`: one cell in its own process (train, export step 0 and the end, evaluate);
 - `runner`: resume, parallel cells, failures, progress;
 - `table`, `plots`, `report`: the results table and the plots over all cells;
-- `cli`: the binary.
+- the binary is `keras_ssl.cli.sweep`.
 
 docs/sweep.md describes the grid format and the outputs.
 """

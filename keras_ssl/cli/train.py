@@ -39,6 +39,11 @@ _MIXED_PRECISION = flags.DEFINE_enum(
 
 
 def main(argv):
+    """Trains the configured run in `--model_dir` (absl main).
+
+    Args:
+      argv: Positional arguments left by absl (none are used).
+    """
     del argv
     import tensorflow as tf
 
@@ -68,6 +73,7 @@ def main(argv):
 
 
 def run():
+    """Console-script entry point of `keras-ssl-train`."""
     from keras_ssl import distribute, training
 
     run_binary("keras-ssl-train", main, extra_errors=(

@@ -11,12 +11,11 @@ does not fit is refused with one line. Then each unfinished cell runs as its
 own process (docs/sweep.md): finished cells are skipped, a killed cell resumes
 from its checkpoint, a failed one is recorded with its reason and the sweep
 goes on. The exit status is 1 when a cell failed, after the table and plots
-are written.
+are written. The grid, the checks and the runner are `keras_ssl.sweep`.
 """
 
 from __future__ import annotations
 
-import os
 import sys
 import time
 
@@ -39,13 +38,12 @@ _STATUS_INTERVAL = flags.DEFINE_float("status_interval", 60.0,
 
 
 def main(argv):
-    del argv
-    from absl import logging
+    """Checks the grid, runs its unfinished cells, writes the table and plots (absl main).
 
-    if not flags.FLAGS["verbosity"].present:
-        # Library INFO logs would bury the progress lines.
-        logging.set_verbosity(logging.WARNING)
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    Args:
+      argv: Positional arguments left by absl (none are used).
+    """
+    del argv
     from keras_ssl.sweep import checks, grid as grid_lib, report, runner as runner_lib
 
     start = time.time()
@@ -91,6 +89,7 @@ def main(argv):
 
 
 def run():
+    """Console-script entry point of `keras-ssl-sweep`."""
     from keras_ssl.sweep.grid import GridError
 
     run_binary("keras-ssl-sweep", main, extra_errors=(GridError,))

@@ -2,18 +2,24 @@
 
 Broken plugins are listed too, marked BROKEN with the distribution that
 declares them, its version and the exception, so a failing third-party
-package is easy to spot.
+package is easy to spot. The binary has no flags of its own.
 """
 
 from __future__ import annotations
 
-from absl import app
-
 from keras_ssl import registry
+from keras_ssl.cli_errors import run_binary
 
 
 def format_registry(reg: registry.Registry) -> list[str]:
-    """One line per entry of `reg`: name, origin, and the error if broken."""
+    """One line per entry of a registry: name, origin, and the error if broken.
+
+    Args:
+      reg: The registry to list.
+
+    Returns:
+      The lines, a heading first.
+    """
     lines = [f"{reg.kind}s ({reg.group}):"]
     entries = reg.entries()
     if not entries:
@@ -28,6 +34,11 @@ def format_registry(reg: registry.Registry) -> list[str]:
 
 
 def main(argv):
+    """Prints every registry (absl main).
+
+    Args:
+      argv: Positional arguments left by absl (none are used).
+    """
     del argv
     for reg in registry.ALL:
         print("\n".join(format_registry(reg)))
@@ -35,7 +46,8 @@ def main(argv):
 
 
 def run():
-    app.run(main)
+    """Console-script entry point of `keras-ssl-list`."""
+    run_binary("keras-ssl-list", main)
 
 
 if __name__ == "__main__":

@@ -81,7 +81,7 @@ def _kernels(net, regularized_only=False):
     return weights
 
 
-def test_every_family_of_the_issue_is_registered():
+def test_every_family_with_tiny_settings_is_registered():
     assert set(TINY) <= set(FAMILIES)
 
 

@@ -7,8 +7,9 @@ from keras_ssl import Method, config, registry
 
 
 @pytest.mark.parametrize("binding,suggestion", [
-    # The misspellings of issue 17: accepted by gin behind **kwargs, they used to
-    # fail in Keras at train time, after the dataset was prepared.
+    # Parameters of constructors taking **kwargs: gin accepts any name there, so
+    # without the check a misspelling would fail in Keras at train time, after
+    # the dataset was prepared.
     ("moco.queue_sizee = 3", "queue_size"),
     ("npid.num_negativs = 3", "num_negatives"),
     ("rotation.num_rotationz = 2", "num_rotations"),

@@ -62,8 +62,9 @@ def parse_gin(files: Sequence[str] = (), bindings: Sequence[str] = (), *, reset:
         unknown = _GIN_UNKNOWN_PARAMETER.search(str(e))
         if unknown:
             raise ConfigError(_unknown_parameter_message(*unknown.groups(), _gin_location(e))) from e
+        renamed = _renamed_hint(str(e), end="\n")
         raise ConfigError(
-            f"Bad gin configuration: {e}\nConfigurables that exist: "
+            f"Bad gin configuration: {e}\n{renamed}Configurables that exist: "
             f"{', '.join(_configurables())}.\nBind parameters as "
             f"`<configurable>.<parameter> = <value>`; `keras-ssl-list` shows the "
             f"installed methods, backbones and augmentation stacks."
@@ -95,7 +96,50 @@ def _check_plugin_bindings() -> None:
                     configurable = f"{scope}/{entry.name}" if scope else entry.name
                     raise ConfigError(_unknown_parameter_message(
                         configurable, parameter, what=f"the {plugins.kind} {entry.name!r}",
-                        accepted=accepted))
+                        accepted=accepted) + _former_name_hint(entry.name, parameter, plugins))
+
+
+def _former_name_hint(name: str, parameter: str, reached) -> str:
+    """Names the plugin `name` used to be, when `name.parameter` was meant for it.
+
+    A binding such as `simclr.blur_probability` reaches the method `simclr` now
+    that the stack of that name is `simclr_imagenet`; if the renamed plugin takes
+    the parameter, say so.
+    """
+    for plugins in registry.ALL:
+        if plugins is reached or name not in plugins.renamed:
+            continue
+        new = plugins.renamed[name]
+        try:
+            accepted = registry.accepted_parameters(plugins.get(new))
+        except registry.PluginError:
+            continue
+        if accepted is None or parameter in accepted:
+            return (f" The {plugins.kind} {name!r} is now called {new!r}: bind "
+                    f"`{new}.{parameter}`.")
+    return ""
+
+
+def _renamed_hint(gin_error: str, end="") -> str:
+    """A line naming the present name of a renamed plugin gin found no configurable for.
+
+    Args:
+      gin_error: gin's message (`No configurable matching 'augmentations.simclr'`).
+      end: Put after the hint, when there is one.
+    """
+    missing = re.search(r"No configurable matching '([\w.]+)'", gin_error)
+    if not missing:
+        return ""
+    *module, name = missing.group(1).split(".")
+    for plugins in registry.ALL:
+        if name not in plugins.renamed:
+            continue
+        if module and not (plugins.gin_module or "").endswith(".".join(module)):
+            continue
+        new = plugins.renamed[name]
+        return (f"The {plugins.kind} {name!r} is now called {new!r}: bind "
+                f"`{new}.<parameter>`.{end}")
+    return ""
 
 
 def _unknown_parameter_message(configurable, parameter, location="", *, what=None, accepted=None) -> str:

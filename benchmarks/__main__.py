@@ -222,7 +222,7 @@ def main(argv=None):
                         help="sizes for a few minutes on 2 CPU cores (fewer rounds, steps, images)")
     parser.add_argument("--output", default=os.path.join("benchmarks", "results"))
     parser.add_argument("--methods", default="rotation,simclr,moco,npid")
-    parser.add_argument("--stacks", default="none,flip,crop_flip,simclr,simclr_cifar,moco_v2,randaugment")
+    parser.add_argument("--stacks", default="none,flip,crop_flip,simclr_imagenet,simclr_cifar,moco_v2,randaugment")
     parser.add_argument("--batch_size", type=int, default=32)
     parser.add_argument("--steps", type=int, default=None, help="timed steps per round")
     parser.add_argument("--repeats", type=int, default=None, help="alternating rounds")

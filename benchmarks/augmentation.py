@@ -97,7 +97,7 @@ def _plain_stacks(tf, size):
         "none": lambda x: x,
         "flip": flip,
         "crop_flip": crop_flip,
-        "simclr": simclr_like((0.08, 1.0), 1.0, 0.5),
+        "simclr_imagenet": simclr_like((0.08, 1.0), 1.0, 0.5),
         "simclr_cifar": simclr_like((0.08, 1.0), 0.5, 0.0),
         "moco_v2": simclr_like((0.2, 1.0), 1.0, 0.5),
         "randaugment": randaugment,
@@ -213,7 +213,7 @@ def markdown(result) -> str:
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--stacks", default="none,flip,crop_flip,simclr,simclr_cifar,moco_v2,randaugment")
+    parser.add_argument("--stacks", default="none,flip,crop_flip,simclr_imagenet,simclr_cifar,moco_v2,randaugment")
     parser.add_argument("--image_size", type=int, default=32)
     parser.add_argument("--images", type=int, default=4096)
     parser.add_argument("--rounds", type=int, default=ROUNDS)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ast
+import contextlib
 import difflib
 import os
 import re
@@ -36,8 +38,15 @@ def parse_gin(files: Sequence[str] = (), bindings: Sequence[str] = (), *, reset:
       bindings: Extra bindings such as `"resnet_v2.depth = 18"`, applied last.
       reset: Clear previously parsed bindings first.
 
+    A file may `include 'gin_configs/backbones/resnet_v2.gin'` (the shared
+    backbone and optimizer files, docs/training.md): such a path is looked up
+    under the folder holding the `gin_configs` folder above each of `files`,
+    then under the current directory, then in the keras-ssl checkout this
+    package runs from -- so includes work whatever the current directory, also
+    from a config outside the repository.
+
     Raises:
-      ConfigError: A file is missing, or a binding names an unknown
+      ConfigError: A file or an included file is missing, or a binding names an unknown
         configurable or parameter, or does not parse. The message names the
         binding; for an unknown parameter it is one line with the closest
         valid names. Parameters of methods, backbones and augmentation stacks
@@ -57,18 +66,100 @@ def parse_gin(files: Sequence[str] = (), bindings: Sequence[str] = (), *, reset:
     try:
         # Not finalized: plugins loaded later (e.g. Model Garden's RandAugment,
         # which registers configurables on import) must still register.
-        gin.parse_config_files_and_bindings(list(files), list(bindings), finalize_config=False)
+        with _include_search_paths(files):
+            gin.parse_config_files_and_bindings(
+                [os.path.abspath(path) for path in files], list(bindings), finalize_config=False)
+    except OSError as e:  # gin's IOError: an `include` it could not find.
+        raise ConfigError(_missing_include_message(e)) from e
     except (ValueError, KeyError, SyntaxError, TypeError) as e:
         unknown = _GIN_UNKNOWN_PARAMETER.search(str(e))
         if unknown:
             raise ConfigError(_unknown_parameter_message(*unknown.groups(), _gin_location(e))) from e
+        renamed = _renamed_hint(str(e), end="\n")
         raise ConfigError(
-            f"Bad gin configuration: {e}\nConfigurables that exist: "
+            f"Bad gin configuration: {e}\n{renamed}Configurables that exist: "
             f"{', '.join(_configurables())}.\nBind parameters as "
             f"`<configurable>.<parameter> = <value>`; `keras-ssl-list` shows the "
             f"installed methods, backbones and augmentation stacks."
         ) from e
     _check_plugin_bindings()
+
+
+_CONFIGS_FOLDER = "gin_configs"
+
+
+@contextlib.contextmanager
+def _include_search_paths(files: Sequence[str]):
+    """Lets gin find `include 'gin_configs/...'` whatever the current directory.
+
+    gin looks an include up under each of its search paths in turn (the
+    current directory only, by default), not next to the including file. For
+    the parse, the search paths become: the folder holding `gin_configs` above
+    each of `files` (so a config of one checkout includes that checkout's
+    shared files, even when run from another), the current directory, then
+    the checkout of this package. gin's list is restored afterwards.
+    """
+    from gin import config as gin_config
+
+    paths = []
+    for path in files:
+        folder = os.path.dirname(os.path.abspath(path))
+        while not os.path.isdir(os.path.join(folder, _CONFIGS_FOLDER)):
+            parent = os.path.dirname(folder)
+            if parent == folder:
+                break
+            folder = parent
+        else:
+            paths.append(folder)
+    paths.append("")  # gin's default: the current directory
+    checkout = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    if os.path.isdir(os.path.join(checkout, _CONFIGS_FOLDER)):
+        paths.append(checkout)
+    prefixes = gin_config._LOCATION_PREFIXES  # pylint: disable=protected-access
+    readers = gin_config._FILE_READERS  # pylint: disable=protected-access
+    saved_prefixes, saved_readers = list(prefixes), list(readers)
+    prefixes[:] = list(dict.fromkeys(paths + saved_prefixes))
+    # gin's reader of files inside Python packages fails with a TypeError,
+    # instead of answering "not here", on a path under a folder Python sees as
+    # a namespace package -- `gin_configs/...` when the checkout is on sys.path.
+    readers[:] = [(reader, _not_found_on_error(exists)) for reader, exists in saved_readers]
+    try:
+        yield
+    finally:
+        prefixes[:] = saved_prefixes
+        readers[:] = saved_readers
+
+
+def _not_found_on_error(exists):
+    """`exists`, answering False where it raises."""
+
+    def checked(path):
+        try:
+            return exists(path)
+        except Exception:  # pylint: disable=broad-except
+            return False
+
+    return checked
+
+
+# gin's refusal of an `include` it cannot open.
+_GIN_MISSING_INCLUDE = re.compile(r"Unable to open file: (.*)\. Searched config paths: (.*)\.$", re.MULTILINE)
+
+
+def _missing_include_message(error: OSError) -> str:
+    """One line: the include that is missing, the file that includes it, where it was looked for."""
+    missing = _GIN_MISSING_INCLUDE.search(str(error))
+    if not missing:
+        return f"Could not read a gin file: {error}"
+    include, searched = missing.groups()
+    where = _gin_location(error) or "a gin file"
+    try:
+        folders = [folder or "the current directory" for folder in ast.literal_eval(searched)]
+    except (ValueError, SyntaxError):
+        folders = [searched]
+    return (f"gin include {include!r} ({where}) does not exist: looked under "
+            f"{', '.join(folders)}. Include paths start at the folder holding "
+            f"`{_CONFIGS_FOLDER}`, e.g. include '{_CONFIGS_FOLDER}/backbones/resnet_v2.gin'.")
 
 
 # gin's own refusal of a parameter missing from a signature without **kwargs.
@@ -95,7 +186,50 @@ def _check_plugin_bindings() -> None:
                     configurable = f"{scope}/{entry.name}" if scope else entry.name
                     raise ConfigError(_unknown_parameter_message(
                         configurable, parameter, what=f"the {plugins.kind} {entry.name!r}",
-                        accepted=accepted))
+                        accepted=accepted) + _former_name_hint(entry.name, parameter, plugins))
+
+
+def _former_name_hint(name: str, parameter: str, reached) -> str:
+    """Names the plugin `name` used to be, when `name.parameter` was meant for it.
+
+    A binding such as `simclr.blur_probability` reaches the method `simclr` now
+    that the stack of that name is `simclr_imagenet`; if the renamed plugin takes
+    the parameter, say so.
+    """
+    for plugins in registry.ALL:
+        if plugins is reached or name not in plugins.renamed:
+            continue
+        new = plugins.renamed[name]
+        try:
+            accepted = registry.accepted_parameters(plugins.get(new))
+        except registry.PluginError:
+            continue
+        if accepted is None or parameter in accepted:
+            return (f" The {plugins.kind} {name!r} is now called {new!r}: bind "
+                    f"`{new}.{parameter}`.")
+    return ""
+
+
+def _renamed_hint(gin_error: str, end="") -> str:
+    """A line naming the present name of a renamed plugin gin found no configurable for.
+
+    Args:
+      gin_error: gin's message (`No configurable matching 'augmentations.simclr'`).
+      end: Put after the hint, when there is one.
+    """
+    missing = re.search(r"No configurable matching '([\w.]+)'", gin_error)
+    if not missing:
+        return ""
+    *module, name = missing.group(1).split(".")
+    for plugins in registry.ALL:
+        if name not in plugins.renamed:
+            continue
+        if module and not (plugins.gin_module or "").endswith(".".join(module)):
+            continue
+        new = plugins.renamed[name]
+        return (f"The {plugins.kind} {name!r} is now called {new!r}: bind "
+                f"`{new}.<parameter>`.{end}")
+    return ""
 
 
 def _unknown_parameter_message(configurable, parameter, location="", *, what=None, accepted=None) -> str:

@@ -84,12 +84,28 @@ class Registry:
         `<name>.<param> = ...`.
     """
 
-    def __init__(self, group: str, kind: str, gin_module: str | None = None):
+    def __init__(self, group: str, kind: str, gin_module: str | None = None,
+                 renamed: dict[str, str] | None = None):
+        """A registry of the plugins of one entry-point `group`.
+
+        Args:
+          group: The entry-point group plugins declare themselves in.
+          kind: What a plugin is, in messages (`"method"`).
+          gin_module: gin module the plugins are registered under.
+          renamed: Former names, each mapped to its plugin's present name: asking
+            for one names the present one.
+        """
         self.group = group
         self.kind = kind
         self._gin_module = gin_module
+        self.renamed = dict(renamed or {})
         self._entries: dict[str, list[PluginEntry]] | None = None
         self._gin_wrapped: dict[str, Any] = {}
+
+    @property
+    def gin_module(self) -> str | None:
+        """The gin module the plugins are registered under, if any."""
+        return self._gin_module
 
     # ----------------------------------------------------------- discovery
     def _discover(self) -> dict[str, list[PluginEntry]]:
@@ -201,6 +217,8 @@ class Registry:
             known = sorted(entries)
             close = difflib.get_close_matches(name, known, n=1)
             hint = f" Did you mean {close[0]!r}?" if close else ""
+            if name in self.renamed:
+                hint = f" The {self.kind} {name!r} is now called {self.renamed[name]!r}."
             raise UnknownPluginError(
                 f"Unknown {self.kind} {name!r}.{hint} Available: "
                 f"{', '.join(known) or '(none installed)'}. A {self.kind} is "
@@ -346,6 +364,8 @@ DATASETS = Registry("keras_ssl.datasets", "dataset")
 AUGMENTATIONS = Registry(
     "keras_ssl.augmentations", "augmentation stack",
     gin_module="keras_ssl.augmentations",
+    # `simclr` names the method alone, so gin takes `simclr.temperature`.
+    renamed={"simclr": "simclr_imagenet"},
 )
 ALL = (METHODS, BACKBONES, DATASETS, AUGMENTATIONS)
 

@@ -9,13 +9,13 @@ import tensorflow as tf
 from keras_ssl import augment
 from keras_ssl.registry import AUGMENTATIONS
 
-STACKS = ["none", "flip", "crop_flip", "simclr", "simclr_cifar", "moco_v2", "randaugment"]
+STACKS = ["none", "flip", "crop_flip", "simclr_imagenet", "simclr_cifar", "moco_v2", "randaugment"]
 OPS = {
     "inception_crop": augment.inception_crop,
     "color_jitter": augment.color_jitter,
     "to_grayscale": augment.to_grayscale,
     "gaussian_blur": lambda x: augment.gaussian_blur(x, 1.0),
-    "simclr": augment.simclr_augment,
+    "simclr_imagenet": augment.simclr_augment,
     "simclr_cifar": augment.simclr_cifar_augment,
     "moco_v2": augment.moco_v2_augment,
 }  # randaugment: through the registry below (it is slow to trace)
@@ -52,7 +52,7 @@ def test_registered_stack_keeps_shape_and_range(name):
     _check(next(iter(tf.data.Dataset.from_tensors(_image()).map(stack))))
 
 
-@pytest.mark.parametrize("name", ["simclr", "simclr_cifar", "moco_v2", "randaugment"])
+@pytest.mark.parametrize("name", ["simclr_imagenet", "simclr_cifar", "moco_v2", "randaugment"])
 def test_two_images_in_one_batch_get_different_views(name):
     stack = AUGMENTATIONS.get(name)
     tf.random.set_seed(0)  # training sets a global seed too
@@ -106,15 +106,14 @@ def test_grayscale_and_blur():
 def test_stack_parameters_are_gin_bindable():
     from keras_ssl import config
 
-    # `simclr` is also a method: gin needs the qualified `augmentations.simclr`.
     config.parse_gin(bindings=[
-        "augmentations.simclr.crop = False", "augmentations.simclr.flip = False",
-        "augmentations.simclr.color_jitter_strength = 0.0",
-        "augmentations.simclr.grayscale_probability = 1.0",
-        "augmentations.simclr.blur_probability = 0.0",
+        "simclr_imagenet.crop = False", "simclr_imagenet.flip = False",
+        "simclr_imagenet.color_jitter_strength = 0.0",
+        "simclr_imagenet.grayscale_probability = 1.0",
+        "simclr_imagenet.blur_probability = 0.0",
     ])
     try:
-        out = AUGMENTATIONS.get("simclr")(tf.constant(_image(5))).numpy()
+        out = AUGMENTATIONS.get("simclr_imagenet")(tf.constant(_image(5))).numpy()
         np.testing.assert_allclose(out, augment.to_grayscale(tf.constant(_image(5))), atol=1e-6)
     finally:
         import gin
@@ -142,3 +141,30 @@ def test_show_views_writes_a_contact_sheet(data_dir, tmp_path):
     assert sheet.shape == (3 * 32 + 4 * 4, 3 * 32 + 5 * 4, 3)
     assert "3 images x 2 views" in result.stdout
     assert (sheet[4:36, 4] == (200, 30, 30)).all()  # the source is framed
+
+
+def test_the_former_name_of_the_imagenet_stack_names_the_present_one():
+    from keras_ssl import config
+    from keras_ssl.registry import UnknownPluginError
+
+    with pytest.raises(UnknownPluginError, match="'simclr' is now called 'simclr_imagenet'"):
+        AUGMENTATIONS.get("simclr")
+    with pytest.raises(config.ConfigError, match="'simclr' is now called 'simclr_imagenet'"):
+        config.parse_gin(bindings=["augmentations.simclr.blur_probability = 0.0"])
+    # Plain `simclr.` binds the method, which has no such parameter.
+    with pytest.raises(config.ConfigError, match="'blur_probability'.*'simclr' is now called 'simclr_imagenet'"):
+        config.parse_gin(bindings=["simclr.blur_probability = 0.0"])
+
+
+def test_simclr_binds_the_method_and_the_stacks_have_their_own_names():
+    import gin
+
+    from keras_ssl import config
+
+    config.parse_gin(bindings=["simclr.temperature = 0.5", "simclr_imagenet.blur_probability = 0.0",
+                               "simclr_cifar.color_jitter_strength = 0.4"])
+    try:
+        assert gin.query_parameter("keras_ssl.methods.simclr.temperature") == 0.5
+        assert gin.query_parameter("keras_ssl.augmentations.simclr_imagenet.blur_probability") == 0.0
+    finally:
+        gin.clear_config()

@@ -10,7 +10,7 @@ from keras_ssl import random
 from keras_ssl.augment import batched
 from keras_ssl.registry import AUGMENTATIONS
 
-BATCHED_STACKS = ["flip", "crop_flip", "simclr", "simclr_cifar", "moco_v2"]
+BATCHED_STACKS = ["flip", "crop_flip", "simclr_imagenet", "simclr_cifar", "moco_v2"]
 SIZE = 24
 
 
@@ -65,7 +65,7 @@ def _crop_statistics(boxes):
     return area.numpy(), aspect.numpy(), boxes[:, 1] > boxes[:, 3]
 
 
-@pytest.mark.parametrize("name,area_low", [("simclr", 0.08), ("moco_v2", 0.2)])
+@pytest.mark.parametrize("name,area_low", [("simclr_imagenet", 0.08), ("moco_v2", 0.2)])
 def test_deferred_draws_have_the_distribution_of_the_per_image_views(name, area_low):
     # The per-image path is observed from its output: on the coordinate image (no
     # jitter, grayscale or blur), view pixels (0, 0) and (H-1, W-1) hold the crop's
@@ -162,8 +162,8 @@ def test_on_device_augmentation_under_two_mirrored_replicas_trains_like_tf_data(
 
     bindings = run_bindings(data_dir, 4, **{
         "keras_ssl.build_method.method": "'simclr'",
-        "methods.simclr.augmentation": "'simclr_cifar'",
-        "methods.simclr.hidden_dim": 16,
+        "simclr.augmentation": "'simclr_cifar'",
+        "simclr.hidden_dim": 16,
     })
     in_tf_data, on_device = str(tmp_path / "tf_data"), str(tmp_path / "device")
     run_training(in_tf_data, bindings + ["keras_ssl.train.export = False"])

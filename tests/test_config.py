@@ -1,14 +1,18 @@
 """keras_ssl.config: strict gin bindings, refused in one line when the config is parsed."""
 
+import os
+
 import keras
 import pytest
 
+from conftest import REPO
 from keras_ssl import Method, config, registry
 
 
 @pytest.mark.parametrize("binding,suggestion", [
-    # The misspellings of issue 17: accepted by gin behind **kwargs, they used to
-    # fail in Keras at train time, after the dataset was prepared.
+    # Parameters of constructors taking **kwargs: gin accepts any name there, so
+    # without the check a misspelling would fail in Keras at train time, after
+    # the dataset was prepared.
     ("moco.queue_sizee = 3", "queue_size"),
     ("npid.num_negativs = 3", "num_negatives"),
     ("rotation.num_rotationz = 2", "num_rotations"),
@@ -90,3 +94,35 @@ def test_third_party_kwargs_plugin_is_checked_against_what_it_accepts():
             config.parse_gin(bindings=[f"{name}.strenght = 2.0"])
     finally:
         registry.METHODS.unregister(name)
+
+
+def test_include_of_a_shared_file_works_from_any_directory(tmp_path, monkeypatch):
+    import gin
+
+    own = tmp_path / "own.gin"
+    own.write_text("include 'gin_configs/backbones/resnet18_v2_cifar.gin'\n"
+                   "include 'gin_configs/optimizers/lars.gin'\n"
+                   "resnet_v2.depth = 34\n")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    try:
+        config.parse_gin([str(own)])  # outside the repository: found in the keras-ssl checkout
+        assert gin.query_parameter("resnet_v2.depth") == 34  # the including file overrides
+        assert gin.query_parameter("resnet_v2.small_image_stem") is True
+        assert gin.query_parameter("keras_ssl.build_optimizer.name") == "lars"
+        config.parse_gin([os.path.join(REPO, "gin_configs", "simclr", "cifar_resnet18.gin")])
+        assert gin.query_parameter("resnet_v2.depth") == 18
+    finally:
+        gin.clear_config()
+
+
+def test_a_missing_include_names_the_include_and_the_including_file(tmp_path):
+    own = tmp_path / "own.gin"
+    own.write_text("resnet_v2.depth = 18\ninclude 'gin_configs/backbones/resnet_v7.gin'\n")
+    with pytest.raises(config.ConfigError) as refused:
+        config.parse_gin([str(own)])
+    message = str(refused.value)
+    assert "\n" not in message
+    assert "'gin_configs/backbones/resnet_v7.gin'" in message
+    assert f"{own}\", line 2" in message and "does not exist" in message

@@ -72,7 +72,7 @@ def test_loss_falls_on_tiny_shapes(data_dir):
 def test_trains_with_keras_ssl_train_and_lars(data_dir, tmp_path):
     outputs, model_dir = orbit_run(
         data_dir, tmp_path, "simclr",
-        **{"methods.simclr.augmentation": "'simclr_cifar'", "methods.simclr.num_classes": 12,
+        **{"simclr.augmentation": "'simclr_cifar'", "simclr.num_classes": 12,
            "keras_ssl.build_optimizer.name": "'lars'"},
     )
     assert np.isfinite(outputs["loss"]) and 0.0 <= outputs["probe_accuracy"] <= 1.0

@@ -5,11 +5,11 @@ same shape and range. They run before batching (in `Dataset.map`), so every
 image draws its own random parameters -- unlike Keras' preprocessing layers,
 some of which draw one set per batch. Stacks are registered in the
 `keras_ssl.augmentations` entry-point group and their parameters are
-gin-bindable (`crop_flip.padding = 4`, `simclr.color_jitter_strength = 0.5`).
+gin-bindable (`crop_flip.padding = 4`, `simclr_imagenet.color_jitter_strength = 0.5`).
 
-Stacks: `none`, `flip`, `crop_flip`, `simclr` (Chen et al. 2020: Inception
-crop, flip, colour jitter, grayscale, Gaussian blur), `simclr_cifar` (jitter
-strength 0.5, no blur), `moco_v2` (the SimCLR-style stack of MoCo v2, crop
+Stacks: `none`, `flip`, `crop_flip`, `simclr_imagenet` (Chen et al. 2020: Inception
+crop, flip, colour jitter, grayscale, Gaussian blur), `simclr_cifar` (SimCLR's
+CIFAR stack: jitter strength 0.5, no blur), `moco_v2` (the SimCLR-style stack of MoCo v2, crop
 area from 0.2), `randaugment` (Model Garden's RandAugment + crop + flip).
 `keras-ssl-show-views` draws a contact sheet of a stack's views.
 
@@ -212,7 +212,7 @@ def simclr_augment(
     blur_probability: float = 0.5,
     blur_sigma=(0.1, 2.0),
 ) -> tf.Tensor:
-    """The SimCLR view (the `simclr` stack), drawn independently per image.
+    """The SimCLR view (the `simclr_imagenet` stack), drawn independently per image.
 
     Inception crop resized back to size, left-right flip, colour jitter with
     probability `color_jitter_probability` (see `color_jitter`), grayscale with

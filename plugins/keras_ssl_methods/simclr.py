@@ -1,12 +1,12 @@
 """SimCLR (Chen et al. 2020): contrast two augmented views of each image.
 
 Each image gives two views drawn independently by the augmentation stack
-(`simclr` by default: Inception crop, flip, colour jitter, grayscale, blur).
-Both go through the backbone in one batch, then a projection MLP (with batch
-norm, 128-d output), and NT-Xent pulls the two views of an image together
-against the 2(N-1) other views of the global batch: negatives are gathered
-from every replica, so the loss on N replicas is the loss of the
-concatenated batch. Use synchronized batch norm across replicas
+(`simclr_imagenet` by default: Inception crop, flip, colour jitter,
+grayscale, blur; `simclr_cifar` for CIFAR). Both go through the backbone in
+one batch, then a projection MLP (with batch norm, 128-d output), and NT-Xent
+pulls the two views of an image together against the 2(N-1) other views of
+the global batch: negatives are gathered from every replica, so the loss on N
+replicas is the loss of the concatenated batch. Use synchronized batch norm across replicas
 (`resnet_v2.synchronized_bn = True`); the head follows the backbone.
 """
 
@@ -34,7 +34,7 @@ class SimCLR(ContrastiveMethod):
       head_batch_norm: Batch norm in the head.
       cross_replica_negatives: Gather negatives from all replicas.
       num_classes: Train an online linear probe (see `ContrastiveMethod`).
-      augmentation: The stack drawing each view (`simclr`, `simclr_cifar`).
+      augmentation: The stack drawing each view (`simclr_imagenet`, `simclr_cifar`).
       **kwargs: Passed to `keras_ssl.Method`.
 
     Example:
@@ -58,7 +58,7 @@ class SimCLR(ContrastiveMethod):
         head_batch_norm: bool = True,
         cross_replica_negatives: bool = True,
         num_classes: int | None = None,
-        augmentation="simclr",
+        augmentation="simclr_imagenet",
         **kwargs,
     ):
         super().__init__(backbone, num_classes=num_classes, augmentation=augmentation, **kwargs)

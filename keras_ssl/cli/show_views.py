@@ -9,7 +9,7 @@ With `--method`, a row shows the views that method's `preprocess` draws from
 the image, in order and at their relative sizes: BYOL's asymmetric pair, or
 the global and the smaller local views of multi-crop (DINO, SwAV).
 
-    keras-ssl-show-views --stack=simclr --dataset=synthetic_shapes --output=views.png
+    keras-ssl-show-views --stack=simclr_imagenet --dataset=synthetic_shapes --output=views.png
     keras-ssl-show-views --method=dino --gin_file=gin_configs/dino/synthetic_shapes.gin \\
         --dataset=synthetic_shapes/TCV- --image_size=32 --output=dino_views.png
 
@@ -22,7 +22,7 @@ from absl import flags
 
 from keras_ssl.cli_errors import run_binary
 
-_STACK = flags.DEFINE_string("stack", "simclr", "Registered augmentation stack.")
+_STACK = flags.DEFINE_string("stack", "simclr_imagenet", "Registered augmentation stack.")
 _METHOD = flags.DEFINE_string("method", None, "Show this registered method's views instead of a "
                               "stack's (configured by --gin_file/--gin_bindings).")
 _DATASET = flags.DEFINE_string("dataset", "synthetic_shapes",
@@ -37,7 +37,7 @@ _CELL = flags.DEFINE_integer("cell", 96, "Pixel size of one cell of the sheet.")
 _SEED = flags.DEFINE_integer("seed", 0, "Random seed.")
 _GIN_FILE = flags.DEFINE_multi_string("gin_file", [], "gin files (stack parameters).")
 _GIN_BINDINGS = flags.DEFINE_multi_string("gin_bindings", [],
-                                          "gin bindings, e.g. \"simclr.blur_probability = 0\".")
+                                          "gin bindings, e.g. \"simclr_imagenet.blur_probability = 0\".")
 _OUTPUT = flags.DEFINE_string("output", "views.png", "PNG to write.")
 
 

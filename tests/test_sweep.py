@@ -91,6 +91,11 @@ def test_plot_x_order_keeps_each_series_order():
     ("axes:\n  k:\n    binding: a.b\n    format: 'train[:N]'\n    values: [1]\n",
      ["line 2", "`format`"]),
     ("axes:\n  a.b: [1]\n  a.b: [2]\n", ["line 3", "repeats the one on line 2"]),
+    ("axes:\n  a.b: [1]\ntables:\n  - {rows: [a.b], columns: layr}\n",
+     ["line 4", "table 1", "unknown axis 'layr'", "did you mean 'layer'"]),
+    ("axes:\n  a.b: [1]\ntables:\n  - {rows: [a.b]}\n", ["line 4", "`columns:`"]),
+    ("axes:\n  a.b: [1]\ntables:\n  - {rows: [a.b], columns: [layer, model]}\n",
+     ["line 4", "one column"]),
 ])
 def test_form_errors_name_the_line_and_axis(tmp_path, text, expected):
     from keras_ssl.sweep.grid import GridError, load_grid
@@ -180,6 +185,9 @@ def stub_plans(tmp_path):
               bad: {keras_ssl.learning_rate_schedule.base_learning_rate: 1e30}
         plots:
           - {name: width, x: width, where: {layer: pre_logits}}
+        tables:
+          - {name: per_layer, rows: [width], columns: layer, where: {protocol: linear},
+             title: Linear probe per layer}
         """)
     plans = [CellPlan(cell=c, evaluation={"protocols": ["linear"]}, train_steps=4,
                       dataset="synthetic_shapes", data_dir=None, backbone="resnet_v2",
@@ -237,6 +245,33 @@ def test_runner_resume_failure_parallel_and_outputs(tmp_path):
     markdown = (output / "results.md").read_text()
     assert "| ok | 1 | good | final | 4 | pre_logits | linear |  | test_accuracy | 40.0 |" in (
         markdown)
+    # The pivot comes before the long table: one row per finished width, layers side
+    # by side (`lr` is not in the key: only lr=good cells finished, so it does not vary).
+    pivot = markdown[markdown.index("### Linear probe per layer"):markdown.index("### All rows")]
+    assert "| width | block3 | pre_logits |" in pivot
+    assert "| 1 | 20.0 | 40.0 |" in pivot
+    assert "| 2 |" not in pivot  # its results.json was removed above
+
+
+def test_pivot_table_keys_and_missing_values():
+    from keras_ssl.sweep.pivot import markdown, pivot
+
+    def row(method, layer, value, model="final"):
+        return {"status": "ok", "method": method, "model": model, "layer": layer,
+                "protocol": "linear", "metric": "test_accuracy", "value": value}
+
+    rows = [row("rotation", "block4", 0.5), row("rotation", "pre_logits", 0.4),
+            row("vgg", "block4", 0.3), row("vgg", "fc6", 0.35), row("vgg", "pre_logits", 0.2),
+            row("rotation", "pre_logits", 0.1, model="step_0")]
+    spec = {"name": "t", "rows": ["method"], "columns": "layer", "where": {}}
+    keys, order, body = pivot(rows, spec, ["method"])
+    # The step-0 row is left out; VGG's fc6 lands between the layers it sits between.
+    assert keys == ["method"] and order == ["block4", "fc6", "pre_logits"]
+    assert body == [["rotation", 0.5, None, 0.4], ["vgg", 0.3, 0.35, 0.2]]
+    text = markdown(rows, spec, ["method"])
+    assert "| rotation | 50.0 |  | 40.0 |" in text
+    assert "No finished cell" in markdown(rows, {**spec, "where": {"method": "none"}},
+                                          ["method"])
 
 
 def test_stopped_cells_are_not_failures_and_run_again(tmp_path, monkeypatch):

@@ -296,6 +296,15 @@ class Stack:
         """Applies `params` (each with a leading batch dimension) to `images` `[B, H, W, 3]`."""
         raise NotImplementedError
 
+    def apply_image(self, image: tf.Tensor, params: dict) -> tf.Tensor:
+        """Applies one image's `params` to `image` `[H, W, 3]`: `apply` on a batch of one.
+
+        Stacks applied per image in tf.data (`batch_in_tf_data` False) override
+        it with fewer ops; the view must equal `apply`'s.
+        """
+        batch = {name: value[None] for name, value in params.items()}
+        return self.apply(image[None], batch)[0]
+
 
 class FlipStack(Stack):
     """Left-right flip with probability 0.5 (the `flip` stack)."""
@@ -307,6 +316,9 @@ class FlipStack(Stack):
 
     def apply(self, images, params):
         return flip(images, params["flip"])
+
+    def apply_image(self, image, params):
+        return tf.where(params["flip"], tf.reverse(image, [1]), image)
 
 
 class CropFlipStack(Stack):
@@ -332,6 +344,20 @@ class CropFlipStack(Stack):
         padded = tf.pad(images, [[0, 0], [p, p], [p, p], [0, 0]], "REFLECT")
         # The box's corners are pixel centres and it keeps the size: a copy, not a resampling.
         return crop_resize(padded, params["box"], size=size)
+
+    def apply_image(self, image, params):
+        # The same copy as `apply`, as a slice: crop_and_resize costs a batch
+        # of one more than the copy itself.
+        p = self.padding
+        height, width = _shape(image)[:2]
+        box = params["box"]
+        flipped = box[1] > box[3]
+        corner = tf.stack([box[0], tf.minimum(box[1], box[3])])
+        scale = tf.constant([height + 2 * p - 1, width + 2 * p - 1], tf.float32)
+        offset = tf.cast(tf.round(corner * scale), tf.int32)
+        padded = tf.pad(image, [[p, p], [p, p], [0, 0]], "REFLECT")
+        view = tf.slice(padded, tf.concat([offset, [0]], 0), [height, width, -1])
+        return tf.where(flipped, tf.reverse(view, [1]), view)
 
 
 class SimCLRStack(Stack):
@@ -439,9 +465,7 @@ def apply_now(stack: Stack, image: tf.Tensor) -> tf.Tensor:
       The view, float32 `[H, W, 3]`.
     """
     image = tf.convert_to_tensor(image, tf.float32)
-    params = stack.draw(image.shape)
-    batch = {name: value[None] for name, value in params.items()}
-    return tf.ensure_shape(stack.apply(image[None], batch)[0], image.shape)
+    return tf.ensure_shape(stack.apply_image(image, stack.draw(image.shape)), image.shape)
 
 
 def run(stack: Stack, image: tf.Tensor) -> tf.Tensor:

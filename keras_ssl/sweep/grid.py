@@ -23,6 +23,8 @@ A grid file is YAML (docs/sweep.md has the full format)::
       protocols: [linear, knn]
     plots:
       - {name: width, x: resnet_v2.widening_factor, series: [method]}
+    tables:                                   # pivot tables in results.md
+      - {name: per_layer, rows: [method], columns: layer, where: {protocol: linear}}
 
 This module checks the file's form (keys, types, references between axes,
 line numbers for every error); whether the gin bindings exist is checked by
@@ -39,9 +41,11 @@ from typing import Any
 
 import yaml
 
-TOP_LEVEL_KEYS = ("description", "base_gin", "bindings", "axes", "evaluation", "plots")
+TOP_LEVEL_KEYS = ("description", "base_gin", "bindings", "axes", "evaluation", "plots",
+                  "tables")
 AXIS_KEYS = ("binding", "values", "format", "when")
 PLOT_KEYS = ("name", "x", "series", "where", "metric", "title", "log_x", "ylabel")
+TABLE_KEYS = ("name", "rows", "columns", "where", "metric", "title")
 # Keys of a bundle value that are not gin bindings.
 BUNDLE_GIN_FILE = "gin_file"
 _NUMBER = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
@@ -117,6 +121,8 @@ class Grid:
       evaluation_lines: `{keyword: line}` of `evaluation`.
       plots: Plot specifications (dicts, see `keras_ssl.sweep.plots`), each
         with its `line`.
+      tables: Pivot table specifications (dicts, see `keras_ssl.sweep.pivot`),
+        each with its `line`.
       description: Free text.
     """
 
@@ -127,6 +133,7 @@ class Grid:
     evaluation: dict
     evaluation_lines: dict
     plots: list[dict]
+    tables: list[dict] = dataclasses.field(default_factory=list)
     description: str = ""
 
     def cells(self) -> list[Cell]:
@@ -324,13 +331,14 @@ def load_grid(path: str) -> Grid:
     evaluation_lines = {key: _line(evaluation, key) for key in evaluation}
     evaluation = {key: _plain(value) for key, value in evaluation.items()}
 
-    plots = []
-    for index, spec in enumerate(document.get("plots") or []):
-        plots.append(_parse_plot(path, spec, index, [a.name for a in axes],
-                                 _line(document, "plots")))
+    axis_names = [a.name for a in axes]
+    plots = [_parse_plot(path, spec, index, axis_names, _line(document, "plots"))
+             for index, spec in enumerate(document.get("plots") or [])]
+    tables = [_parse_table(path, spec, index, axis_names, _line(document, "tables"))
+              for index, spec in enumerate(document.get("tables") or [])]
     return Grid(path=path, base_gin=base_gin, bindings=bindings, axes=axes,
                 evaluation=evaluation, evaluation_lines=evaluation_lines, plots=plots,
-                description=str(document.get("description") or ""))
+                tables=tables, description=str(document.get("description") or ""))
 
 
 def _plain(value):
@@ -433,37 +441,72 @@ def _bundle_value(path, grid_dir, axis, label, bundle, line, targets, form) -> A
     return AxisValue(label=label, bindings=tuple(bindings), gin_files=tuple(gin_files))
 
 
-def _parse_plot(path, spec, index, axis_names, section_line) -> dict:
+def _spec_start(path, spec, index, kind, keys, section_line) -> tuple[str, int]:
+    """`(where, line)` of the index-th plot or table, after checking its keys."""
     line = section_line
     if isinstance(spec, dict):
         line = min(getattr(spec, "lines", {}).values(), default=section_line)
-    where = f"{path} line {line}, plot {index + 1}"
+    where = f"{path} line {line}, {kind} {index + 1}"
     if not isinstance(spec, dict):
-        raise GridError(f"{where}: a plot is a mapping with at least `x:`.")
+        required = "`x:`" if kind == "plot" else "`rows:` and `columns:`"
+        raise GridError(f"{where}: a {kind} is a mapping with at least {required}.")
     for key in spec:
-        if key not in PLOT_KEYS:
-            raise GridError(_unknown_key_message(where, key, PLOT_KEYS))
-    from keras_ssl.sweep.table import ROW_COLUMNS  # The columns a plot may name besides axes.
+        if key not in keys:
+            raise GridError(_unknown_key_message(where, key, keys))
+    return where, line
+
+
+def _check_columns(where, named, axis_names) -> None:
+    """Refuses a `(role, column)` of `named` that is neither an axis nor a table column."""
+    from keras_ssl.sweep.table import ROW_COLUMNS  # The columns besides axes.
 
     columns = list(axis_names) + [c for c in ROW_COLUMNS if c not in ("value",)]
-    named = [("x", spec.get("x"))] + [("series", s) for s in _as_list(spec.get("series") or [])]
-    named += [("where", key) for key in (spec.get("where") or {})]
-    if spec.get("x") is None:
-        raise GridError(f"{where}: `x` is required (an axis name or one of {', '.join(ROW_COLUMNS)}).")
     for role, column in named:
         if column not in columns:
             close = difflib.get_close_matches(str(column), columns, n=1)
             hint = f"did you mean {close[0]!r}?" if close else f"use one of {', '.join(columns)}."
             raise GridError(f"{where}: `{role}` names unknown axis {column!r}; {hint}")
-    plot = _plain(spec)
+
+
+def _finish_spec(spec, index, kind, where, line) -> dict:
+    """The plain spec with `where`, `name` (checked as a file name) and `line`."""
+    plain = _plain(spec)
+    plain["where"] = dict(plain.get("where") or {})
+    plain["name"] = str(plain.get("name") or f"{kind}{index + 1}")
+    if not re.fullmatch(r"[\w.-]+", plain["name"]):
+        raise GridError(f"{where}: {kind} name {plain['name']!r} must be a file name "
+                        f"(letters, digits, _ . -).")
+    plain["line"] = line
+    return plain
+
+
+def _parse_plot(path, spec, index, axis_names, section_line) -> dict:
+    where, line = _spec_start(path, spec, index, "plot", PLOT_KEYS, section_line)
+    if spec.get("x") is None:
+        from keras_ssl.sweep.table import ROW_COLUMNS
+
+        raise GridError(f"{where}: `x` is required (an axis name or one of {', '.join(ROW_COLUMNS)}).")
+    named = [("x", spec.get("x"))] + [("series", s) for s in _as_list(spec.get("series") or [])]
+    named += [("where", key) for key in (spec.get("where") or {})]
+    _check_columns(where, named, axis_names)
+    plot = _finish_spec(spec, index, "plot", where, line)
     plot["series"] = _as_list(plot.get("series") or [])
-    plot["where"] = dict(plot.get("where") or {})
-    plot["name"] = str(plot.get("name") or f"plot{index + 1}")
-    if not re.fullmatch(r"[\w.-]+", plot["name"]):
-        raise GridError(f"{where}: plot name {plot['name']!r} must be a file name (letters, "
-                        f"digits, _ . -).")
-    plot["line"] = line
     return plot
+
+
+def _parse_table(path, spec, index, axis_names, section_line) -> dict:
+    where, line = _spec_start(path, spec, index, "table", TABLE_KEYS, section_line)
+    if spec.get("rows") is None or spec.get("columns") is None:
+        raise GridError(f"{where}: a table needs `rows:` (a list of columns) and `columns:` "
+                        f"(one column, e.g. layer).")
+    if isinstance(spec.get("columns"), list):
+        raise GridError(f"{where}: `columns` is one column (e.g. `columns: layer`), not a list.")
+    named = [("rows", r) for r in _as_list(spec["rows"])] + [("columns", spec["columns"])]
+    named += [("where", key) for key in (spec.get("where") or {})]
+    _check_columns(where, named, axis_names)
+    table = _finish_spec(spec, index, "table", where, line)
+    table["rows"] = _as_list(table["rows"])
+    return table
 
 
 __all__ = ["Axis", "AxisValue", "Cell", "Grid", "GridError", "cell_name", "gin_literal",

@@ -107,19 +107,34 @@ def write_csv(rows: list[dict], axis_names, path: str) -> str:
     return path
 
 
-def _format(column, value, metric):
+def format_value(value, metric) -> str:
+    """A metric for a markdown table: accuracies in %, U(n) as a ratio, "" when missing."""
     if value is None or value == "":
         return ""
+    # Accuracies in percent as everywhere else in the reports; utility as a ratio.
+    return f"{value:.3f}" if metric == "utility" else f"{100 * value:.1f}"
+
+
+def _format(column, value, metric):
     if column == "value" and isinstance(value, (int, float)):
-        # Accuracies in percent as everywhere else in the reports; utility as a ratio.
-        return f"{value:.3f}" if metric == "utility" else f"{100 * value:.1f}"
-    return str(value).replace("|", "\\|")
+        return format_value(value, metric)
+    return "" if value is None else str(value).replace("|", "\\|")
 
 
-def markdown(rows: list[dict], axis_names, title: str = "") -> str:
-    """The rows as a markdown table (accuracies in %, U(n) as a ratio)."""
+def markdown(rows: list[dict], axis_names, title: str = "", preamble: str = "") -> str:
+    """The rows as a markdown table (accuracies in %, U(n) as a ratio).
+
+    Args:
+      rows: The results table.
+      axis_names: The grid's axes.
+      title: The `##` heading.
+      preamble: Markdown between the heading and the table (the pivot
+        tables); the long table then gets an `### All rows` heading.
+    """
     columns = [c for c in _columns(axis_names) if c != "cell"]
     lines = [f"## {title}", ""] if title else []
+    if preamble:
+        lines += [preamble, "### All rows", ""]
     lines += ["| " + " | ".join(columns) + " |",
               "| " + " | ".join("---:" if c == "value" else "---" for c in columns) + " |"]
     for row in rows:
@@ -128,9 +143,10 @@ def markdown(rows: list[dict], axis_names, title: str = "") -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_tables(rows: list[dict], axis_names, output_dir: str, title: str = "") -> list[str]:
-    """Writes `results.csv` and `results.md` into `output_dir`; returns their paths."""
+def write_tables(rows: list[dict], axis_names, output_dir: str, title: str = "",
+                 preamble: str = "") -> list[str]:
+    """Writes `results.csv` and `results.md` (`preamble` first) into `output_dir`; returns their paths."""
     md_path = os.path.join(output_dir, RESULTS_MD)
     with open(md_path, "w") as f:
-        f.write(markdown(rows, axis_names, title))
+        f.write(markdown(rows, axis_names, title, preamble))
     return [write_csv(rows, axis_names, os.path.join(output_dir, RESULTS_CSV)), md_path]

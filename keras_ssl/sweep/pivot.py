@@ -1,0 +1,84 @@
+"""Pivot tables of a sweep, driven by the grid file's `tables:` section.
+
+The long results table has one row per cell x model x layer x protocol; a
+pivot puts one column's values side by side (`columns`, e.g. `layer` or
+`model`), one table row per combination of the `rows` columns, over the
+table rows that match `where`::
+
+    tables:
+      - name: per_layer                 # a section of results.md
+        rows: [method, backbone, width]
+        columns: layer
+        where: {protocol: grid_linear}
+        metric: test_accuracy           # the default; utility rows: utility
+        title: Linear probe per layer
+
+Rows are selected as a plot selects them (`keras_ssl.sweep.plots.select`):
+the step-0 model is left out unless `model` is named, and a column the table
+does not name that still varies among the selected rows becomes part of the
+row key, so a cell of the table is never an average of different settings.
+"""
+
+from __future__ import annotations
+
+from keras_ssl.sweep.plots import merged_order, select
+from keras_ssl.sweep.table import format_value
+
+
+def pivot(rows: list[dict], spec: dict, axis_names) -> tuple[list[str], list[str], list[list]]:
+    """The pivot of `rows`: `(row columns, pivoted values, body)`.
+
+    Args:
+      rows: The results table.
+      spec: The table specification (see the module docstring).
+      axis_names: The grid's axes.
+
+    Returns:
+      The columns that key a table row (the named `rows`, then those that
+      vary), the pivoted column's values in order, and one list per table
+      row: its key values, then the metric per pivoted value (None where
+      missing). The body is empty when no finished cell matches.
+    """
+    column = spec["columns"]
+    chosen, row_columns = select(
+        rows, {"x": column, "series": spec["rows"], "where": spec.get("where") or {},
+               "metric": spec.get("metric", "test_accuracy")}, axis_names)
+    by_key = {}
+    for row in chosen:
+        by_key.setdefault(tuple(row.get(c) for c in row_columns), []).append(row)
+    # Each key's values in the order its rows came, merged: VGG's extra layers
+    # land between the layers they sit between.
+    order = merged_order([[row.get(column) for row in key_rows] for key_rows in by_key.values()])
+    body = []
+    for key, key_rows in by_key.items():
+        values = {row.get(column): row["value"] for row in key_rows}
+        body.append([*key, *(values.get(v) for v in order)])
+    return row_columns, order, body
+
+
+def markdown(rows: list[dict], spec: dict, axis_names) -> str:
+    """One pivot table as a markdown section (`### title`); says so when it has no rows."""
+    metric = spec.get("metric", "test_accuracy")
+    filters = ", ".join(f"{k}={v}" for k, v in (spec.get("where") or {}).items())
+    title = spec.get("title") or f"{metric} by {spec['columns']}"
+    unit = "U(n) = n_hat / n - 1" if metric == "utility" else f"{metric.replace('_', ' ')} (%)"
+    lines = [f"### {title}", "", f"`{spec['name']}`: {unit}, by {spec['columns']}; rows "
+             f"where {filters or 'any'}.", ""]
+    row_columns, order, body = pivot(rows, spec, axis_names)
+    if not body:
+        return "\n".join(lines + ["No finished cell has these rows yet.", ""])
+    lines.append("| " + " | ".join([*row_columns, *(str(v) for v in order)]) + " |")
+    lines.append("| " + " | ".join(["---"] * len(row_columns) + ["---:"] * len(order)) + " |")
+    for entry in body:
+        keys, values = entry[:len(row_columns)], entry[len(row_columns):]
+        lines.append("| " + " | ".join([*(str(k) for k in keys),
+                                          *(format_value(v, metric) for v in values)]) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def markdown_tables(rows: list[dict], tables: list[dict], axis_names) -> str:
+    """Every pivot table of the grid, as markdown sections ("" when the grid has none)."""
+    return "\n".join(markdown(rows, spec, axis_names) for spec in tables)
+
+
+__all__ = ["markdown", "markdown_tables", "pivot"]

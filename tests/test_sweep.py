@@ -237,7 +237,7 @@ def test_runner_resume_failure_parallel_and_outputs(tmp_path):
     assert [os.path.basename(p) for p in written] == ["results.csv", "results.md", "width.png"]
     csv_lines = (output / "results.csv").read_text().splitlines()
     assert csv_lines[0] == ("cell,status,width,lr,model,step,layer,protocol,labels,metric,"
-                            "value,reason")
+                            "value,bound,reason")
     # 2 models x (2 linear layers + 1 kNN) for the finished cell, one row per failed cell.
     assert sum(line.startswith("width-1__lr-good,ok,1,good") for line in csv_lines) == 6
     assert any(line.startswith("width-1__lr-bad,failed") and "training loss became nan" in line
@@ -267,9 +267,16 @@ def test_pivot_table_keys_and_missing_values():
     keys, order, body = pivot(rows, spec, ["method"])
     # The step-0 row is left out; VGG's fc6 lands between the layers it sits between.
     assert keys == ["method"] and order == ["block4", "fc6", "pre_logits"]
-    assert body == [["rotation", 0.5, None, 0.4], ["vgg", 0.3, 0.35, 0.2]]
+    values = [[e[0], *(None if c is None else c["value"] for c in e[1:])] for e in body]
+    assert values == [["rotation", 0.5, None, 0.4], ["vgg", 0.3, 0.35, 0.2]]
     text = markdown(rows, spec, ["method"])
     assert "| rotation | 50.0 |  | 40.0 |" in text
+    # A utility clipped at the end of the scratch curve reads as the bound it is.
+    clipped = [{**row("rotation", "pre_logits", 0.0), "protocol": "utility", "labels": 1000,
+                "metric": "utility", "bound": "lower"}]
+    assert "| rotation | >= 0.000 |" in markdown(
+        clipped, {"name": "u", "rows": ["method"], "columns": "labels", "metric": "utility"},
+        ["method"])
     assert "No finished cell" in markdown(rows, {**spec, "where": {"method": "none"}},
                                           ["method"])
 

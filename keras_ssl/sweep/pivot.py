@@ -36,8 +36,8 @@ def pivot(rows: list[dict], spec: dict, axis_names) -> tuple[list[str], list[str
     Returns:
       The columns that key a table row (the named `rows`, then those that
       vary), the pivoted column's values in order, and one list per table
-      row: its key values, then the metric per pivoted value (None where
-      missing). The body is empty when no finished cell matches.
+      row: its key values, then the results-table row per pivoted value
+      (None where missing). The body is empty when no finished cell matches.
     """
     column = spec["columns"]
     chosen, row_columns = select(
@@ -51,8 +51,8 @@ def pivot(rows: list[dict], spec: dict, axis_names) -> tuple[list[str], list[str
     order = merged_order([[row.get(column) for row in key_rows] for key_rows in by_key.values()])
     body = []
     for key, key_rows in by_key.items():
-        values = {row.get(column): row["value"] for row in key_rows}
-        body.append([*key, *(values.get(v) for v in order)])
+        by_value = {row.get(column): row for row in key_rows}
+        body.append([*key, *(by_value.get(v) for v in order)])
     return row_columns, order, body
 
 
@@ -70,9 +70,11 @@ def markdown(rows: list[dict], spec: dict, axis_names) -> str:
     lines.append("| " + " | ".join([*row_columns, *(str(v) for v in order)]) + " |")
     lines.append("| " + " | ".join(["---"] * len(row_columns) + ["---:"] * len(order)) + " |")
     for entry in body:
-        keys, values = entry[:len(row_columns)], entry[len(row_columns):]
-        lines.append("| " + " | ".join([*(str(k) for k in keys),
-                                          *(format_value(v, metric) for v in values)]) + " |")
+        keys, cells = entry[:len(row_columns)], entry[len(row_columns):]
+        lines.append("| " + " | ".join(
+            [*(str(k) for k in keys),
+             *("" if c is None else format_value(c["value"], metric, c.get("bound"))
+               for c in cells)]) + " |")
     return "\n".join(lines) + "\n"
 
 

@@ -11,6 +11,9 @@ Columns: `cell`, `status`, one column per grid axis, then `ROW_COLUMNS`:
 - `metric` and `value`: `test_accuracy` (a fraction; the low-shot mean over
   draws), or for utility `utility` (U(n)), `finetuned_accuracy` and
   `scratch_accuracy`;
+- `bound`: for a utility clipped at the ends of the scratch curve, `lower`
+  (the fine-tuned model beat every scratch budget: U(n) is at least the
+  value) or `upper` (it was below the smallest budget's scratch accuracy);
 - `reason`: why a cell failed (its last error line).
 
 A failed cell has one row (status `failed`), a cell not run yet one row
@@ -23,7 +26,9 @@ import csv
 import os
 
 ROW_COLUMNS = ("cell", "status", "model", "step", "layer", "protocol", "labels", "metric",
-               "value", "reason")
+               "value", "bound", "reason")
+# keras_ssl_eval.utility's flags of a clipped n_hat, as bounds on U(n).
+_UTILITY_BOUNDS = {"above_scratch": "lower", "below_scratch": "upper"}
 RESULTS_CSV = "results.csv"
 RESULTS_MD = "results.md"
 
@@ -38,13 +43,13 @@ def model_rows(role: str, step: int, results: dict) -> list[dict]:
 
     Returns:
       Dicts with the keys `model`, `step`, `layer`, `protocol`, `labels`,
-      `metric`, `value`.
+      `metric`, `value`, `bound`.
     """
     rows = []
 
-    def add(layer, protocol, value, labels="", metric="test_accuracy"):
+    def add(layer, protocol, value, labels="", metric="test_accuracy", bound=""):
         rows.append(dict(model=role, step=step, layer=layer, protocol=protocol, labels=labels,
-                         metric=metric, value=value))
+                         metric=metric, value=value, bound=bound))
 
     for layer, result in results.get("layers", {}).items():
         add(layer, "linear", result["test_accuracy"])
@@ -63,7 +68,8 @@ def model_rows(role: str, step: int, results: dict) -> list[dict]:
     if utility:
         layer = utility.get("layer") or "pre_logits"
         for row in utility["curve"]:
-            add(layer, "utility", row["utility"], labels=row["n"], metric="utility")
+            add(layer, "utility", row["utility"], labels=row["n"], metric="utility",
+                bound=_UTILITY_BOUNDS.get(row.get("flag"), ""))
             add(layer, "utility", row["finetuned_accuracy"], labels=row["n"],
                 metric="finetuned_accuracy")
         for n, accuracy in zip(utility["budgets"], utility["scratch_accuracy"]):
@@ -107,17 +113,21 @@ def write_csv(rows: list[dict], axis_names, path: str) -> str:
     return path
 
 
-def format_value(value, metric) -> str:
-    """A metric for a markdown table: accuracies in %, U(n) as a ratio, "" when missing."""
+def format_value(value, metric, bound: str = "") -> str:
+    """A metric for a markdown table: accuracies in %, U(n) as a ratio, "" when missing.
+
+    A `lower` bound reads `>= 0.000`, an `upper` one `<= 0.500`.
+    """
     if value is None or value == "":
         return ""
     # Accuracies in percent as everywhere else in the reports; utility as a ratio.
-    return f"{value:.3f}" if metric == "utility" else f"{100 * value:.1f}"
+    text = f"{value:.3f}" if metric == "utility" else f"{100 * value:.1f}"
+    return {"lower": ">= ", "upper": "<= "}.get(bound or "", "") + text
 
 
 def _format(column, value, metric):
     if column == "value" and isinstance(value, (int, float)):
-        return format_value(value, metric)
+        return format_value(value, metric)  # the bound has its own column here
     return "" if value is None else str(value).replace("|", "\\|")
 
 

@@ -1,4 +1,4 @@
-"""End-to-end tests of the keras-ssl-eval binary and keras_ssl_eval.report."""
+"""End-to-end tests of the keras-ssl-eval binary and keras_ssl_eval.reporting.report."""
 
 import json
 import os
@@ -7,8 +7,8 @@ import sys
 
 import pytest
 
-from keras_ssl_eval import report
-from keras_ssl_eval.evaluate import evaluate_linear
+from keras_ssl_eval.reporting import report
+from keras_ssl_eval.protocols.evaluate import evaluate_linear
 from keras_ssl_eval.testing import run_eval_main, save_toy_savedmodel, write_image_folder
 
 _EVAL_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
@@ -121,7 +121,7 @@ def test_cli_runs_without_keras(workspace, tmp_path):
             "except SystemExit as e:\n"
             "    assert not e.code, e.code\n"
             "# TFDS sources too: tensorflow_datasets imports keras when it can.\n"
-            "from keras_ssl_eval.data import load_images\n"
+            "from keras_ssl_eval.reading.data import load_images\n"
             "try:\n"
             f"    load_images('mnist', 'train', data_dir={str(tmp_path / 'tfds')!r})\n"
             "except FileNotFoundError as e:\n"

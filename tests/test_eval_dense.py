@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 
 from conftest import tiny_shapes_name
-from keras_ssl_eval import data, finetune
-from keras_ssl_eval.evaluate import evaluate
+from keras_ssl_eval.probes import finetune
+from keras_ssl_eval.reading import data
+from keras_ssl_eval.protocols.evaluate import evaluate
 from keras_ssl_eval.testing import save_toy_savedmodel
 
 

@@ -4,8 +4,9 @@ import numpy as np
 import pytest
 from sklearn.svm import LinearSVC
 
-from keras_ssl_eval import heads, knn, lowshot, protocols, svm
-from keras_ssl_eval.linear import fit_linear_probe
+from keras_ssl_eval.probes import heads, knn, svm
+from keras_ssl_eval.protocols import lowshot, per_layer as protocols
+from keras_ssl_eval.probes.linear import fit_linear_probe
 
 
 def _blobs(n, classes=3, dim=10, noise=1.0, seed=0):

@@ -5,9 +5,10 @@ import json
 import numpy as np
 import pytest
 
-from keras_ssl_eval import compare, report, utility
-from keras_ssl_eval.evaluate import evaluate
-from keras_ssl_eval.finetune import FineTuner, subset_indices
+from keras_ssl_eval.protocols import utility
+from keras_ssl_eval.reporting import compare, report
+from keras_ssl_eval.protocols.evaluate import evaluate
+from keras_ssl_eval.probes.finetune import FineTuner, subset_indices
 from keras_ssl_eval.testing import run_eval_main, save_toy_savedmodel, write_image_folder
 
 

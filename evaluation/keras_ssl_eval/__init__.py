@@ -21,24 +21,24 @@ if _quiet.started_as_binary() and not _quiet.verbosity_given():
     _os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     _quiet.hide_library_warnings()
 
-from keras_ssl_eval.cache import DEFAULT_CACHE_DIR, FeatureCache
-from keras_ssl_eval.compare import compare_reports, load_reports
+from keras_ssl_eval.extraction.cache import DEFAULT_CACHE_DIR, FeatureCache
+from keras_ssl_eval.reporting.compare import compare_reports, load_reports
 from keras_ssl_eval.contract import FOLDER_PREFIX
-from keras_ssl_eval.data import DatasetInfo, load_images, to_rgb_float
-from keras_ssl_eval.evaluate import PROTOCOLS, evaluate, evaluate_linear
-from keras_ssl_eval.features import split_features
-from keras_ssl_eval.heads import HeadResult, train_head
-from keras_ssl_eval.knn import knn_accuracy, knn_classify
-from keras_ssl_eval.linear import DEFAULT_L2_GRID, LinearProbeResult, fit_linear_probe
-from keras_ssl_eval.lowshot import DEFAULT_SHOTS, low_shot, sample_per_class
-from keras_ssl_eval.patches import PatchSpec, cut_patches
-from keras_ssl_eval.plots import write_plots
-from keras_ssl_eval.pooling import (MAX_FEATURE_VALUES, adaptive_max_pool, avg_pool,
+from keras_ssl_eval.reading.data import DatasetInfo, load_images, to_rgb_float
+from keras_ssl_eval.protocols.evaluate import PROTOCOLS, evaluate, evaluate_linear
+from keras_ssl_eval.extraction.features import split_features
+from keras_ssl_eval.probes.heads import HeadResult, train_head
+from keras_ssl_eval.probes.knn import knn_accuracy, knn_classify
+from keras_ssl_eval.probes.linear import DEFAULT_L2_GRID, LinearProbeResult, fit_linear_probe
+from keras_ssl_eval.protocols.lowshot import DEFAULT_SHOTS, low_shot, sample_per_class
+from keras_ssl_eval.extraction.patches import PatchSpec, cut_patches
+from keras_ssl_eval.reporting.plots import write_plots
+from keras_ssl_eval.extraction.pooling import (MAX_FEATURE_VALUES, adaptive_max_pool, avg_pool,
                                     flatten_features, pooled_grid)
-from keras_ssl_eval.report import build_report, markdown_report, markdown_table, write_report
-from keras_ssl_eval.savedmodel import RepresentationModel, load_representation_model
-from keras_ssl_eval.svm import LinearSVM, fit_svm, fit_svm_cv
-from keras_ssl_eval.utility import labels_needed, utility_curve
+from keras_ssl_eval.reporting.report import build_report, markdown_report, markdown_table, write_report
+from keras_ssl_eval.reading.savedmodel import RepresentationModel, load_representation_model
+from keras_ssl_eval.probes.svm import LinearSVM, fit_svm, fit_svm_cv
+from keras_ssl_eval.protocols.utility import labels_needed, utility_curve
 
 __version__ = "0.1.0"
 

@@ -72,14 +72,14 @@ def evaluate_exports(initial: str, final: str, settings: dict) -> tuple[dict, di
 
     Args:
       initial, final: The two SavedModel directories.
-      settings: Keyword arguments of `keras_ssl_eval.evaluate`, with
+      settings: Keyword arguments of `keras_ssl_eval.protocols.evaluate`, with
         `dataset` and `protocols`.
 
     Returns:
       `(step-0 results, final results, evaluation settings)`: the report
       entries of the two models and the report's `settings`.
     """
-    from keras_ssl_eval.evaluate import PROTOCOLS, evaluate
+    from keras_ssl_eval.protocols.evaluate import PROTOCOLS, evaluate
 
     settings = dict(settings)
     dataset = settings.pop("dataset")

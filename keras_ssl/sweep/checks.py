@@ -20,7 +20,7 @@ import shutil
 
 from keras_ssl.sweep.grid import Cell, Grid, GridError
 
-# Keyword arguments of keras_ssl_eval.evaluate that the sweep sets itself.
+# Keyword arguments of keras_ssl_eval.protocols.evaluate that the sweep sets itself.
 _EVALUATION_OWNED = ("saved_models", "scratch_model", "progress")
 # Bytes per parameter of a checkpoint: float32 weights plus up to two optimizer
 # slots (momentum; Adam/LARS-style second moments).
@@ -39,7 +39,7 @@ class CellPlan:
 
     Attributes:
       cell: The `Cell`.
-      evaluation: Keyword arguments of `keras_ssl_eval.evaluate` for this
+      evaluation: Keyword arguments of `keras_ssl_eval.protocols.evaluate` for this
         cell (`dataset` and `data_dir` filled in from its training config).
       train_steps: Steps of its training run.
       dataset, data_dir: What it trains on (`keras_ssl.train.dataset`, `data_dir`).
@@ -70,7 +70,7 @@ def check_evaluation(grid: Grid) -> None:
     Raises:
       GridError: Naming the line and the closest valid keyword.
     """
-    from keras_ssl_eval.evaluate import PROTOCOLS, evaluate
+    from keras_ssl_eval.protocols.evaluate import PROTOCOLS, evaluate
 
     accepted = [name for name in inspect.signature(evaluate).parameters
                 if name not in _EVALUATION_OWNED]

@@ -21,13 +21,13 @@ import sys
 from absl import app, flags
 
 from keras_ssl_eval import quiet
-from keras_ssl_eval.cache import DEFAULT_CACHE_DIR
-from keras_ssl_eval.compare import compare_reports, load_reports
-from keras_ssl_eval.evaluate import PROTOCOLS, evaluate
-from keras_ssl_eval.linear import DEFAULT_L2_GRID
-from keras_ssl_eval.lowshot import DEFAULT_SHOTS
-from keras_ssl_eval.plots import write_plots
-from keras_ssl_eval.report import markdown_report, write_report
+from keras_ssl_eval.extraction.cache import DEFAULT_CACHE_DIR
+from keras_ssl_eval.reporting.compare import compare_reports, load_reports
+from keras_ssl_eval.protocols.evaluate import PROTOCOLS, evaluate
+from keras_ssl_eval.probes.linear import DEFAULT_L2_GRID
+from keras_ssl_eval.protocols.lowshot import DEFAULT_SHOTS
+from keras_ssl_eval.reporting.plots import write_plots
+from keras_ssl_eval.reporting.report import markdown_report, write_report
 
 __all__ = ["main", "run"]
 

@@ -19,7 +19,7 @@ import numpy as np
 import tensorflow as tf
 
 from keras_ssl_eval.contract import REPRESENTATION_SIGNATURE
-from keras_ssl_eval.savedmodel import check_format_version
+from keras_ssl_eval.reading.savedmodel import check_format_version
 
 __all__ = ["FineTuner", "SegmentationFineTuner", "finetune_curve", "load_arrays", "mean_iou",
            "subset_indices"]
@@ -248,7 +248,7 @@ def load_arrays(dataset: str, split: str, image_size, *, data_dir=None, limit=No
     """Reads a split into memory: float32 images ``[N, H, W, 3]`` and int64 labels.
 
     Args:
-        dataset: A `keras_ssl_eval.data.load_images` name.
+        dataset: A `keras_ssl_eval.reading.data.load_images` name.
         split: The split.
         image_size: ``(h, w)`` to resize to.
         data_dir: TFDS data directory.
@@ -260,7 +260,7 @@ def load_arrays(dataset: str, split: str, image_size, *, data_dir=None, limit=No
         ``(images, labels)``, or ``(images, labels, class_maps)`` with
         `segmentation` (int64 ``[N, H, W]``).
     """
-    from keras_ssl_eval.data import load_images  # pylint: disable=import-outside-toplevel
+    from keras_ssl_eval.reading.data import load_images  # pylint: disable=import-outside-toplevel
 
     ds, _ = load_images(dataset, split, data_dir=data_dir, image_size=image_size,
                         shuffle_files=limit is not None, seed=seed, segmentation=segmentation)

@@ -45,7 +45,7 @@ import numpy as np
 import scipy.linalg
 import scipy.special
 
-from keras_ssl_eval._memory import check_memory
+from keras_ssl_eval.probes._memory import check_memory
 
 __all__ = ["DEFAULT_L2_GRID", "LinearProbeResult", "fit_linear_probe"]
 

@@ -121,7 +121,7 @@ def write_plots(report: dict, output_dir: str) -> list[str]:
     """Writes the plots the report has data for into `output_dir`.
 
     Args:
-        report: A report from `keras_ssl_eval.evaluate.evaluate` or `compare`.
+        report: A report from `keras_ssl_eval.protocols.evaluate.evaluate` or `compare`.
         output_dir: Directory, created if missing.
 
     Returns:

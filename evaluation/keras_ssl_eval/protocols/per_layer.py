@@ -1,23 +1,23 @@
 """The protocols that run on frozen features of one layer: one function each.
 
 Each takes train/test features and labels of one layer and returns a
-JSON-ready dict; `keras_ssl_eval.evaluate` calls them for every model and layer.
+JSON-ready dict; `keras_ssl_eval.protocols.evaluate` calls them for every model and layer.
 
-- `run_linear`: the linear probe (`keras_ssl_eval.linear`).
+- `run_linear`: the linear probe (`keras_ssl_eval.probes.linear`).
 - `run_grid`: Kolesnikov's heads, ``linear`` (solver ``fast`` = Newton-CG or ``sgd``
-  = the paper's schedule) and ``mlp`` (`keras_ssl_eval.heads`).
-- `run_knn`: weighted kNN (`keras_ssl_eval.knn`).
-- `run_lowshot`: Goyal's low-shot SVMs and linear head (`keras_ssl_eval.lowshot`).
+  = the paper's schedule) and ``mlp`` (`keras_ssl_eval.probes.heads`).
+- `run_knn`: weighted kNN (`keras_ssl_eval.probes.knn`).
+- `run_lowshot`: Goyal's low-shot SVMs and linear head (`keras_ssl_eval.protocols.lowshot`).
 """
 
 from __future__ import annotations
 
 import time
 
-from keras_ssl_eval.heads import train_head
-from keras_ssl_eval.knn import knn_accuracy
-from keras_ssl_eval.linear import DEFAULT_L2_GRID, fit_linear_probe
-from keras_ssl_eval.lowshot import DEFAULT_SHOTS, low_shot
+from keras_ssl_eval.probes.heads import train_head
+from keras_ssl_eval.probes.knn import knn_accuracy
+from keras_ssl_eval.probes.linear import DEFAULT_L2_GRID, fit_linear_probe
+from keras_ssl_eval.protocols.lowshot import DEFAULT_SHOTS, low_shot
 
 __all__ = ["HEADS", "SOLVERS", "run_linear", "run_grid", "run_knn", "run_lowshot"]
 
@@ -95,7 +95,7 @@ def run_grid(x, y, xt, yt, *, heads=HEADS, solver: str = "fast", epochs: int = 7
 
 
 def run_knn(x, y, xt, yt, *, k: int = 200, temperature: float = 0.1) -> dict:
-    """Weighted kNN on one layer; see `keras_ssl_eval.knn.knn_accuracy`.
+    """Weighted kNN on one layer; see `keras_ssl_eval.probes.knn.knn_accuracy`.
 
     Args:
         x, y, xt, yt: Train and test features and labels.
@@ -110,7 +110,7 @@ def run_knn(x, y, xt, yt, *, k: int = 200, temperature: float = 0.1) -> dict:
 
 def run_lowshot(x, y, xt, yt, *, shots=DEFAULT_SHOTS, draws: int = 5, seed: int = 0,
                 heads=("svm", "linear")) -> dict:
-    """Low-shot SVM and linear head on one layer; see `keras_ssl_eval.lowshot.low_shot`.
+    """Low-shot SVM and linear head on one layer; see `keras_ssl_eval.protocols.lowshot.low_shot`.
 
     Args:
         x, y, xt, yt: Train pool and test features and labels.

@@ -5,7 +5,7 @@ images, ``epochs`` (70) epochs, learning rate x0.1 after 30/70 and 50/70 of
 them. The MLP head is Dense(1000) + ReLU + dropout 0.5 + Dense(classes). Plain
 TensorFlow (a `tf.Module` with `tf.Variable`s and a `tf.function` step), no
 keras. Features are standardised with the training mean and std, as for the
-Newton-CG probe (`keras_ssl_eval.linear`), so the two solvers see the same problem.
+Newton-CG probe (`keras_ssl_eval.probes.linear`), so the two solvers see the same problem.
 
 The MLP's inputs are further divided by the square root of the top eigenvalue
 of their covariance (``spectral_scaling``): standardised conv features are
@@ -24,7 +24,7 @@ import time
 import numpy as np
 import tensorflow as tf
 
-from keras_ssl_eval._memory import check_memory
+from keras_ssl_eval.probes._memory import check_memory
 
 __all__ = ["HeadResult", "top_eigenvalue", "train_head"]
 

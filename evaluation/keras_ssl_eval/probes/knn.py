@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from keras_ssl_eval._memory import check_memory
+from keras_ssl_eval.probes._memory import check_memory
 
 __all__ = ["knn_classify", "knn_accuracy"]
 

@@ -3,7 +3,7 @@
 For each SavedModel: read the train and test splits (resized to the model's
 input size), extract all requested end-points in one pass per split (or read
 them from the feature cache), run every requested protocol on every layer, and
-collect everything into a report (see `keras_ssl_eval.report`). The
+collect everything into a report (see `keras_ssl_eval.reporting.report`). The
 ``keras-ssl-eval`` binary is a thin wrapper.
 """
 
@@ -11,17 +11,17 @@ from __future__ import annotations
 
 import logging
 
-from keras_ssl_eval import protocols as P
-from keras_ssl_eval.cache import DEFAULT_CACHE_DIR, DEFAULT_MAX_BYTES, FeatureCache
-from keras_ssl_eval.finetune import (
+from keras_ssl_eval.protocols import per_layer as P
+from keras_ssl_eval.extraction.cache import DEFAULT_CACHE_DIR, DEFAULT_MAX_BYTES, FeatureCache
+from keras_ssl_eval.probes.finetune import (
     default_dense_layer, finetune_curve, load_arrays, segmentation_curve,
 )
-from keras_ssl_eval.features import split_features
-from keras_ssl_eval.linear import DEFAULT_L2_GRID
-from keras_ssl_eval.lowshot import DEFAULT_SHOTS
-from keras_ssl_eval.report import build_report, model_column_name
-from keras_ssl_eval.savedmodel import load_representation_model
-from keras_ssl_eval.utility import utility_curve
+from keras_ssl_eval.extraction.features import split_features
+from keras_ssl_eval.probes.linear import DEFAULT_L2_GRID
+from keras_ssl_eval.protocols.lowshot import DEFAULT_SHOTS
+from keras_ssl_eval.reporting.report import build_report, model_column_name
+from keras_ssl_eval.reading.savedmodel import load_representation_model
+from keras_ssl_eval.protocols.utility import utility_curve
 
 __all__ = ["PROTOCOLS", "evaluate", "evaluate_linear"]
 
@@ -47,7 +47,7 @@ def evaluate(saved_models, dataset: str, *, protocols=("linear",), data_dir: str
 
     Args:
         saved_models: SavedModel directories (a single path is accepted too).
-        dataset: A `keras_ssl_eval.data.load_images` name; it must have labels.
+        dataset: A `keras_ssl_eval.reading.data.load_images` name; it must have labels.
         protocols: Any of `PROTOCOLS`, or ``"all"`` (utility only with a scratch model).
         data_dir: TFDS data directory.
         train_split, test_split: Splits to train and test on.
@@ -63,7 +63,7 @@ def evaluate(saved_models, dataset: str, *, protocols=("linear",), data_dir: str
             are deleted past it (None: unbounded).
         progress: Show a progress bar while extracting.
         heads, solver, epochs, sgd_batch_size, mlp_hidden: ``grid`` settings (see
-            `keras_ssl_eval.protocols.run_grid`).
+            `keras_ssl_eval.protocols.per_layer.run_grid`).
         knn_k, knn_temperature: ``knn`` settings.
         shots, draws: ``lowshot`` settings.
         scratch_model: The step-0 (random init) export for ``utility``.
@@ -78,7 +78,7 @@ def evaluate(saved_models, dataset: str, *, protocols=("linear",), data_dir: str
             one at least 1/4 of the input size, see `default_dense_layer`).
 
     Returns:
-        The report dict of `keras_ssl_eval.report.build_report`: per model,
+        The report dict of `keras_ssl_eval.reporting.report.build_report`: per model,
         ``layers`` (linear), ``grid``, ``knn``, ``lowshot`` and ``utility``.
 
     Example:
@@ -220,12 +220,12 @@ def evaluate_linear(saved_models, dataset: str, **kwargs) -> dict:
 
     Args:
         saved_models: SavedModel directories (a single path is accepted too).
-        dataset: A `keras_ssl_eval.data.load_images` name with labels.
+        dataset: A `keras_ssl_eval.reading.data.load_images` name with labels.
         **kwargs: Options of `evaluate` (``data_dir``, ``layers``,
             ``max_train_examples``, ``l2_grid``, ``seed``, ...).
 
     Returns:
-        The report dict of `keras_ssl_eval.report.build_report`.
+        The report dict of `keras_ssl_eval.reporting.report.build_report`.
 
     Example:
         >>> report = evaluate_linear(["/models/rotation"], "cifar10", layers=["pre_logits"])

@@ -9,6 +9,7 @@ import pytest
 
 from keras_ssl_eval.reporting import report
 from keras_ssl_eval.protocols.evaluate import evaluate_linear
+from keras_ssl_eval.settings import DataSettings
 from keras_ssl_eval.testing import run_eval_main, save_toy_savedmodel, write_image_folder
 
 _EVAL_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
@@ -85,7 +86,7 @@ def test_unlabelled_dataset_is_an_error(workspace, tmp_path):
     write_image_folder(str(tmp_path / "unlabelled"), 4, size=16)
     with pytest.raises(ValueError, match="has no labels"):
         evaluate_linear(workspace["models"][:1], f"folder:{tmp_path / 'unlabelled'}",
-                        train_split="train", test_split="train")
+                        data=DataSettings(train_split="train", test_split="train"))
 
 
 def test_markdown_table_layout():

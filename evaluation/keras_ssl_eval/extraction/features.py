@@ -16,10 +16,11 @@ import time
 
 import numpy as np
 
-from keras_ssl_eval.extraction.cache import FeatureCache, model_identity
 from keras_ssl_eval.contract import FOLDER_PREFIX
-from keras_ssl_eval.reading.data import DatasetInfo, load_images
+from keras_ssl_eval.extraction.cache import FeatureCache, model_identity
 from keras_ssl_eval.extraction.pooling import MAX_FEATURE_VALUES
+from keras_ssl_eval.reading.data import DatasetInfo, load_images
+from keras_ssl_eval.settings import DataSettings
 
 __all__ = ["SplitFeatures", "split_features"]
 
@@ -48,9 +49,10 @@ class SplitFeatures:
 
 
 def split_features(model, dataset: str, split: str, layers, *, data_dir: str | None = None,
-                   batch_size: int = 64, limit: int | None = None, seed: int = 0,
-                   pooling: str = "adaptive", cache: FeatureCache | None = None,
-                   progress: bool = False, need_labels: bool = True) -> SplitFeatures:
+                   batch_size: int = DataSettings.batch_size, limit: int | None = None,
+                   seed: int = DataSettings.seed, pooling: str = DataSettings.pooling,
+                   cache: FeatureCache | None = None, progress: bool = False,
+                   need_labels: bool = True) -> SplitFeatures:
     """Returns the features of `layers` for one split, from the cache when possible.
 
     Args:

@@ -25,6 +25,7 @@ import numpy as np
 import tensorflow as tf
 
 from keras_ssl_eval.probes._memory import check_memory
+from keras_ssl_eval.settings import GridSettings
 
 __all__ = ["HeadResult", "top_eigenvalue", "train_head"]
 
@@ -128,9 +129,10 @@ def _schedule(epoch, epochs, base_lr):
 
 
 def train_head(train_features, train_labels, test_features=None, test_labels=None, *,
-               head: str = "linear", epochs: int = 70, batch_size: int = 256,
+               head: str = "linear", epochs: int = GridSettings.epochs,
+               batch_size: int = GridSettings.sgd_batch_size,
                lr_per_256: float = 0.1, momentum: float = 0.9, weight_decay: float = 0.0,
-               hidden: int = 1000, seed: int = 0,
+               hidden: int = GridSettings.mlp_hidden, seed: int = 0,
                spectral_scaling: bool | None = None) -> HeadResult:
     """Trains a linear or MLP head with the paper's SGD schedule.
 

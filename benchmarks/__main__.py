@@ -122,7 +122,7 @@ def extraction_section(args, saved_model):
     """One pass for every end-point against one pass per end-point, on the real model."""
     import numpy as np
 
-    from keras_ssl_eval.savedmodel import load_representation_model
+    from keras_ssl_eval.reading.savedmodel import load_representation_model
 
     model = load_representation_model(saved_model)
     size = int(model.input_size[0]) if getattr(model, "input_size", None) else 32

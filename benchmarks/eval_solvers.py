@@ -43,11 +43,11 @@ import time
 
 import numpy as np
 
-from keras_ssl_eval.heads import train_head
-from keras_ssl_eval.knn import knn_accuracy
-from keras_ssl_eval.linear import DEFAULT_L2_GRID, fit_linear_probe
-from keras_ssl_eval.report import package_versions
-from keras_ssl_eval.savedmodel import load_representation_model
+from keras_ssl_eval.probes.heads import train_head
+from keras_ssl_eval.probes.knn import knn_accuracy
+from keras_ssl_eval.probes.linear import DEFAULT_L2_GRID, fit_linear_probe
+from keras_ssl_eval.reporting.report import package_versions
+from keras_ssl_eval.reading.savedmodel import load_representation_model
 from keras_ssl_eval.testing import save_toy_savedmodel
 
 
@@ -86,7 +86,7 @@ def real_features(args):
         arrays = np.load(args.features)
         return (arrays["x"], arrays["y"], arrays["xt"], arrays["yt"],
                 f"{args.features} (saved earlier)")
-    from keras_ssl_eval.features import split_features  # pylint: disable=import-outside-toplevel
+    from keras_ssl_eval.extraction.features import split_features  # pylint: disable=import-outside-toplevel
 
     model = load_representation_model(args.saved_model)
     splits = [split_features(model, args.dataset, split, [args.layer], limit=limit, seed=0)

@@ -28,6 +28,7 @@ import time
 import gin
 import numpy as np
 import tensorflow as tf
+from keras_ssl_eval.settings import KnnSettings
 
 from keras_ssl.datasets import load_dataset
 
@@ -42,8 +43,8 @@ def knn_monitor(
     split: str = "test",
     dataset: str | None = None,
     num_examples: int = 1000,
-    k: int = 200,
-    temperature: float = 0.1,
+    k: int = KnnSettings.k,
+    temperature: float = KnnSettings.temperature,
     endpoint: str = "pre_logits",
     batch_size: int = 250,
 ):
@@ -56,8 +57,8 @@ def knn_monitor(
         or `test` of synthetic_shapes).
       dataset: Its dataset; None: the training dataset.
       num_examples: Size of the fixed subset (bounds the cost).
-      k: Neighbours voting.
-      temperature: tau of the vote weights.
+      k: Neighbours voting (default: keras-ssl-eval's, `KnnSettings.k`).
+      temperature: tau of the vote weights (default `KnnSettings.temperature`).
       endpoint: The backbone end-point compared.
       batch_size: Images per forward pass.
 

@@ -1,4 +1,4 @@
-"""End-to-end tests of the keras-ssl-eval binary and keras_ssl_eval.report."""
+"""End-to-end tests of the keras-ssl-eval binary and keras_ssl_eval.reporting.report."""
 
 import json
 import os
@@ -7,8 +7,9 @@ import sys
 
 import pytest
 
-from keras_ssl_eval import report
-from keras_ssl_eval.evaluate import evaluate_linear
+from keras_ssl_eval.reporting import report
+from keras_ssl_eval.protocols.evaluate import evaluate_linear
+from keras_ssl_eval.settings import DataSettings
 from keras_ssl_eval.testing import run_eval_main, save_toy_savedmodel, write_image_folder
 
 _EVAL_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
@@ -85,7 +86,7 @@ def test_unlabelled_dataset_is_an_error(workspace, tmp_path):
     write_image_folder(str(tmp_path / "unlabelled"), 4, size=16)
     with pytest.raises(ValueError, match="has no labels"):
         evaluate_linear(workspace["models"][:1], f"folder:{tmp_path / 'unlabelled'}",
-                        train_split="train", test_split="train")
+                        data=DataSettings(train_split="train", test_split="train"))
 
 
 def test_markdown_table_layout():
@@ -121,7 +122,7 @@ def test_cli_runs_without_keras(workspace, tmp_path):
             "except SystemExit as e:\n"
             "    assert not e.code, e.code\n"
             "# TFDS sources too: tensorflow_datasets imports keras when it can.\n"
-            "from keras_ssl_eval.data import load_images\n"
+            "from keras_ssl_eval.reading.data import load_images\n"
             "try:\n"
             f"    load_images('mnist', 'train', data_dir={str(tmp_path / 'tfds')!r})\n"
             "except FileNotFoundError as e:\n"

@@ -1,4 +1,4 @@
-"""Tests of keras_ssl_eval.data: folder and TFDS image sources."""
+"""Tests of keras_ssl_eval.reading.data: folder and TFDS image sources."""
 
 import logging
 import re
@@ -9,7 +9,7 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 from PIL import Image
 
-from keras_ssl_eval import _tfds_source, data
+from keras_ssl_eval.reading import _tfds_source, data
 from keras_ssl_eval.testing import write_image_folder
 
 

@@ -6,8 +6,10 @@ import numpy as np
 import pytest
 
 from conftest import tiny_shapes_name
-from keras_ssl_eval import data, finetune
-from keras_ssl_eval.evaluate import evaluate
+from keras_ssl_eval.probes import finetune
+from keras_ssl_eval.reading import data
+from keras_ssl_eval.protocols.evaluate import evaluate
+from keras_ssl_eval.settings import DataSettings, UtilitySettings
 from keras_ssl_eval.testing import save_toy_savedmodel
 
 
@@ -72,9 +74,11 @@ def test_segmentation_finetuning_through_representation_warns_and_learns(tmp_pat
 @pytest.mark.slow
 def test_segmentation_utility_of_scratch_is_zero_and_finetuning_learns(trained_run, data_dir):
     scratch = trained_run["initial_export"]
-    result = evaluate([scratch], tiny_shapes_name(), data_dir=data_dir, protocols="utility",
-                      scratch_model=scratch, utility_task="segmentation", budgets=(8, 24),
-                      finetune_steps=6, finetune_batch_size=8, cache_dir="")
+    result = evaluate([scratch], tiny_shapes_name(), protocols="utility",
+                      data=DataSettings(data_dir=data_dir, cache_dir=""),
+                      utility=UtilitySettings(scratch_model=scratch, task="segmentation",
+                                              budgets=(8, 24), finetune_steps=6,
+                                              finetune_batch_size=8))
     entry = result["models"][0]["utility"]
     assert entry["task"] == "segmentation" and entry["metric"] == "mean_iou"
     assert entry["layer"] == "block3" and entry["num_classes"] == 2
@@ -92,5 +96,6 @@ def test_segmentation_utility_of_scratch_is_zero_and_finetuning_learns(trained_r
     assert trained > background_only + 0.05
     assert any(not np.allclose(b, v.numpy()) for b, v in zip(before, tuner.backbone_vars))
     with pytest.raises(ValueError, match="utility task"):
-        evaluate([scratch], tiny_shapes_name(), data_dir=data_dir, protocols="utility",
-                 scratch_model=scratch, utility_task="depth")
+        evaluate([scratch], tiny_shapes_name(), protocols="utility",
+                 data=DataSettings(data_dir=data_dir),
+                 utility=UtilitySettings(scratch_model=scratch, task="depth"))

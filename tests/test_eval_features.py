@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from keras_ssl_eval import cache as cache_lib
-from keras_ssl_eval import features, patches, pooling, savedmodel
+from keras_ssl_eval.extraction import cache as cache_lib
+from keras_ssl_eval.extraction import features, patches, pooling
+from keras_ssl_eval.reading import savedmodel
 from keras_ssl_eval.testing import save_toy_savedmodel, write_image_folder
 
 

@@ -4,8 +4,10 @@ import numpy as np
 import pytest
 from sklearn.svm import LinearSVC
 
-from keras_ssl_eval import heads, knn, lowshot, protocols, svm
-from keras_ssl_eval.linear import fit_linear_probe
+from keras_ssl_eval.probes import heads, knn, svm
+from keras_ssl_eval.protocols import lowshot, per_layer as protocols
+from keras_ssl_eval.settings import GridSettings, LinearSettings
+from keras_ssl_eval.probes.linear import fit_linear_probe
 
 
 def _blobs(n, classes=3, dim=10, noise=1.0, seed=0):
@@ -78,14 +80,15 @@ def test_mlp_head_is_stable_on_wide_correlated_features():
 
 def test_grid_reports_accuracy_and_convergence():
     x, y = _blobs(120)
-    result = protocols.run_grid(x, y, x, y, heads=("linear", "mlp"), solver="sgd", epochs=3,
-                                batch_size=32, hidden=16)
+    result = protocols.run_grid(x, y, x, y, GridSettings(heads=("linear", "mlp"), solver="sgd",
+                                                     epochs=3, sgd_batch_size=32, mlp_hidden=16))
     assert result["linear"]["solver"] == "sgd" and result["mlp"]["solver"] == "sgd"
     assert set(result["mlp"]["convergence"]) >= {"final_loss", "grad_norm", "loss_history"}
-    fast = protocols.run_grid(x, y, x, y, heads=("linear",), l2_grid=[1e-3])
+    fast = protocols.run_grid(x, y, x, y, GridSettings(heads=("linear",)),
+                              linear=LinearSettings(l2_grid=[1e-3]))
     assert fast["linear"]["convergence"]["converged"]
     with pytest.raises(ValueError, match="solver"):
-        protocols.run_grid(x, y, x, y, solver="adam")
+        protocols.run_grid(x, y, x, y, GridSettings(solver="adam"))
 
 
 # --------------------------------------------------------------------- kNN --

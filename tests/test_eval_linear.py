@@ -1,13 +1,12 @@
-"""Tests of keras_ssl_eval.linear (the linear probe)."""
+"""Tests of keras_ssl_eval.probes.linear (the linear probe)."""
 
 import numpy as np
 import pytest
 import scipy.special
 from sklearn.linear_model import LogisticRegression
 
-from keras_ssl_eval import _memory, knn, heads
-from keras_ssl_eval import linear
-from keras_ssl_eval.linear import DEFAULT_L2_GRID, fit_linear_probe
+from keras_ssl_eval.probes import _memory, heads, knn, linear
+from keras_ssl_eval.probes.linear import DEFAULT_L2_GRID, fit_linear_probe
 
 
 def _blobs(n, dim, num_classes, spread, seed):

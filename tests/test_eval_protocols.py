@@ -5,9 +5,12 @@ import json
 import numpy as np
 import pytest
 
-from keras_ssl_eval import compare, report, utility
-from keras_ssl_eval.evaluate import evaluate
-from keras_ssl_eval.finetune import FineTuner, subset_indices
+from keras_ssl_eval.protocols import utility
+from keras_ssl_eval.reporting import compare, report
+from keras_ssl_eval.protocols.evaluate import evaluate
+from keras_ssl_eval.probes.finetune import FineTuner, subset_indices
+from keras_ssl_eval.settings import (DataSettings, GridSettings, KnnSettings, LinearSettings,
+                                     LowShotSettings)
 from keras_ssl_eval.testing import run_eval_main, save_toy_savedmodel, write_image_folder
 
 
@@ -82,9 +85,11 @@ def test_finetuning_changes_the_backbone(workspace):
 
 
 def test_grid_knn_lowshot_report_and_cache(workspace, tmp_path):
-    kwargs = dict(layers=["after_root", "pre_logits"], cache_dir=str(tmp_path / "cache"),
-                  batch_size=8, l2_grid=[1e-3], epochs=2, sgd_batch_size=8, mlp_hidden=16,
-                  knn_k=5, shots=(1, 2, 50), draws=2)
+    kwargs = dict(data=DataSettings(layers=["after_root", "pre_logits"],
+                                    cache_dir=str(tmp_path / "cache"), batch_size=8),
+                  linear=LinearSettings(l2_grid=[1e-3]),
+                  grid=GridSettings(epochs=2, sgd_batch_size=8, mlp_hidden=16),
+                  knn=KnnSettings(k=5), lowshot=LowShotSettings(shots=(1, 2, 50), draws=2))
     result = evaluate(workspace["models"], workspace["dataset"],
                       protocols=["grid", "knn", "lowshot"], **kwargs)
     assert result["protocol"] == "grid+knn+lowshot"

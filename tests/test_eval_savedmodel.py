@@ -1,4 +1,4 @@
-"""Tests of keras_ssl_eval.savedmodel and keras_ssl_eval.pooling."""
+"""Tests of keras_ssl_eval.reading.savedmodel and keras_ssl_eval.extraction.pooling."""
 
 import json
 import logging
@@ -11,8 +11,8 @@ import pytest
 import tensorflow as tf
 
 from keras_ssl_eval import contract, pooling, savedmodel
-from keras_ssl_eval.data import load_images
-from keras_ssl_eval.finetune import FineTuner
+from keras_ssl_eval.reading.data import load_images
+from keras_ssl_eval.probes.finetune import FineTuner
 from keras_ssl_eval.testing import save_toy_savedmodel, write_image_folder
 
 

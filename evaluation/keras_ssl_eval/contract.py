@@ -1,9 +1,9 @@
 """The names of the keras-ssl SavedModel contract, declared in this one place.
 
 Everything a writer (`keras_ssl.export`) and a reader
-(`keras_ssl_eval.savedmodel`) of a contract SavedModel must agree on lives
+(`keras_ssl_eval.reading.savedmodel`) of a contract SavedModel must agree on lives
 here, as do the names of image-folder datasets, which training
-(`keras_ssl.datasets`) and evaluation (`keras_ssl_eval.data`) read alike.
+(`keras_ssl.datasets`) and evaluation (`keras_ssl_eval.reading.data`) read alike.
 docs/savedmodel_contract.md describes the contract in words. This module
 imports nothing itself, so it can never pull keras into an evaluation process.
 

@@ -10,7 +10,7 @@ Names:
 - `folder:/path/to/images` (sub-folders as labels when present).
 
 Reading and decoding are shared with the evaluation package
-(`keras_ssl_eval.data`), so training and evaluation see identical images.
+(`keras_ssl_eval.reading.data`), so training and evaluation see identical images.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from __future__ import annotations
 import os
 
 from keras_ssl_eval.contract import FOLDER_PREFIX
-from keras_ssl_eval.data import DatasetInfo, load_images
+from keras_ssl_eval.reading.data import DatasetInfo, load_images
 
 
 def _import_builder(name: str) -> None:

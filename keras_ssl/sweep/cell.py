@@ -67,38 +67,65 @@ def _model_results(entry: dict) -> dict:
     return {**entry, "metadata": metadata}
 
 
-def evaluate_exports(initial: str, final: str, settings: dict) -> tuple[dict, dict, dict]:
+def evaluation_arguments(evaluation: dict):
+    """A grid's flat `evaluation:` mapping as `evaluate`'s arguments; the one place that maps it.
+
+    Args:
+      evaluation: `{key: value}`: `dataset`, `protocols` and the flat names of
+        `keras_ssl_eval.settings.EvaluationSettings` (the binary's flag names:
+        `layers`, `max_train_examples`, `knn_k`, `budgets`, ...).
+
+    Returns:
+      `(dataset, protocols, settings)`: `dataset` (None when not given), the
+      protocols as a list (`all` spelt out), and the `EvaluationSettings`.
+
+    Raises:
+      keras_ssl_eval.settings.UnknownSettingError: A key that is no setting.
+      ValueError: A value the settings refuse.
+    """
+    from keras_ssl_eval.protocols.evaluate import PROTOCOLS
+    from keras_ssl_eval.settings import EvaluationSettings
+
+    flat = dict(evaluation)
+    dataset = flat.pop("dataset", None)
+    protocols = flat.pop("protocols", ["linear"])
+    protocols = [protocols] if isinstance(protocols, str) else list(protocols)
+    if "all" in protocols:
+        protocols = list(PROTOCOLS)
+    return dataset, protocols, EvaluationSettings.from_flat(flat)
+
+
+def evaluate_exports(initial: str, final: str, evaluation: dict) -> tuple[dict, dict, dict]:
     """Evaluates the step-0 and final exports with the cell's protocols.
 
     Args:
       initial, final: The two SavedModel directories.
-      settings: Keyword arguments of `keras_ssl_eval.evaluate`, with
-        `dataset` and `protocols`.
+      evaluation: The cell's flat evaluation mapping, with `dataset` (see
+        `evaluation_arguments`).
 
     Returns:
       `(step-0 results, final results, evaluation settings)`: the report
       entries of the two models and the report's `settings`.
     """
-    from keras_ssl_eval.evaluate import PROTOCOLS, evaluate
+    import dataclasses
 
-    settings = dict(settings)
-    dataset = settings.pop("dataset")
-    protocols = settings.pop("protocols", ["linear"])
-    protocols = [protocols] if isinstance(protocols, str) else list(protocols)
-    if "all" in protocols:
-        protocols = list(PROTOCOLS)
+    from keras_ssl_eval.protocols.evaluate import evaluate
+
+    dataset, protocols, settings = evaluation_arguments(evaluation)
     on_features = [p for p in protocols if p != _UTILITY]
     results = [{}, {}]
     report_settings = {}
     if on_features:
         print(f"evaluating {', '.join(on_features)} on {dataset}", flush=True)
-        report = evaluate([initial, final], dataset, protocols=on_features, **settings)
+        report = evaluate([initial, final], dataset, protocols=on_features,
+                          **settings.sections())
         results = [_model_results(entry) for entry in report["models"]]
         report_settings = report["settings"]
     if _UTILITY in protocols:
         print(f"evaluating utility on {dataset} (scratch baseline: the step-0 export)", flush=True)
-        report = evaluate([final], dataset, protocols=[_UTILITY], scratch_model=initial,
-                          **settings)
+        utility = dataclasses.replace(settings.utility, scratch_model=initial)
+        report = evaluate([final], dataset, protocols=[_UTILITY],
+                          **dataclasses.replace(settings, utility=utility).sections())
         results[1]["utility"] = report["models"][0]["utility"]
         report_settings = {**report["settings"], **report_settings,
                            "utility": report["settings"]["utility"]}

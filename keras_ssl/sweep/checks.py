@@ -11,7 +11,6 @@ how big its run directory gets.
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import inspect
 import math
 import os
@@ -20,8 +19,9 @@ import shutil
 
 from keras_ssl.sweep.grid import Cell, Grid, GridError
 
-# Keyword arguments of keras_ssl_eval.evaluate that the sweep sets itself.
-_EVALUATION_OWNED = ("saved_models", "scratch_model", "progress")
+# Evaluation settings the sweep sets itself (the utility's scratch model is
+# the cell's step-0 export).
+_EVALUATION_OWNED = ("scratch_model",)
 # Bytes per parameter of a checkpoint: float32 weights plus up to two optimizer
 # slots (momentum; Adam/LARS-style second moments).
 _CHECKPOINT_BYTES_PER_PARAMETER = 4 * 3
@@ -39,8 +39,9 @@ class CellPlan:
 
     Attributes:
       cell: The `Cell`.
-      evaluation: Keyword arguments of `keras_ssl_eval.evaluate` for this
-        cell (`dataset` and `data_dir` filled in from its training config).
+      evaluation: The grid's flat evaluation mapping for this cell (`dataset`
+        and `data_dir` filled in from its training config; see
+        `keras_ssl.sweep.cell.evaluation_arguments`).
       train_steps: Steps of its training run.
       dataset, data_dir: What it trains on (`keras_ssl.train.dataset`, `data_dir`).
       backbone: The backbone name.
@@ -65,21 +66,22 @@ class CellPlan:
 
 
 def check_evaluation(grid: Grid) -> None:
-    """Refuses unknown keyword arguments and protocols in the grid's `evaluation`.
+    """Refuses unknown keys, protocols and values in the grid's `evaluation`.
 
     Raises:
-      GridError: Naming the line and the closest valid keyword.
+      GridError: Naming the line and the closest valid key.
     """
-    from keras_ssl_eval.evaluate import PROTOCOLS, evaluate
+    from keras_ssl_eval.protocols.evaluate import PROTOCOLS
+    from keras_ssl_eval.settings import EvaluationSettings, UnknownSettingError
 
-    accepted = [name for name in inspect.signature(evaluate).parameters
-                if name not in _EVALUATION_OWNED]
+    from keras_ssl.sweep.cell import evaluation_arguments
+
+    accepted = ["dataset", "protocols"] + [name for name in EvaluationSettings.flat_names()
+                                           if name not in _EVALUATION_OWNED]
     for key in grid.evaluation:
-        where = f"{grid.path} line {grid.evaluation_lines.get(key, 0)}"
         if key not in accepted:
-            close = difflib.get_close_matches(key, accepted, n=1)
-            hint = f"did you mean {close[0]!r}?" if close else f"use one of {', '.join(accepted)}."
-            raise GridError(f"{where}: unknown evaluation setting {key!r}; {hint}")
+            raise GridError(f"{grid.path} line {grid.evaluation_lines.get(key, 0)}: "
+                            f"{UnknownSettingError(key, accepted)}")
     protocols = grid.evaluation.get("protocols", ["linear"])
     protocols = [protocols] if isinstance(protocols, str) else list(protocols)
     for protocol in protocols:
@@ -87,6 +89,16 @@ def check_evaluation(grid: Grid) -> None:
             raise GridError(f"{grid.path} line {grid.evaluation_lines.get('protocols', 0)}: "
                             f"unknown protocol {protocol!r}; use any of {', '.join(PROTOCOLS)} "
                             f"or all.")
+    for key, value in grid.evaluation.items():
+        try:
+            evaluation_arguments({key: value})
+        except (TypeError, ValueError) as e:
+            raise GridError(f"{grid.path} line {grid.evaluation_lines.get(key, 0)}: evaluation "
+                            f"setting {key!r}: {e}") from None
+    try:
+        evaluation_arguments(grid.evaluation)
+    except (TypeError, ValueError) as e:
+        raise GridError(f"{grid.path}: evaluation: {e}") from None
 
 
 def _config_error_line(error: Exception) -> str:

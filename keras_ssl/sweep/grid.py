@@ -19,7 +19,7 @@ A grid file is YAML (docs/sweep.md has the full format)::
         binding: jigsaw.num_permutations
         values: [10, 100]
         when: {method: jigsaw}
-    evaluation:                               # keyword arguments of keras_ssl_eval.evaluate
+    evaluation:                               # settings of keras_ssl_eval.evaluate (flag names)
       protocols: [linear, knn]
     plots:
       - {name: width, x: resnet_v2.widening_factor, series: [method]}
@@ -116,9 +116,9 @@ class Grid:
       base_gin: Absolute paths of the base gin files.
       bindings: Fixed `(binding, gin literal, line)` triples.
       axes: The `Axis` list in file order.
-      evaluation: Keyword arguments for `keras_ssl_eval.evaluate`, with
-        `protocols`.
-      evaluation_lines: `{keyword: line}` of `evaluation`.
+      evaluation: The flat evaluation settings: `dataset`, `protocols` and the
+        flag names of `keras_ssl_eval.settings.EvaluationSettings`.
+      evaluation_lines: `{key: line}` of `evaluation`.
       plots: Plot specifications (dicts, see `keras_ssl.sweep.plots`), each
         with its `line`.
       tables: Pivot table specifications (dicts, see `keras_ssl.sweep.pivot`),
@@ -327,7 +327,7 @@ def load_grid(path: str) -> Grid:
     evaluation = document.get("evaluation") or {}
     if not isinstance(evaluation, dict):
         raise GridError(f"{path} line {_line(document, 'evaluation')}: `evaluation` maps "
-                        f"keyword arguments of keras_ssl_eval.evaluate to values.")
+                        f"evaluation settings (keras-ssl-eval's flag names) to values.")
     evaluation_lines = {key: _line(evaluation, key) for key in evaluation}
     evaluation = {key: _plain(value) for key, value in evaluation.items()}
 

@@ -22,9 +22,9 @@ from __future__ import annotations
 
 import os
 
-import matplotlib
+# Imported first: it selects matplotlib's Agg backend before pyplot is imported.
+from keras_ssl_eval.reporting.plots import save_figure
 
-matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  pylint: disable=wrong-import-position
 
 PLOTS_DIR = "plots"
@@ -133,12 +133,7 @@ def draw(rows: list[dict], spec: dict, axis_names, path: str) -> str | None:
                                                                     if filters else ""))
     if metric == "utility":
         ax.axhline(0, color="grey", lw=0.8)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0))
-    fig.tight_layout()
-    fig.savefig(path, dpi=100, bbox_inches="tight")
-    plt.close(fig)
-    return path
+    return save_figure(fig, ax, path)
 
 
 def write_plots(rows: list[dict], plots: list[dict], axis_names, output_dir: str) -> dict:

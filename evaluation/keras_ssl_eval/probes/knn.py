@@ -3,7 +3,7 @@
 Features are l2-normalised; the similarity is the cosine (dot product); each
 of the ``k`` most similar training examples votes for its class with weight
 ``exp(similarity / temperature)``; the class with the largest summed vote wins.
-k = 200 and temperature 0.1 as in the papers; k shrinks to the training set
+k = 200 and temperature 0.1 as in the papers (`KnnSettings`); k shrinks to the training set
 size when that is smaller.
 
 Memory is bounded: the training features are normalised into one float32
@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from keras_ssl_eval._memory import check_memory
+from keras_ssl_eval.probes._memory import check_memory
+from keras_ssl_eval.settings import KnnSettings
 
 __all__ = ["knn_classify", "knn_accuracy"]
 
@@ -35,8 +36,8 @@ def _normalise(x):
     return out
 
 
-def knn_classify(train_features, train_labels, query_features, *, k: int = 200,
-                 temperature: float = 0.1, chunk: int | None = None) -> np.ndarray:
+def knn_classify(train_features, train_labels, query_features, *, k: int = KnnSettings.k,
+                 temperature: float = KnnSettings.temperature, chunk: int | None = None) -> np.ndarray:
     """Predicts labels of `query_features` by similarity-weighted kNN votes.
 
     Args:
@@ -92,8 +93,9 @@ def knn_classify(train_features, train_labels, query_features, *, k: int = 200,
     return np.concatenate(predictions) if predictions else np.zeros([0], np.int64)
 
 
-def knn_accuracy(train_features, train_labels, test_features, test_labels, *, k: int = 200,
-                 temperature: float = 0.1) -> dict:
+def knn_accuracy(train_features, train_labels, test_features, test_labels, *,
+                 k: int = KnnSettings.k,
+                 temperature: float = KnnSettings.temperature) -> dict:
     """Runs `knn_classify` on a test set and returns JSON-ready results.
 
     Args:

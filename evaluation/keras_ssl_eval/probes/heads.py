@@ -5,7 +5,7 @@ images, ``epochs`` (70) epochs, learning rate x0.1 after 30/70 and 50/70 of
 them. The MLP head is Dense(1000) + ReLU + dropout 0.5 + Dense(classes). Plain
 TensorFlow (a `tf.Module` with `tf.Variable`s and a `tf.function` step), no
 keras. Features are standardised with the training mean and std, as for the
-Newton-CG probe (`keras_ssl_eval.linear`), so the two solvers see the same problem.
+Newton-CG probe (`keras_ssl_eval.probes.linear`), so the two solvers see the same problem.
 
 The MLP's inputs are further divided by the square root of the top eigenvalue
 of their covariance (``spectral_scaling``): standardised conv features are
@@ -24,7 +24,8 @@ import time
 import numpy as np
 import tensorflow as tf
 
-from keras_ssl_eval._memory import check_memory
+from keras_ssl_eval.probes._memory import check_memory
+from keras_ssl_eval.settings import GridSettings
 
 __all__ = ["HeadResult", "top_eigenvalue", "train_head"]
 
@@ -128,9 +129,10 @@ def _schedule(epoch, epochs, base_lr):
 
 
 def train_head(train_features, train_labels, test_features=None, test_labels=None, *,
-               head: str = "linear", epochs: int = 70, batch_size: int = 256,
+               head: str = "linear", epochs: int = GridSettings.epochs,
+               batch_size: int = GridSettings.sgd_batch_size,
                lr_per_256: float = 0.1, momentum: float = 0.9, weight_decay: float = 0.0,
-               hidden: int = 1000, seed: int = 0,
+               hidden: int = GridSettings.mlp_hidden, seed: int = 0,
                spectral_scaling: bool | None = None) -> HeadResult:
     """Trains a linear or MLP head with the paper's SGD schedule.
 

@@ -3,7 +3,7 @@
 Every protocol (linear, grid, kNN, low-shot) starts from the same frozen
 features. `split_features` reads a split, runs the model once for all layers
 that are not cached yet, and stores each layer's features in a
-`keras_ssl_eval.cache.FeatureCache`, so a second protocol on the same model,
+`keras_ssl_eval.extraction.cache.FeatureCache`, so a second protocol on the same model,
 data and settings does not run the model again.
 """
 
@@ -16,10 +16,11 @@ import time
 
 import numpy as np
 
-from keras_ssl_eval.cache import FeatureCache, model_identity
 from keras_ssl_eval.contract import FOLDER_PREFIX
-from keras_ssl_eval.data import DatasetInfo, load_images
-from keras_ssl_eval.pooling import MAX_FEATURE_VALUES
+from keras_ssl_eval.extraction.cache import FeatureCache, model_identity
+from keras_ssl_eval.extraction.pooling import MAX_FEATURE_VALUES
+from keras_ssl_eval.reading.data import DatasetInfo, load_images
+from keras_ssl_eval.settings import DataSettings
 
 __all__ = ["SplitFeatures", "split_features"]
 
@@ -33,7 +34,7 @@ class SplitFeatures:
     Attributes:
         features: ``{layer: float32 [N, D]}``.
         labels: int64 ``[N]``.
-        info: The split's `keras_ssl_eval.data.DatasetInfo`.
+        info: The split's `keras_ssl_eval.reading.data.DatasetInfo`.
         endpoint_shapes: ``{layer: per-image shape before pooling}``.
         cached_layers: Layers that came from the cache.
         seconds: Extraction time (0 when everything was cached).
@@ -48,21 +49,22 @@ class SplitFeatures:
 
 
 def split_features(model, dataset: str, split: str, layers, *, data_dir: str | None = None,
-                   batch_size: int = 64, limit: int | None = None, seed: int = 0,
-                   pooling: str = "adaptive", cache: FeatureCache | None = None,
-                   progress: bool = False, need_labels: bool = True) -> SplitFeatures:
+                   batch_size: int = DataSettings.batch_size, limit: int | None = None,
+                   seed: int = DataSettings.seed, pooling: str = DataSettings.pooling,
+                   cache: FeatureCache | None = None, progress: bool = False,
+                   need_labels: bool = True) -> SplitFeatures:
     """Returns the features of `layers` for one split, from the cache when possible.
 
     Args:
-        model: A `keras_ssl_eval.savedmodel.RepresentationModel`.
-        dataset: A `keras_ssl_eval.data.load_images` name.
+        model: A `keras_ssl_eval.reading.savedmodel.RepresentationModel`.
+        dataset: A `keras_ssl_eval.reading.data.load_images` name.
         split: The split (TFDS slices work).
         layers: End-point names.
         data_dir: TFDS data directory.
         batch_size: Images per forward pass.
         limit: At most this many images (seeded subset, see `load_images`).
         seed: Seed of the subset.
-        pooling: ``"adaptive"`` or ``"vissl"`` (see `keras_ssl_eval.pooling`).
+        pooling: ``"adaptive"`` or ``"vissl"`` (see `keras_ssl_eval.extraction.pooling`).
         cache: Where features are cached (None: no cache).
         progress: Show a per-batch progress bar while extracting.
         need_labels: Raise when the split has no labels.

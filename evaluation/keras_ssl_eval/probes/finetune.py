@@ -19,7 +19,8 @@ import numpy as np
 import tensorflow as tf
 
 from keras_ssl_eval.contract import REPRESENTATION_SIGNATURE
-from keras_ssl_eval.savedmodel import check_format_version
+from keras_ssl_eval.reading.savedmodel import check_format_version
+from keras_ssl_eval.settings import UtilitySettings
 
 __all__ = ["FineTuner", "SegmentationFineTuner", "finetune_curve", "load_arrays", "mean_iou",
            "subset_indices"]
@@ -67,8 +68,11 @@ class FineTuner:
 
     metric = "accuracy"
 
-    def __init__(self, path: str, num_classes: int, *, steps: int = 100, batch_size: int = 32,
-                 learning_rate: float = 0.01, momentum: float = 0.9, seed: int = 0):
+    def __init__(self, path: str, num_classes: int, *,
+                 steps: int = UtilitySettings.finetune_steps,
+                 batch_size: int = UtilitySettings.finetune_batch_size,
+                 learning_rate: float = UtilitySettings.finetune_learning_rate,
+                 momentum: float = 0.9, seed: int = 0):
         check_format_version(path)
         self.model = tf.saved_model.load(path)
         if not hasattr(self.model, "trainable_variables"):
@@ -248,7 +252,7 @@ def load_arrays(dataset: str, split: str, image_size, *, data_dir=None, limit=No
     """Reads a split into memory: float32 images ``[N, H, W, 3]`` and int64 labels.
 
     Args:
-        dataset: A `keras_ssl_eval.data.load_images` name.
+        dataset: A `keras_ssl_eval.reading.data.load_images` name.
         split: The split.
         image_size: ``(h, w)`` to resize to.
         data_dir: TFDS data directory.
@@ -260,7 +264,7 @@ def load_arrays(dataset: str, split: str, image_size, *, data_dir=None, limit=No
         ``(images, labels)``, or ``(images, labels, class_maps)`` with
         `segmentation` (int64 ``[N, H, W]``).
     """
-    from keras_ssl_eval.data import load_images  # pylint: disable=import-outside-toplevel
+    from keras_ssl_eval.reading.data import load_images  # pylint: disable=import-outside-toplevel
 
     ds, _ = load_images(dataset, split, data_dir=data_dir, image_size=image_size,
                         shuffle_files=limit is not None, seed=seed, segmentation=segmentation)
@@ -278,8 +282,7 @@ def load_arrays(dataset: str, split: str, image_size, *, data_dir=None, limit=No
 
 
 def finetune_curve(path: str, images, labels, test_images, test_labels, budgets, *,
-                   steps: int = 100, batch_size: int = 32, learning_rate: float = 0.01,
-                   seed: int = 0) -> list[float]:
+                   seed: int = 0, **tuning) -> list[float]:
     """Test accuracies of `path` fine-tuned for classification with each label budget.
 
     Args:
@@ -287,8 +290,9 @@ def finetune_curve(path: str, images, labels, test_images, test_labels, budgets,
         images, labels: The training pool (labels >= 0).
         test_images, test_labels: The test set.
         budgets: Label budgets n (each at most the pool size).
-        steps, batch_size, learning_rate: Fine-tuning settings.
-        seed: Seed of the subsets (the same n images for every model).
+        seed: Seed of the subsets (the same n images for every model) and the tuner.
+        **tuning: `FineTuner` settings (``steps``, ``batch_size``, ``learning_rate``,
+            ``momentum``).
 
     Returns:
         One accuracy per budget.
@@ -296,16 +300,14 @@ def finetune_curve(path: str, images, labels, test_images, test_labels, budgets,
     classes, targets = np.unique(labels, return_inverse=True)
     test_targets = np.searchsorted(classes, test_labels)
     test_targets[~np.isin(test_labels, classes)] = -1  # Unseen classes: always wrong.
-    tuner = FineTuner(path, len(classes), steps=steps, batch_size=batch_size,
-                      learning_rate=learning_rate, seed=seed)
+    tuner = FineTuner(path, len(classes), seed=seed, **tuning)
     return [tuner.score(images[idx], targets[idx], test_images, test_targets)
             for idx in (subset_indices(labels, int(n), seed) for n in budgets)]
 
 
 def segmentation_curve(path: str, images, labels, class_maps, test_images, test_class_maps,
-                       budgets, *, layer: str, num_classes: int, steps: int = 100,
-                       batch_size: int = 32, learning_rate: float = 0.01,
-                       seed: int = 0) -> list[float]:
+                       budgets, *, layer: str, num_classes: int, seed: int = 0,
+                       **tuning) -> list[float]:
     """Test mean IoUs of `path` fine-tuned for segmentation with each budget of labelled images.
 
     Args:
@@ -316,14 +318,14 @@ def segmentation_curve(path: str, images, labels, class_maps, test_images, test_
         budgets: Numbers of labelled images n.
         layer: The end-point under the head.
         num_classes: Pixel classes, background included.
-        steps, batch_size, learning_rate: Fine-tuning settings.
-        seed: Seed of the subsets (the same n images for every model).
+        seed: Seed of the subsets (the same n images for every model) and the tuner.
+        **tuning: `FineTuner` settings (``steps``, ``batch_size``, ``learning_rate``,
+            ``momentum``).
 
     Returns:
         One mean IoU per budget.
     """
-    tuner = SegmentationFineTuner(path, num_classes, layer, steps=steps, batch_size=batch_size,
-                                  learning_rate=learning_rate, seed=seed)
+    tuner = SegmentationFineTuner(path, num_classes, layer, seed=seed, **tuning)
     return [tuner.score(images[idx], class_maps[idx], test_images, test_class_maps)
             for idx in (subset_indices(labels, int(n), seed) for n in budgets)]
 

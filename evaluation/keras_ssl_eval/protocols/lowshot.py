@@ -3,7 +3,7 @@
 For each k in {1, 2, 4, 8, 16, 32, 64, 96} (k larger than the smallest class
 is skipped), draw k training examples per class, 5 independent seeded draws;
 train a linear SVM (one-vs-rest, squared hinge, C by 3-fold cross-validation)
-on l2-normalised features, and the linear head (`keras_ssl_eval.linear`);
+on l2-normalised features, and the linear head (`keras_ssl_eval.probes.linear`);
 test on the whole test set; report mean and std over the draws.
 """
 
@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import numpy as np
 
-from keras_ssl_eval.linear import DEFAULT_L2_GRID, fit_linear_probe
-from keras_ssl_eval.svm import DEFAULT_COSTS, fit_svm_cv
+from keras_ssl_eval.probes.linear import DEFAULT_L2_GRID, fit_linear_probe
+from keras_ssl_eval.probes.svm import DEFAULT_COSTS, fit_svm_cv
+from keras_ssl_eval.settings import LowShotSettings
 
 __all__ = ["DEFAULT_SHOTS", "sample_per_class", "low_shot"]
 
-DEFAULT_SHOTS = (1, 2, 4, 8, 16, 32, 64, 96)
+DEFAULT_SHOTS = LowShotSettings.shots
 
 
 def sample_per_class(labels, k: int, seed: int) -> np.ndarray:
@@ -43,7 +44,8 @@ def _l2_normalise(x):
 
 
 def low_shot(train_features, train_labels, test_features, test_labels, *,
-             shots=DEFAULT_SHOTS, draws: int = 5, seed: int = 0, costs=DEFAULT_COSTS,
+             shots=DEFAULT_SHOTS, draws: int = LowShotSettings.draws, seed: int = 0,
+             costs=DEFAULT_COSTS,
              heads=("svm", "linear"), l2_grid=DEFAULT_L2_GRID) -> dict:
     """Runs the low-shot protocol on fixed features.
 

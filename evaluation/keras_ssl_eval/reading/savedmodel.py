@@ -18,11 +18,11 @@ import re
 import numpy as np
 import tensorflow as tf
 
-from keras_ssl_eval._naming import natural_sort_key
+from keras_ssl_eval.reading._naming import natural_sort_key
 from keras_ssl_eval.contract import (FORMAT_NAME, FORMAT_VERSION, METADATA_PATH,
                                      REPRESENTATION_SIGNATURE)
-from keras_ssl_eval.patches import cut_patches, patch_spec_from_metadata
-from keras_ssl_eval.pooling import MAX_FEATURE_VALUES, flatten_features
+from keras_ssl_eval.extraction.patches import cut_patches, patch_spec_from_metadata
+from keras_ssl_eval.extraction.pooling import MAX_FEATURE_VALUES, flatten_features
 
 __all__ = ["RepresentationModel", "check_format_version", "load_representation_model"]
 
@@ -104,7 +104,7 @@ class RepresentationModel:
         metadata: Contents of ``assets/keras_ssl.json`` ({} when absent).
         input_size: ``(height, width)`` the model expects, or None when unknown
             (for a patch model: the size of the whole image before cutting).
-        patch_spec: A `keras_ssl_eval.patches.PatchSpec` for patch-based models
+        patch_spec: A `keras_ssl_eval.extraction.patches.PatchSpec` for patch-based models
             (metadata ``input_form`` ``"patches"``), else None.
         signature_calls: How many times the signature ran (tests use it to check
             that cached features are not recomputed).
@@ -183,14 +183,14 @@ class RepresentationModel:
         The ``representation`` signature runs once per batch for all layers.
         Images whose size differs from `input_size` are resized (one warning).
         Feature maps with more than `max_values` values per image are adaptively
-        max-pooled (see `keras_ssl_eval.pooling`) and flattened.
+        max-pooled (see `keras_ssl_eval.extraction.pooling`) and flattened.
 
         Args:
             data: Images as an array/tensor ``[N, H, W, 3]`` (floats in [0, 1] or
                 integer pixels, which are scaled to [0, 1]), or a
                 `tf.data.Dataset` of images, of ``(image, label)`` tuples or of dicts
                 with ``image`` (and ``label``), batched or not (e.g. from
-                `keras_ssl_eval.data.load_images`).
+                `keras_ssl_eval.reading.data.load_images`).
             layers: End-point names (default: all of `endpoint_names`).
             batch_size: Images per forward pass (ignored for batched datasets).
             with_labels: Also return the labels (-1 where `data` has none).

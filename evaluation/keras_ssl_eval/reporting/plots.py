@@ -4,6 +4,8 @@
   (Kolesnikov et al. Fig. 5 style), from the linear probe and the grid.
 - ``lowshot.png``: low-shot accuracy vs. k (log x), mean ± std, per model/head.
 - ``utility.png``: utility U(n) vs. label budget n (log x), per model.
+
+`save_figure` finishes and writes a figure; keras_ssl's sweep plots use it too.
 """
 
 from __future__ import annotations
@@ -15,12 +17,19 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # pylint: disable=wrong-import-position
 
-__all__ = ["write_plots"]
+__all__ = ["save_figure", "write_plots"]
 
 _STYLES = ["-", "--", ":", "-."]
 
 
-def _finish(fig, ax, path):
+def save_figure(fig, ax, path: str) -> str:
+    """Adds the grid and the legend (right of the axes), writes the PNG, closes the figure.
+
+    The common tail of every plot here and of keras_ssl's sweep plots.
+
+    Returns:
+        `path`.
+    """
     ax.grid(alpha=0.3)
     ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0))
     fig.tight_layout()
@@ -62,7 +71,7 @@ def _layers_plot(report, path):
     ax.set_xticks(range(len(order)), order, rotation=30)
     ax.set_ylabel("test accuracy (%)")
     ax.set_title(f"Accuracy per layer on {report['dataset'].get('name', '')}")
-    return _finish(fig, ax, path)
+    return save_figure(fig, ax, path)
 
 
 def _lowshot_plot(report, path):
@@ -90,7 +99,7 @@ def _lowshot_plot(report, path):
     ax.set_xlabel("labelled examples per class k")
     ax.set_ylabel("test accuracy (%)")
     ax.set_title("Low-shot accuracy (mean ± std over draws)")
-    return _finish(fig, ax, path)
+    return save_figure(fig, ax, path)
 
 
 def _utility_plot(report, path):
@@ -114,14 +123,14 @@ def _utility_plot(report, path):
     ax.set_ylabel("utility U(n) = n_hat / n - 1")
     task = models[0]["utility"].get("task", "classification")
     ax.set_title(f"Utility of pretraining, {task} (x: clipped at the scratch curve)")
-    return _finish(fig, ax, path)
+    return save_figure(fig, ax, path)
 
 
 def write_plots(report: dict, output_dir: str) -> list[str]:
     """Writes the plots the report has data for into `output_dir`.
 
     Args:
-        report: A report from `keras_ssl_eval.evaluate.evaluate` or `compare`.
+        report: A report from `keras_ssl_eval.protocols.evaluate.evaluate` or `compare`.
         output_dir: Directory, created if missing.
 
     Returns:

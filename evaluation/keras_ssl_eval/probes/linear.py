@@ -45,11 +45,12 @@ import numpy as np
 import scipy.linalg
 import scipy.special
 
-from keras_ssl_eval._memory import check_memory
+from keras_ssl_eval.probes._memory import check_memory
+from keras_ssl_eval.settings import LinearSettings
 
 __all__ = ["DEFAULT_L2_GRID", "LinearProbeResult", "fit_linear_probe"]
 
-DEFAULT_L2_GRID = (1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1)
+DEFAULT_L2_GRID = LinearSettings.l2_grid
 
 _log = logging.getLogger(__name__)
 
@@ -129,7 +130,8 @@ class LinearProbeResult:
 
 
 def fit_linear_probe(train_features, train_labels, test_features=None, test_labels=None, *,
-                     l2_grid=DEFAULT_L2_GRID, validation_fraction: float = 0.2,
+                     l2_grid=DEFAULT_L2_GRID,
+                     validation_fraction: float = LinearSettings.validation_fraction,
                      seed: int = 0, max_iterations: int = 1000, tolerance: float = 1e-5,
                      dtype=np.float32) -> LinearProbeResult:
     """Fits the linear probe and measures its accuracy.

@@ -1,4 +1,4 @@
-"""TFDS datasets as a source of `keras_ssl_eval.data.load_images` (internal).
+"""TFDS datasets as a source of `keras_ssl_eval.reading.data.load_images` (internal).
 
 Kept apart from `data` so that folder sources never import
 `tensorflow_datasets`, which is slow to import.
@@ -11,7 +11,7 @@ import os
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from keras_ssl_eval.data import DatasetInfo, to_rgb_float
+from keras_ssl_eval.reading.data import DatasetInfo, to_rgb_float
 
 _PREPARE_HINT = ("prepare it with `keras-ssl-prepare-data {name}` from keras-ssl or "
                  "`tfds build {name}` (with --data_dir)")

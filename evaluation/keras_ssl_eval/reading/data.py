@@ -33,7 +33,7 @@ import re
 
 import tensorflow as tf
 
-from keras_ssl_eval._naming import natural_sort_key
+from keras_ssl_eval.reading._naming import natural_sort_key
 from keras_ssl_eval.contract import FOLDER_PREFIX, IMAGE_EXTENSIONS
 
 __all__ = ["DatasetInfo", "load_images", "to_rgb_float"]
@@ -131,7 +131,7 @@ def load_images(
                              f"dataset with a 'segmentation_mask' feature (synthetic_shapes).")
         return _load_folder(name, split, size, shuffle_files, seed)
     # Imported here so that folder sources never import tensorflow_datasets.
-    from keras_ssl_eval import _tfds_source  # pylint: disable=import-outside-toplevel
+    from keras_ssl_eval.reading import _tfds_source  # pylint: disable=import-outside-toplevel
 
     return _tfds_source.load(name, split, data_dir=data_dir, image_size=size,
                              shuffle_files=shuffle_files, seed=seed, segmentation=segmentation)

@@ -244,7 +244,7 @@ def markdown_report(report: dict) -> str:
     A report of the linear protocol alone gives exactly `markdown_table`.
 
     Args:
-        report: A dict from `build_report` (or `keras_ssl_eval.evaluate.evaluate`).
+        report: A dict from `build_report` (or `keras_ssl_eval.protocols.evaluate.evaluate`).
 
     Returns:
         Markdown text, tables separated by blank lines.

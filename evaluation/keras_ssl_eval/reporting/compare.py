@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import logging
 
-from keras_ssl_eval.report import build_report
+from keras_ssl_eval.reporting.report import build_report
 
 __all__ = ["compare_reports", "load_reports"]
 
@@ -38,7 +38,7 @@ def compare_reports(reports, sources=None) -> dict:
     """Merges reports into one with all their models side by side.
 
     Args:
-        reports: Report dicts (from `keras_ssl_eval.evaluate.evaluate`).
+        reports: Report dicts (from `keras_ssl_eval.protocols.evaluate.evaluate`).
         sources: Optional names of where each came from (recorded in settings).
 
     Returns:

@@ -26,10 +26,12 @@ import tempfile
 import numpy as np
 import tensorflow as tf
 
+from keras_ssl_eval.settings import DataSettings
+
 __all__ = ["DEFAULT_CACHE_DIR", "DEFAULT_MAX_BYTES", "FeatureCache", "model_identity"]
 
 DEFAULT_CACHE_DIR = os.path.join(os.path.expanduser("~"), ".cache", "keras_ssl_eval")
-DEFAULT_MAX_BYTES = 10 * 2**30
+DEFAULT_MAX_BYTES = DataSettings.cache_max_bytes
 _FORMAT = 1
 
 _log = logging.getLogger(__name__)

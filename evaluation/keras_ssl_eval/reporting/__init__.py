@@ -1,0 +1,6 @@
+"""Reporting: the report of an evaluation, its markdown tables, its plots, and merged reports.
+
+- `report`: `build_report`, `results.json` and `results.md`.
+- `plots`: the PNG plots of a report, and `save_figure`, which keras_ssl's sweep plots use too.
+- `compare`: several reports side by side.
+"""

@@ -429,3 +429,23 @@ def test_sweep_binary_end_to_end(tmp_path, data_dir):
     assert len(rows) == 1 + 2 * 2 * 2 + 1  # header, 2 models x 2 layers x 2 protocols, failure
     assert (output / "results.md").exists()
     assert (output / "plots" / "per_layer.png").stat().st_size > 0
+
+
+def test_utility_plot_marks_clipped_points(tmp_path, monkeypatch):
+    from keras_ssl.sweep import plots
+
+    drawn = []
+    real_plot = plots.plt.Axes.plot
+
+    def recording_plot(self, *args, **kwargs):
+        drawn.append(kwargs.get("marker"))
+        return real_plot(self, *args, **kwargs)
+
+    monkeypatch.setattr(plots.plt.Axes, "plot", recording_plot)
+    rows = [{"status": "ok", "model": "final", "factors": "TCV-", "labels": n, "layer": "pre_logits",
+             "protocol": "utility", "metric": "utility", "value": u, "bound": bound}
+            for n, u, bound in [(30, 5.2, ""), (100, 2.8, ""), (1000, 0.0, "lower")]]
+    path = plots.draw(rows, {"x": "labels", "series": ["factors"], "metric": "utility",
+                             "log_x": True}, ["factors"], str(tmp_path / "u.png"))
+    assert os.path.getsize(path) > 0
+    assert drawn == ["o", "^"]  # the line, then the clipped point as a lower bound

@@ -62,8 +62,12 @@ def markdown(rows: list[dict], spec: dict, axis_names) -> str:
     filters = ", ".join(f"{k}={v}" for k, v in (spec.get("where") or {}).items())
     title = spec.get("title") or f"{metric} by {spec['columns']}"
     unit = "U(n) = n_hat / n - 1" if metric == "utility" else f"{metric.replace('_', ' ')} (%)"
-    lines = [f"### {title}", "", f"`{spec['name']}`: {unit}, by {spec['columns']}; rows "
-             f"where {filters or 'any'}.", ""]
+    named = [spec["columns"], *spec["rows"], *(spec.get("where") or {})]
+    scope = f"the rows where {filters}" if filters else "every row"
+    if "model" not in named:
+        scope += " (final exports)"
+    lines = [f"### {title}", "", f"`{spec['name']}`: {unit}, by {spec['columns']}, over "
+             f"{scope}.", ""]
     row_columns, order, body = pivot(rows, spec, axis_names)
     if not body:
         return "\n".join(lines + ["No finished cell has these rows yet.", ""])

@@ -28,6 +28,8 @@ from keras_ssl_eval.reporting.plots import save_figure
 import matplotlib.pyplot as plt  # noqa: E402  pylint: disable=wrong-import-position
 
 PLOTS_DIR = "plots"
+# Markers of the results table's `bound` values: U(n) at least / at most the point.
+_BOUND_MARKERS = {"lower": "^", "upper": "v"}
 _IMPLICIT_SERIES = ("model", "layer", "protocol", "labels")
 
 
@@ -112,12 +114,23 @@ def draw(rows: list[dict], spec: dict, axis_names, path: str) -> str | None:
     numeric = all(_is_number(v) for v in x_values)
     scale = 1.0 if metric == "utility" else 100.0
     fig, ax = plt.subplots(figsize=(max(5.0, 0.9 * len(x_values) + 3), 4))
+    bounds_drawn = set()
     for index, (key, line_rows) in enumerate(lines.items()):
         points = sorted(((row[x_column] if numeric else x_values.index(row.get(x_column)),
-                          scale * row["value"]) for row in line_rows), key=lambda p: p[0])
+                          scale * row["value"], row.get("bound") or "") for row in line_rows),
+                        key=lambda p: p[0])
         label = ", ".join(f"{c}={v}" for c, v in zip(series_columns, key)) or metric
-        ax.plot([p[0] for p in points], [p[1] for p in points], marker="o",
-                color=f"C{index % 10}", label=label)
+        color = f"C{index % 10}"
+        ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", color=color,
+                label=label)
+        # A utility clipped at an end of the scratch curve is a bound, not a value.
+        for bound, marker in _BOUND_MARKERS.items():
+            clipped = [p for p in points if p[2] == bound]
+            if clipped:
+                ax.plot([p[0] for p in clipped], [p[1] for p in clipped], ls="none",
+                        marker=marker, ms=11, mfc="none", color=color,
+                        label=None if bound in bounds_drawn else f"{bound} bound (clipped)")
+                bounds_drawn.add(bound)
     if numeric:
         if spec.get("log_x"):
             ax.set_xscale("log")

@@ -13,7 +13,7 @@ from tests.helpers.blocked_imports import BLOCKED
                     reason="checks the KERAS_SSL_EVAL_ONLY=1 run of tests/eval")
 def test_keras_and_keras_ssl_cannot_be_imported():
     for name in BLOCKED:
-        assert name not in sys.modules
-        with pytest.raises(ImportError, match="cannot be imported"):
+        assert sys.modules.get(name) is None  # Never imported (None: blocked by sys.modules too).
+        with pytest.raises(ImportError):
             importlib.import_module(name)
     import keras_ssl_eval  # noqa: F401  # What the evaluation tests use still imports.

@@ -13,7 +13,7 @@ replicas and sums the gradients. A loss computed from `gather(x)` or
 `global_sum(x)` is the same on every replica, and the gradient of each
 collective routes the other replicas' share back to this one's rows, so
 the update equals that of the loss of the concatenated batch on one
-device (tests/test_noncontrastive.py checks it).
+device (tests/methods/test_noncontrastive.py checks it).
 
 Variable updates (`assign`, `scatter`, `ema_update`) are for state kept out
 of the optimizer (queues, memory banks, momentum networks, centres). A

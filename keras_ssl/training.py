@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import time
+from collections.abc import Callable, Mapping, Sequence
 
 import gin
 import keras
@@ -40,6 +41,11 @@ from keras_ssl.random import find_stateful_random_ops
 from keras_ssl.run_dir import OPERATIVE_CONFIG_FILE, RunDirectory
 
 MIXED_PRECISION_POLICIES = ("mixed_float16", "mixed_bfloat16")
+
+# `callback(step, outputs)` at the end of each loop: see `train`'s `loop_end_callbacks`.
+LoopEndCallback = Callable[[int, Mapping[str, float]], None]
+
+
 class NonFiniteLossError(RuntimeError):
     """The training loss became NaN or infinite."""
 
@@ -85,11 +91,14 @@ class MethodTrainer(orbit.StandardTrainer):
       verbose: Print the progress line at the end of each loop.
       loop_metrics: Optional `step -> dict` of extra figures for the loop's
         outputs and progress line (the kNN monitor), called after the loop.
+      loop_end_callbacks: Callables `callback(step, outputs)` called in order at
+        the end of each loop (see `train`).
     """
 
     def __init__(
         self, method, dataset, strategy, global_step, metric_names, global_batch_size,
         total_steps, *, jit_compile: bool = False, verbose: bool = True, loop_metrics=None,
+        loop_end_callbacks: Sequence[LoopEndCallback] = (),
     ):
         self.method = method
         self.strategy = strategy
@@ -98,6 +107,7 @@ class MethodTrainer(orbit.StandardTrainer):
         self._total_steps = total_steps
         self._verbose = verbose
         self._loop_metrics = loop_metrics
+        self._loop_end_callbacks = tuple(loop_end_callbacks)
         self._replica_step = (
             tf.function(method.train_step, jit_compile=True) if jit_compile else method.train_step
         )
@@ -151,6 +161,8 @@ class MethodTrainer(orbit.StandardTrainer):
                 f" | {outputs['images_per_second']:.1f} images/s",
                 flush=True,
             )
+        for callback in self._loop_end_callbacks:
+            callback(step, dict(outputs))
         return outputs
 
 
@@ -234,7 +246,7 @@ def _float32_twin(method, batch):
     return twin
 
 
-@gin.configurable(module="keras_ssl", denylist=["model_dir", "strategy"])
+@gin.configurable(module="keras_ssl", denylist=["model_dir", "strategy", "loop_end_callbacks"])
 def train(
     model_dir: str,
     *,
@@ -255,6 +267,7 @@ def train(
     jit_compile: bool = False,
     mixed_precision: str | None = None,
     augment_on_device: bool = False,
+    loop_end_callbacks: Sequence[LoopEndCallback] = (),
 ) -> dict:
     """Trains the gin-configured method (see `build_method`) in `model_dir`.
 
@@ -286,6 +299,16 @@ def train(
       augment_on_device: Draw each view's augmentation parameters in tf.data
         and apply them to the whole batch in the training step, on the
         accelerator (methods whose inputs are the views: SimCLR, MoCo, NPID).
+      loop_end_callbacks: Callables `callback(step, outputs)`, called in order
+        at the end of every loop of `steps_per_loop` steps, on every worker:
+        `step` is the global step the loop ended at and `outputs` a fresh copy
+        of the loop's metrics (`loss`, `regularization_loss`, the method's
+        own, `images_per_second`, and the kNN monitor's figures when it ran),
+        the figures of the progress line and the summaries. They run before
+        that loop's checkpoint; a loop whose loss is not finite stops the run
+        before them. For custom logging or tests, e.g. recording each loop's
+        loss: `train(model_dir, loop_end_callbacks=[lambda step, outputs:
+        losses.append(outputs["loss"])])`. Python only (not a gin binding).
 
     Returns:
       The metrics of the last loop (empty if the run was already complete).
@@ -392,6 +415,7 @@ def train(
     trainer = MethodTrainer(
         method, batches, strategy, global_step, metric_names, batch_size, train_steps,
         jit_compile=jit_compile, verbose=run.is_chief, loop_metrics=monitor_metrics,
+        loop_end_callbacks=loop_end_callbacks,
     )
     interval = checkpoint_interval or steps_per_loop
     outputs = {}

@@ -8,31 +8,33 @@ need it builds it under a file lock, the other reads what it wrote.
 import fcntl
 import json
 import os
+import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("CUDA_VISIBLE_DEVICES", "-1")
 
 import pytest  # noqa: E402
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-# A tiny synthetic_shapes variant shared by every test that trains or evaluates.
-TINY_SHAPES = dict(factors="TCVL", image_size=16, train_size=96, test_size=48, seed=0)
-
-
-def tiny_shapes_name():
-    from keras_ssl.datasets.synthetic_shapes import synthetic_shapes_config
-
-    return "synthetic_shapes/" + synthetic_shapes_config(**TINY_SHAPES).name
+from tests.helpers.tiny_run import TINY_SHAPES, tiny_run_bindings, tiny_shapes_name  # noqa: E402
 
 
 @pytest.fixture(autouse=True)
 def _clear_gin_after_each_test():
     """Bindings a test parses (a learning rate of 1e30...) must not reach the next test."""
     yield
-    import gin
+    if "gin" in sys.modules:  # Not a dependency of keras-ssl-eval alone (tests/eval).
+        sys.modules["gin"].clear_config()
 
-    gin.clear_config()
+
+def skip_without_keras_ssl(why):
+    """Skips the test where keras_ssl is not installed or `KERAS_SSL_EVAL_ONLY=1` blocks it.
+
+    Only there: elsewhere a keras_ssl that fails to import fails the test.
+    """
+    import importlib.util
+
+    if os.environ.get("KERAS_SSL_EVAL_ONLY") == "1" or importlib.util.find_spec("keras_ssl") is None:
+        pytest.skip(f"needs keras_ssl: {why}")
 
 
 def built_once(tmp_path_factory, name, build):
@@ -58,7 +60,8 @@ def built_once(tmp_path_factory, name, build):
 
 @pytest.fixture(scope="session")
 def data_dir(tmp_path_factory):
-    """A TFDS data_dir holding the tiny synthetic_shapes variant."""
+    """A TFDS data_dir holding the tiny synthetic_shapes variant (skips without keras_ssl)."""
+    skip_without_keras_ssl("synthetic_shapes is keras_ssl's dataset")
 
     def build(path):
         import tensorflow_datasets as tfds
@@ -73,30 +76,10 @@ def data_dir(tmp_path_factory):
     return built_once(tmp_path_factory, "tfds", build)
 
 
-def tiny_run_bindings(data_dir, dataset, steps=4, **extra):
-    """gin bindings of a seconds-long Rotation run on the tiny dataset."""
-    bindings = {
-        "keras_ssl.build_method.method": "'rotation'",
-        "keras_ssl.build_method.backbone": "'resnet_v2'",
-        "resnet_v2.depth": 10,
-        "resnet_v2.widening_factor": 1,
-        "resnet_v2.small_image_stem": True,
-        "keras_ssl.train.dataset": repr(dataset),
-        "keras_ssl.train.data_dir": repr(data_dir),
-        "keras_ssl.train.image_size": 16,
-        "keras_ssl.train.batch_size": 8,
-        "keras_ssl.train.train_steps": steps,
-        "keras_ssl.train.steps_per_loop": 2,
-        "keras_ssl.train.shuffle_buffer": 32,
-        "keras_ssl.learning_rate_schedule.base_learning_rate": 0.1,
-        **extra,
-    }
-    return [f"{k} = {v}" for k, v in bindings.items()]
-
-
 @pytest.fixture(scope="session")
 def trained_run(data_dir, tmp_path_factory):
-    """A Rotation run of 4 steps, exported at its last step and at step 0."""
+    """A Rotation run of 4 steps, exported at its last step and at step 0 (skips without keras_ssl)."""
+    skip_without_keras_ssl("the run trains with keras_ssl")
 
     def build(model_dir):
         import gin
@@ -122,11 +105,11 @@ def trained_run(data_dir, tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def reference_run(data_dir, tmp_path_factory):
-    """An uninterrupted keras-ssl-train run of 8 steps (`_runs.run_bindings`: loops of 2, a
+    """An uninterrupted keras-ssl-train run of 8 steps (`tests.helpers.runs.run_bindings`: loops of 2, a
     checkpoint after each), the baseline the reproducibility and scale-out runs must match."""
 
     def build(model_dir):
-        from _runs import run_bindings, run_training
+        from tests.helpers.runs import run_bindings, run_training
 
         run_training(model_dir, run_bindings(data_dir, 8))
         return model_dir
@@ -138,11 +121,19 @@ def reference_run(data_dir, tmp_path_factory):
 # so that under pytest-xdist's per-module scheduling (scripts/test.sh) no long
 # module starts when the others are done; the rest keep their order.
 LONGEST_MODULES = [
-    "test_scaleout.py", "test_method_contract.py", "test_reproducibility.py", "test_binaries.py",
-    "test_moco.py", "test_docs_example.py",
+    "core/test_scaleout.py", "methods/test_method_contract.py", "core/test_reproducibility.py",
+    "core/test_binaries.py", "methods/test_moco.py", "core/test_docs_example.py",
 ]
+_TESTS = os.path.dirname(os.path.abspath(__file__))
+for _name in LONGEST_MODULES:  # A moved or renamed module must not drop out of the order.
+    assert os.path.isfile(os.path.join(_TESTS, _name)), f"LONGEST_MODULES: no tests/{_name}"
+
+
+def _module_key(item):
+    """The module's path under tests/, e.g. `core/test_scaleout.py` (names repeat across folders)."""
+    return os.path.relpath(str(item.path), _TESTS).replace(os.sep, "/")
 
 
 def pytest_collection_modifyitems(items):
     rank = {name: i for i, name in enumerate(LONGEST_MODULES)}
-    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))
+    items.sort(key=lambda item: rank.get(_module_key(item), len(rank)))

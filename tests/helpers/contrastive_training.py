@@ -4,8 +4,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from helpers.tiny import tiny_backbone
 from keras_ssl.registry import METHODS
+from tests.helpers.tiny import tiny_backbone
 
 
 def tiny_method(name, **kwargs):
@@ -26,7 +26,7 @@ def random_examples(n=8, size=16, seed=0):
 
 
 def tiny_shapes_examples(data_dir, n=16):
-    from conftest import tiny_shapes_name
+    from tests.helpers.tiny_run import tiny_shapes_name
     from keras_ssl.datasets import load_dataset
 
     images, _ = load_dataset(tiny_shapes_name(), "train", data_dir=data_dir, image_size=16)
@@ -43,16 +43,12 @@ def fit_losses(method, examples, batch_size=8, steps=4, epochs=3, learning_rate=
 
 def orbit_run(data_dir, tmp_path, method, steps=4, **bindings):
     """A keras-ssl-train run of `steps` steps on the tiny synthetic_shapes; returns (outputs, model_dir)."""
-    from conftest import tiny_run_bindings, tiny_shapes_name
-    from keras_ssl import config, training
+    from tests.helpers.method_runs import tiny_train_run
 
-    model_dir = str(tmp_path / method)
-    config.parse_gin(bindings=tiny_run_bindings(
-        data_dir, tiny_shapes_name(), steps=steps,
-        **{"keras_ssl.build_method.method": repr(method), "keras_ssl.train.export": False, **bindings},
-    ))
     try:
-        return training.train(model_dir), model_dir
+        run = tiny_train_run(data_dir, str(tmp_path / method), method, steps=steps, export=False,
+                             **bindings)
+        return run.outputs, run.model_dir
     finally:
         import gin
 

@@ -3,29 +3,11 @@
 Usage: python load_without_keras.py SAVED_MODEL IMAGES.npy OUT.npz
 """
 
-import importlib.abc
-import importlib.machinery
 import sys
 
-BLOCKED = ("keras", "keras_ssl", "keras_ssl_methods", "tf_keras")
+from blocked_imports import BLOCKED, block_imports  # This script's folder, first on sys.path.
 
-
-class _Block(importlib.abc.MetaPathFinder, importlib.abc.Loader):
-    """Finds the blocked packages (TensorFlow looks them up) but fails to import them."""
-
-    def find_spec(self, name, path=None, target=None):
-        if name.split(".")[0] in BLOCKED:
-            return importlib.machinery.ModuleSpec(name, self)
-        return None
-
-    def create_module(self, spec):
-        raise ImportError(f"{spec.name} cannot be imported in this process")
-
-    def exec_module(self, module):
-        raise ImportError(f"{module.__name__} cannot be imported in this process")
-
-
-sys.meta_path.insert(0, _Block())
+block_imports()
 
 import json  # noqa: E402
 

@@ -1,8 +1,11 @@
 """Tiny models shared by the tests: the one tiny ResNet and each method's tiny settings.
 
+(The tiny dataset and the seconds-long run's bindings: `tiny_run`. This module
+imports keras_ssl when imported, for the multi-crop views of DINO and SwAV.)
+
 Every test that needs a backbone it does not train for long builds it here, and
 every per-method tiny configuration the method contract harness
-(tests/test_method_contract.py) uses lives in `TINY_METHOD_SETTINGS`, so one
+(tests/methods/test_method_contract.py) uses lives in `TINY_METHOD_SETTINGS`, so one
 place says what "tiny" means for each method.
 """
 

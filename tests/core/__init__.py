@@ -1,0 +1,1 @@
+"""Tests of keras_ssl: augmentation, backbones, data, training, export, binaries, sweeps."""

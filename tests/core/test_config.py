@@ -1,0 +1,128 @@
+"""keras_ssl.config: strict gin bindings, refused in one line when the config is parsed."""
+
+import os
+
+import keras
+import pytest
+
+from keras_ssl import Method, config, registry
+from tests.helpers import REPO
+
+
+@pytest.mark.parametrize("binding,suggestion", [
+    # Parameters of constructors taking **kwargs: gin accepts any name there, so
+    # without the check a misspelling would fail in Keras at train time, after
+    # the dataset was prepared.
+    ("moco.queue_sizee = 3", "queue_size"),
+    ("npid.num_negativs = 3", "num_negatives"),
+    ("rotation.num_rotationz = 2", "num_rotations"),
+    ("keras_ssl.methods.simclr.temperatur = 0.5", "temperature"),
+    # Callables without **kwargs, refused by gin itself: the same one line.
+    ("resnet_v2.dept = 18", "depth"),
+    ("crop_flip.paddng = 2", "padding"),
+    ("keras_ssl.train.batchsize = 8", "batch_size"),
+])
+def test_misspelled_parameter_is_refused_in_one_line_with_the_closest_name(binding, suggestion):
+    with pytest.raises(config.ConfigError) as refused:
+        config.parse_gin(bindings=[binding])
+    message = str(refused.value)
+    misspelled = binding.split("=")[0].strip().split(".")[-1]
+    assert "\n" not in message
+    assert f".{misspelled}'" in message and f"did you mean {suggestion!r}" in message
+
+
+def test_scoped_binding_is_checked_too():
+    with pytest.raises(config.ConfigError, match=r"'eval/rotation\.num_rotationz'"):
+        config.parse_gin(bindings=["eval/rotation.num_rotationz = 2"])
+
+
+def test_a_name_without_close_match_lists_the_valid_ones():
+    with pytest.raises(config.ConfigError, match=r"its parameters: .*queue_size"):
+        config.parse_gin(bindings=["moco.xyzzy = 1"])
+
+
+def test_valid_bindings_of_every_kind_parse():
+    config.parse_gin(bindings=[
+        "moco.queue_size = 8", "moco.augmentation = 'none'", "moco.name = 'moco_run'",
+        "resnet_v2.depth = 10", "crop_flip.padding = 2", "keras_ssl.train.batch_size = 8",
+    ])
+
+
+class _Forwarding(Method):
+    """A plugin whose constructor forwards **kwargs, as most methods do."""
+
+    def __init__(self, backbone, strength=1.0, **kwargs):
+        super().__init__(backbone, **kwargs)
+        self.strength = strength
+
+
+class _ForwardingFurther(_Forwarding):
+    def __init__(self, backbone, depth_of_field=2, **kwargs):
+        super().__init__(backbone, **kwargs)
+
+
+def test_accepted_parameters_follow_kwargs_up_the_class_hierarchy():
+    accepted = registry.accepted_parameters(_ForwardingFurther)
+    assert {"backbone", "depth_of_field", "strength", "augmentation"} <= accepted
+    assert {"name", "dtype", "trainable"} <= accepted  # keras.layers.Layer's keywords
+    assert "kwargs" not in accepted and "strenght" not in accepted
+
+
+def test_accepted_parameters_of_plain_callables():
+    class Plain:
+        def __init__(self, size=1, **kwargs):
+            super().__init__(**kwargs)  # object takes no keywords
+
+    def stack(image, padding=4):
+        return image
+
+    def anything(image, **options):
+        return image
+
+    assert registry.accepted_parameters(Plain) == {"size"}
+    assert registry.accepted_parameters(stack) == {"image", "padding"}
+    assert registry.accepted_parameters(anything) is None  # cannot tell: not checked
+    assert registry.accepted_parameters(keras.layers.Dense) >= {"units", "name"}
+
+
+def test_third_party_kwargs_plugin_is_checked_against_what_it_accepts():
+    name = "forwarding_probe_plugin"
+    registry.METHODS.register(name, _ForwardingFurther)
+    try:
+        config.parse_gin(bindings=[f"{name}.strength = 2.0", f"{name}.augmentation = 'none'"])
+        with pytest.raises(config.ConfigError, match=rf"'{name}\.strenght'.*'strength'"):
+            config.parse_gin(bindings=[f"{name}.strenght = 2.0"])
+    finally:
+        registry.METHODS.unregister(name)
+
+
+def test_include_of_a_shared_file_works_from_any_directory(tmp_path, monkeypatch):
+    import gin
+
+    own = tmp_path / "own.gin"
+    own.write_text("include 'gin_configs/backbones/resnet18_v2_cifar.gin'\n"
+                   "include 'gin_configs/optimizers/lars.gin'\n"
+                   "resnet_v2.depth = 34\n")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    try:
+        config.parse_gin([str(own)])  # outside the repository: found in the keras-ssl checkout
+        assert gin.query_parameter("resnet_v2.depth") == 34  # the including file overrides
+        assert gin.query_parameter("resnet_v2.small_image_stem") is True
+        assert gin.query_parameter("keras_ssl.build_optimizer.name") == "lars"
+        config.parse_gin([os.path.join(REPO, "gin_configs", "simclr", "cifar_resnet18.gin")])
+        assert gin.query_parameter("resnet_v2.depth") == 18
+    finally:
+        gin.clear_config()
+
+
+def test_a_missing_include_names_the_include_and_the_including_file(tmp_path):
+    own = tmp_path / "own.gin"
+    own.write_text("resnet_v2.depth = 18\ninclude 'gin_configs/backbones/resnet_v7.gin'\n")
+    with pytest.raises(config.ConfigError) as refused:
+        config.parse_gin([str(own)])
+    message = str(refused.value)
+    assert "\n" not in message
+    assert "'gin_configs/backbones/resnet_v7.gin'" in message
+    assert f"{own}\", line 2" in message and "does not exist" in message

@@ -1,0 +1,124 @@
+"""The SavedModel contract of exports, checked from a process without keras."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from keras_ssl import export, run_dir
+from keras_ssl_eval import contract
+from tests.helpers import REPO
+from tests.helpers.forkserver import run_binary
+from tests.helpers.tiny import tiny_backbone
+
+ENDPOINTS = ["after_root", "block1", "block2", "block3", "block4", "pre_logits"]
+
+
+def _restored_backbone(model_dir, step):
+    from keras_ssl.config import parse_gin
+    from keras_ssl.training import build_method, make_checkpoint
+
+    parse_gin([os.path.join(model_dir, "config.gin")])
+    method = build_method()
+    path = run_dir.available_steps(model_dir)[step]
+    make_checkpoint(method).restore(path).expect_partial()
+    return method.backbone
+
+
+@pytest.mark.slow
+def test_export_loads_without_keras_and_matches_in_memory_backbone(trained_run, tmp_path):
+    images = np.random.RandomState(0).rand(3, 16, 16, 3).astype(np.float32)
+    np.save(tmp_path / "images.npy", images)
+    result = subprocess.run(
+        [sys.executable, os.path.join(REPO, "tests", "helpers", "load_without_keras.py"),
+         trained_run["final_export"], str(tmp_path / "images.npy"), str(tmp_path / "out.npz")],
+        capture_output=True, text=True, timeout=180,
+        env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", CUDA_VISIBLE_DEVICES="-1"),
+    )
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    assert report["loaded_blocked_modules"] == []
+    loaded = dict(np.load(tmp_path / "out.npz"))
+
+    backbone = _restored_backbone(trained_run["model_dir"], 4)
+    expected = {k: v.numpy() for k, v in backbone(images, training=False).items()}
+    assert sorted(k.split("/")[1] for k in loaded if k.startswith("representation/")) == sorted(ENDPOINTS)
+    for name in ENDPOINTS:
+        np.testing.assert_allclose(loaded[f"representation/{name}"], expected[name], rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(loaded["serving_default/pre_logits"], expected["pre_logits"], rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(loaded["call"], expected["pre_logits"], rtol=1e-4, atol=1e-5)
+    # Batch norm in training mode uses batch statistics: a different output.
+    assert not np.allclose(loaded["call_training"], loaded["call"])
+    # end_points: every end-point in either mode (dense fine-tuning needs training=True).
+    training = {k: v.numpy() for k, v in backbone(images, training=True).items()}
+    for name in ENDPOINTS:
+        np.testing.assert_allclose(loaded[f"end_points_False/{name}"], expected[name], rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(loaded[f"end_points_True/{name}"], training[name], rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(loaded["end_points_True/pre_logits"], loaded["call_training"], rtol=1e-5, atol=1e-6)
+    assert report["variables"] == len(backbone.variables)
+    assert report["trainable_variables"] == len(backbone.trainable_variables)
+    assert report["regularization_losses"] == 0
+
+
+@pytest.mark.slow
+def test_export_metadata(trained_run):
+    with open(os.path.join(trained_run["final_export"], contract.METADATA_PATH)) as f:
+        metadata = json.load(f)
+    assert metadata["method"] == "rotation" and metadata["steps"] == 4
+    assert metadata["input_size"] == [16, 16] and metadata["input_value_range"] == [0.0, 1.0]
+    assert metadata["backbone"]["family"] == "resnet_v2"
+    assert metadata["backbone"]["widening_factor"] == 1
+    assert metadata["endpoints"] == ENDPOINTS
+    assert metadata["endpoint_shapes_at_input_size"]["block2"] == [None, 8, 8, 32]
+    assert "resnet_v2.depth = 10" in metadata["gin_config"]
+    assert metadata["library_version"] and metadata["dataset"].startswith("synthetic_shapes/")
+
+
+@pytest.mark.slow
+def test_step_zero_export_is_the_random_initialisation(trained_run):
+    images = tf.random.uniform((2, 16, 16, 3), seed=1)
+    initial = tf.saved_model.load(trained_run["initial_export"])
+    final = tf.saved_model.load(trained_run["final_export"])
+    expected = _restored_backbone(trained_run["model_dir"], 0)(images)["pre_logits"]
+    np.testing.assert_allclose(initial(images), expected, rtol=1e-4, atol=1e-5)
+    assert not np.allclose(initial(images), final(images), atol=1e-4)
+    with open(os.path.join(trained_run["initial_export"], contract.METADATA_PATH)) as f:
+        assert json.load(f)["steps"] == 0
+
+
+@pytest.mark.slow
+def test_export_binary_and_missing_step(trained_run, tmp_path):
+    out = tmp_path / "exported"
+    result = run_binary(
+        "keras-ssl-export", f"--model_dir={trained_run['model_dir']}", "--step=2",
+        f"--export_dir={out}", timeout=180, cwd=REPO,
+        env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", CUDA_VISIBLE_DEVICES="-1"),
+    )
+    assert result.returncode == 0, result.stderr
+    assert "serving_default" in tf.saved_model.load(str(out)).signatures
+    with pytest.raises(FileNotFoundError, match=r"available steps: \[0, 2, 4\]"):
+        export.export_checkpoint(trained_run["model_dir"], step=3)
+
+
+@pytest.mark.slow
+def test_export_is_atomic(tmp_path, monkeypatch):
+    backbone = tiny_backbone()
+    destination = tmp_path / "model"
+    export.export_backbone(backbone, str(destination), {"name": "first"}, image_size=16)
+    before = sorted(os.listdir(destination))
+
+    def crash(*args, **kwargs):
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(tf.saved_model, "save", crash)
+    with pytest.raises(RuntimeError, match="disk full"):
+        export.export_backbone(backbone, str(destination), {"name": "second"}, image_size=16)
+    # The earlier export is untouched and no staging directory is left behind.
+    assert sorted(os.listdir(destination)) == before
+    assert sorted(os.listdir(tmp_path)) == ["model"]
+    with open(destination / contract.METADATA_PATH) as f:
+        assert json.load(f)["name"] == "first"

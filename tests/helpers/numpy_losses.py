@@ -1,0 +1,40 @@
+"""Losses written out in numpy from their formulas, the references of the loss tests.
+
+Shared by tests/core/test_losses.py and the methods' tests that use the same losses.
+"""
+
+import numpy as np
+
+
+def normalize(x):
+    """Rows scaled to unit L2 norm."""
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def _distances(e):
+    return np.sqrt(((e[:, None] - e[None]) ** 2).sum(-1))
+
+
+def numpy_triplet(e, labels, margin, mining):
+    """The triplet loss of `keras_ssl.losses` (batch-hard or semi-hard mining), looped in numpy."""
+    e = normalize(e)
+    d = _distances(e)
+    n = len(e)
+    if mining == "batch_hard":
+        out = []
+        for a in range(n):
+            pos = [d[a, p] for p in range(n) if p != a and labels[p] == labels[a]]
+            neg = [d[a, q] for q in range(n) if labels[q] != labels[a]]
+            if pos and neg:
+                out.append(max(0.0, max(pos) - min(neg) + margin))
+        return np.mean(out)
+    out = []
+    for a in range(n):
+        neg = [d[a, q] for q in range(n) if labels[q] != labels[a]]
+        for p in range(n):
+            if p == a or labels[p] != labels[a] or not neg:
+                continue
+            farther = [x for x in neg if x > d[a, p]]
+            chosen = min(farther) if farther else max(neg)
+            out.append(max(0.0, d[a, p] - chosen + margin))
+    return np.mean(out)

@@ -10,7 +10,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from keras_ssl_eval import contract, pooling, savedmodel
+from keras_ssl_eval import contract
+from keras_ssl_eval.extraction import pooling
+from keras_ssl_eval.reading import savedmodel
 from keras_ssl_eval.reading.data import load_images
 from keras_ssl_eval.probes.finetune import FineTuner
 from keras_ssl_eval.testing import save_toy_savedmodel, write_image_folder

@@ -76,7 +76,7 @@ def markdown(rows: list[dict], spec: dict, axis_names) -> str:
     for entry in body:
         keys, cells = entry[:len(row_columns)], entry[len(row_columns):]
         lines.append("| " + " | ".join(
-            [*(str(k) for k in keys),
+            [*("" if k is None else str(k) for k in keys),
              *("" if c is None else format_value(c["value"], metric, c.get("bound"))
                for c in cells)]) + " |")
     return "\n".join(lines) + "\n"

@@ -11,6 +11,12 @@ def normalize(x):
     return x / np.linalg.norm(x, axis=1, keepdims=True)
 
 
+def softmax_cross_entropy(logits, labels):
+    """Mean cross-entropy of integer `labels` under softmax(`logits`), from log-softmax."""
+    log_softmax = logits - np.log(np.exp(logits).sum(1, keepdims=True))
+    return -log_softmax[np.arange(len(labels)), labels].mean()
+
+
 def _distances(e):
     return np.sqrt(((e[:, None] - e[None]) ** 2).sum(-1))
 

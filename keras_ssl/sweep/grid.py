@@ -41,6 +41,8 @@ from typing import Any
 
 import yaml
 
+from keras_ssl.sweep.table import ROW_COLUMNS  # The columns a plot or table names besides axes.
+
 TOP_LEVEL_KEYS = ("description", "base_gin", "bindings", "axes", "evaluation", "plots",
                   "tables")
 AXIS_KEYS = ("binding", "values", "format", "when")
@@ -458,8 +460,6 @@ def _spec_start(path, spec, index, kind, keys, section_line) -> tuple[str, int]:
 
 def _check_columns(where, named, axis_names) -> None:
     """Refuses a `(role, column)` of `named` that is neither an axis nor a table column."""
-    from keras_ssl.sweep.table import ROW_COLUMNS  # The columns besides axes.
-
     columns = list(axis_names) + [c for c in ROW_COLUMNS if c not in ("value",)]
     for role, column in named:
         if column not in columns:
@@ -483,8 +483,6 @@ def _finish_spec(spec, index, kind, where, line) -> dict:
 def _parse_plot(path, spec, index, axis_names, section_line) -> dict:
     where, line = _spec_start(path, spec, index, "plot", PLOT_KEYS, section_line)
     if spec.get("x") is None:
-        from keras_ssl.sweep.table import ROW_COLUMNS
-
         raise GridError(f"{where}: `x` is required (an axis name or one of {', '.join(ROW_COLUMNS)}).")
     named = [("x", spec.get("x"))] + [("series", s) for s in _as_list(spec.get("series") or [])]
     named += [("where", key) for key in (spec.get("where") or {})]

@@ -40,6 +40,8 @@ _BINARY_PACKAGES = ("keras_ssl.cli.", "keras_ssl_eval.cli.", "keras_ssl_methods.
 _VERBOSITY_FLAGS = ("--verbosity", "-verbosity", "--v", "-v")
 # The logger of keras_ssl_eval's progress lines (features extracted, accuracies).
 _EVAL_LOGGER = "keras_ssl_eval"
+# TensorFlow's Python logger (`tf.get_logger()`).
+_TENSORFLOW_LOGGER = "tensorflow"
 
 
 def started_as_binary(argv: Sequence[str] | None = None,
@@ -118,6 +120,9 @@ def quiet_library_logs(verbosity_flag_present: bool) -> None:
 
     # The SavedModel writer, TFDS and Orbit's summaries log INFO through absl.
     absl_logging.set_verbosity(absl_logging.WARNING)
+    # TensorFlow's deprecation notices are WARNINGs of its own logger (TFDS's
+    # reader calls the deprecated `CounterV2` on every read of a split).
+    logging.getLogger(_TENSORFLOW_LOGGER).setLevel(logging.ERROR)
     progress = logging.getLogger(_EVAL_LOGGER)
     if any(isinstance(h.formatter, _PlainFormatter) for h in progress.handlers):
         return

@@ -27,7 +27,9 @@ function applies them -- to this one image here, or, with
 `keras_ssl.train.augment_on_device = True`, to the whole batch in the
 training step (docs/scaling.md). A transform an image does not draw runs
 with identity parameters rather than behind a `tf.cond`, which in tf.data
-costs more than the transform itself at small sizes.
+costs more than the transform itself at small sizes. The per-image mirror of
+`flip` and `crop_flip` is the exception: there a branch costs less than a
+select broadcast over the image (benchmarks/augmentation.py).
 """
 
 from __future__ import annotations

@@ -185,3 +185,21 @@ def test_eval_prints_plain_progress_lines_and_verbosity_brings_the_logs_back(tmp
     assert verbose.returncode == 0, verbose.stderr
     assert re.search(r"^I\d{4} .*features\.py:\d+\] extracted features of toy", verbose.stderr,
                      re.MULTILINE), verbose.stderr
+
+
+@pytest.mark.slow
+def test_quiet_binaries_hide_tensorflow_deprecation_notices():
+    # TFDS's reader calls the deprecated CounterV2 on every split it reads,
+    # which printed two notices in the middle of keras-ssl-eval's progress.
+    script = ("import sys, tensorflow as tf\n"
+              "from keras_ssl_eval import quiet\n"
+              "quiet.quiet_library_logs(verbosity_flag_present=len(sys.argv) > 1)\n"
+              "tf.data.experimental.Counter()\n"
+              "print('done')\n")
+    quiet_run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                               env=_user_env(), timeout=300, check=False)
+    assert quiet_run.returncode == 0, quiet_run.stderr
+    assert "deprecated" not in quiet_run.stdout + quiet_run.stderr
+    verbose_run = subprocess.run([sys.executable, "-c", script, "verbose"], capture_output=True,
+                                 text=True, env=_user_env(), timeout=300, check=False)
+    assert "CounterV2" in verbose_run.stderr, verbose_run.stderr

@@ -196,7 +196,14 @@ def markdown(result) -> str:
                 lines.append(f"| {label} | - | not installed (optional dependency) |")
             else:
                 lines.append(f"| {label} | {row['seconds']:.2f} | {100 * row['test_accuracy']:.1f} |")
-        lines += ["", "Ratios: " + ", ".join(f"{k} = {v:.2f}" for k, v in ratios.items()), ""]
+            if key == "sgd_linear":
+                lines += [f"| SGD linear head, {longer['epochs']} epochs (to match the probe) | "
+                          f"{longer['seconds']:.2f} | {100 * longer['test_accuracy']:.1f} |"
+                          for longer in rows.get("sgd_longer", [])]
+        lines += ["", "Probe and SGD linear head: fastest of alternating rounds; "
+                  "sgd_seconds_per_probe_grid_second is the median of the per-round ratios. "
+                  "The longer SGD schedules stop once within 0.5 points of the probe.", "",
+                  "Ratios: " + ", ".join(f"{k} = {v:.2f}" for k, v in ratios.items()), ""]
     if "extraction" in sections:
         e = sections["extraction"]
         lines += ["## Feature extraction", "",

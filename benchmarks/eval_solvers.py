@@ -111,20 +111,33 @@ def _objective(x, targets, weights, bias, l2):
 def probe_benchmark(x, y, xt, yt, *, mlp_epochs, sgd_epochs, repeats, tolerance=1e-5):
     """The probe vs scikit-learn, SGD, the MLP head and kNN on one set of features.
 
-    The probe, the SGD linear head and kNN are timed as the best of `repeats`
-    runs; scikit-learn and the MLP head, which take minutes, once.
+    The probe (whole grid and chosen l2) and the SGD linear head run in
+    `repeats` alternating rounds; each row keeps its fastest round and the
+    probe-vs-SGD ratio is the median of the per-round ratios, so load from
+    other processes falls on both alike (numpy's BLAS threads suffer more from
+    oversubscribed cores than TensorFlow's pool: timed apart, the ratio
+    followed the load). kNN is the best of `repeats` runs; scikit-learn and
+    the MLP head, which take minutes, run once.
     """
+    rounds = {"probe_grid": [], "probe_chosen_l2": [], "sgd_linear": []}
+    grid = chosen = sgd = None
+    for _ in range(repeats):
+        grid, seconds = _timed(fit_linear_probe, x, y, xt, yt, l2_grid=DEFAULT_L2_GRID,
+                               tolerance=tolerance)
+        rounds["probe_grid"].append(seconds)
+        chosen, seconds = _timed(fit_linear_probe, x, y, xt, yt, l2_grid=[grid.l2],
+                                 tolerance=tolerance)
+        rounds["probe_chosen_l2"].append(seconds)
+        sgd = train_head(x, y, xt, yt, head="linear", epochs=sgd_epochs, batch_size=256)
+        rounds["sgd_linear"].append(sgd.seconds)
     rows = {}
-    grid, seconds = _best_of(repeats, fit_linear_probe, x, y, xt, yt, l2_grid=DEFAULT_L2_GRID,
-                             tolerance=tolerance)
-    rows["probe_grid"] = {"seconds": seconds, "test_accuracy": grid.test_accuracy,
+    rows["probe_grid"] = {"seconds": min(rounds["probe_grid"]), "test_accuracy": grid.test_accuracy,
                           "l2": grid.l2, "newton_iterations": grid.iterations,
                           "hessian_products": grid.hessian_products,
                           "converged": grid.converged, "grad_norm": grid.grad_norm,
                           "validation_accuracy": grid.to_dict()["validation_accuracy"]}
-    chosen, seconds = _best_of(repeats, fit_linear_probe, x, y, xt, yt, l2_grid=[grid.l2],
-                               tolerance=tolerance)
-    rows["probe_chosen_l2"] = {"seconds": seconds, "test_accuracy": chosen.test_accuracy,
+    rows["probe_chosen_l2"] = {"seconds": min(rounds["probe_chosen_l2"]),
+                               "test_accuracy": chosen.test_accuracy,
                                "l2": chosen.l2, "newton_iterations": chosen.iterations,
                                "hessian_products": chosen.hessian_products,
                                "converged": chosen.converged, "grad_norm": chosen.grad_norm}
@@ -145,17 +158,26 @@ def probe_benchmark(x, y, xt, yt, *, mlp_epochs, sgd_epochs, repeats, tolerance=
         rows["sklearn_lbfgs"] = {"seconds": seconds, "test_accuracy": reference.score(xts, yt),
                                  "l2": chosen.l2, "iterations": int(np.max(reference.n_iter_)),
                                  "objective": theirs, "probe_objective": ours}
-    sgd = min((train_head(x, y, xt, yt, head="linear", epochs=sgd_epochs, batch_size=256)
-               for _ in range(repeats)), key=lambda result: result.seconds)
-    rows["sgd_linear"] = {"seconds": sgd.seconds, "test_accuracy": sgd.test_accuracy,
+    rows["sgd_linear"] = {"seconds": min(rounds["sgd_linear"]), "test_accuracy": sgd.test_accuracy,
                           "epochs": sgd_epochs, "grad_norm": sgd.grad_norm}
+    # SGD with longer schedules, until it comes within 0.5 points of the probe
+    # (at most 8x the protocol's epochs): the SGD time at equal accuracy.
+    rows["sgd_longer"] = []
+    latest, epochs = rows["sgd_linear"], sgd_epochs
+    while latest["test_accuracy"] < grid.test_accuracy - 0.005 and epochs < 8 * sgd_epochs:
+        epochs *= 2
+        longer = train_head(x, y, xt, yt, head="linear", epochs=epochs, batch_size=256)
+        latest = {"seconds": longer.seconds, "epochs": epochs,
+                  "test_accuracy": longer.test_accuracy}
+        rows["sgd_longer"].append(latest)
     mlp = train_head(x, y, xt, yt, head="mlp", epochs=mlp_epochs, batch_size=256)
     rows["sgd_mlp"] = {"seconds": mlp.seconds, "test_accuracy": mlp.test_accuracy,
                        "epochs": mlp_epochs}
     knn, seconds = _best_of(repeats, knn_accuracy, x, y, xt, yt)
     rows["knn"] = {"seconds": seconds, "test_accuracy": knn["test_accuracy"], "k": knn["k"]}
     grid_seconds = rows["probe_grid"]["seconds"]
-    ratios = {"sgd_seconds_per_probe_grid_second": rows["sgd_linear"]["seconds"] / grid_seconds}
+    per_round = [s / g for s, g in zip(rounds["sgd_linear"], rounds["probe_grid"])]
+    ratios = {"sgd_seconds_per_probe_grid_second": float(np.median(per_round))}
     if rows["sklearn_lbfgs"]:
         ratios["sklearn_seconds_per_probe_grid_second"] = (
             rows["sklearn_lbfgs"]["seconds"] / grid_seconds)
@@ -164,7 +186,8 @@ def probe_benchmark(x, y, xt, yt, *, mlp_epochs, sgd_epochs, repeats, tolerance=
     return {"rows": rows, "ratios": ratios,
             "setup": {"n_train": len(x), "n_test": len(xt), "dim": x.shape[1],
                       "classes": len(np.unique(y)), "tolerance": tolerance,
-                      "repeats": repeats}}
+                      "repeats": repeats},
+            "rounds": {name: [round(v, 3) for v in values] for name, values in rounds.items()}}
 
 
 def synthetic_conv_like(n, dim, classes, seed, latent=128, block=5000):
@@ -266,8 +289,10 @@ def _probe_markdown(probe):
     rows = probe["rows"]
     lines = [f"Real features: {probe['source']}; {s['n_train']} train / {s['n_test']} test, "
              f"{s['dim']} dims, {s['classes']} classes; gradient tolerance "
-             f"{s['tolerance']:g}. Probe, SGD linear head and kNN: best of "
-             f"{s.get('repeats', 1)} runs; scikit-learn and the MLP: one run.", "",
+             f"{s['tolerance']:g}. Probe and SGD linear head: the fastest of "
+             f"{s.get('repeats', 1)} alternating rounds (the SGD ratio below is the median of "
+             f"the per-round ratios); kNN: best of {s.get('repeats', 1)} runs; scikit-learn "
+             f"and the MLP: one run.", "",
              "| method | seconds | test accuracy (%) | detail |", "| --- | ---: | ---: | --- |"]
     grid, chosen = rows["probe_grid"], rows["probe_chosen_l2"]
     lines.append(f"| probe, whole l2 grid (hold-out + refit) | {grid['seconds']:.2f} | "
@@ -288,7 +313,11 @@ def _probe_markdown(probe):
         lines.append("| scikit-learn lbfgs | - | - | scikit-learn not installed |")
     sgd, mlp, knn = rows["sgd_linear"], rows["sgd_mlp"], rows["knn"]
     lines += [f"| SGD linear head, {sgd['epochs']} epochs | {sgd['seconds']:.2f} | "
-              f"{100 * sgd['test_accuracy']:.1f} | gradient {sgd['grad_norm']:.1e} |",
+              f"{100 * sgd['test_accuracy']:.1f} | gradient {sgd['grad_norm']:.1e} |"]
+    lines += [f"| SGD linear head, {row['epochs']} epochs (longer, to match the probe) | "
+              f"{row['seconds']:.2f} | {100 * row['test_accuracy']:.1f} | one run |"
+              for row in rows.get("sgd_longer", [])]
+    lines += [
               f"| MLP head, {mlp['epochs']} epochs | {mlp['seconds']:.2f} | "
               f"{100 * mlp['test_accuracy']:.1f} | |",
               f"| kNN, k = {knn['k']} | {knn['seconds']:.2f} | "
@@ -379,7 +408,7 @@ def main():
     parser.add_argument("--max_test_examples", type=int, default=1000)
     parser.add_argument("--sgd_epochs", type=int, default=70)
     parser.add_argument("--repeats", type=int, default=3,
-                        help="Probe, SGD linear head and kNN: best of this many runs.")
+                        help="Alternating rounds of the probe and the SGD head; kNN: best of this many runs.")
     parser.add_argument("--mlp_epochs", type=int, default=70)
     parser.add_argument("--scale_train", type=int, default=50000)
     parser.add_argument("--scale_test", type=int, default=10000)

@@ -353,12 +353,12 @@ class CropFlipStack(Stack):
 
     def apply(self, images, params):
         p = self.padding
-        batch, height, width = _shape(images)[:3]
+        height, width = _shape(images)[1:3]
         padded = tf.pad(images, [[0, 0], [p, p], [p, p], [0, 0]], "REFLECT")
         # Corners at pixel centres and the image's size: a copy, not a resampling.
         start = tf.cast(params["offset"], tf.float32)
-        end = start + tf.constant([height - 1, width - 1], tf.float32)
-        scale = tf.constant([height + 2 * p - 1, width + 2 * p - 1], tf.float32)
+        end = start + tf.cast(tf.stack([height - 1, width - 1]), tf.float32)
+        scale = tf.cast(tf.stack([height + 2 * p - 1, width + 2 * p - 1]), tf.float32)
         boxes = tf.concat([start / scale, end / scale], 1)
         return crop_resize(padded, boxes, params["flip"], size=(height, width))
 

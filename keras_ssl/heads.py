@@ -16,6 +16,8 @@ from __future__ import annotations
 import keras
 import tensorflow as tf
 
+from keras_ssl.normalization import BatchNormalization
+
 
 def uses_synchronized_bn(model: keras.Model) -> bool:
     """Whether any batch norm of `model` computes statistics across replicas."""
@@ -91,7 +93,7 @@ def projection_head(
         ))
         if norm is not None:
             center, scale = norm
-            layers.append(keras.layers.BatchNormalization(
+            layers.append(BatchNormalization(
                 center=center, scale=scale, synchronized=synchronized_bn, name=f"bn_{i}"
             ))
         if not last:

@@ -11,6 +11,8 @@ from __future__ import annotations
 import keras
 import tensorflow as tf
 
+from keras_ssl.normalization import BatchNormalization
+
 # depth -> (unit type, units per block), for the residual and reversible nets.
 RESNET_DEPTHS = {
     10: ("basic", (1, 1, 1, 1)),
@@ -65,7 +67,7 @@ class Layers:
         return self.conv_layer(filters, kernel, stride, name, padding)(x)
 
     def bn_layer(self, name):
-        return keras.layers.BatchNormalization(name=name, **self.bn_options)
+        return BatchNormalization(name=name, **self.bn_options)
 
     def bn_relu(self, x, name, relu=True):
         x = self.bn_layer(f"{name}_bn")(x)

@@ -21,6 +21,7 @@ import tensorflow as tf
 
 from keras_ssl import Method, random
 from keras_ssl.heads import uses_synchronized_bn
+from keras_ssl.normalization import BatchNormalization
 
 _HEAD_DROPOUT_KEY = 1
 GRID = 3  # cells per side
@@ -85,7 +86,7 @@ class PatchHead(keras.layers.Layer):
         super().__init__(**kwargs)
         self.rate = float(dropout)
         self.fc = keras.layers.Dense(hidden, use_bias=False, name="fc")
-        self.fc_bn = keras.layers.BatchNormalization(synchronized=synchronized_bn, name="fc_bn")
+        self.fc_bn = BatchNormalization(synchronized=synchronized_bn, name="fc_bn")
         self.logits = keras.layers.Dense(num_classes, name="logits")
 
     def call(self, features, training=False, dropout_seed=None):

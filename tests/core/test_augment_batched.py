@@ -160,7 +160,9 @@ def test_make_dataset_defers_views_only_where_preprocess_returns_them():
 def test_on_device_augmentation_under_two_mirrored_replicas_trains_like_tf_data(data_dir, tmp_path):
     from tests.helpers.runs import checkpoint_difference, run_bindings, run_training
 
-    bindings = run_bindings(data_dir, 4, **{
+    # Two steps: on 8 images at lr 0.1 the runs' few-ulp differences grow ~10x
+    # a step (1e-6 after two steps, 1e-4 after four, for two tf.data runs too).
+    bindings = run_bindings(data_dir, 2, **{
         "keras_ssl.build_method.method": "'simclr'",
         "simclr.augmentation": "'simclr_cifar'",
         "simclr.hidden_dim": 16,
@@ -175,4 +177,4 @@ def test_on_device_augmentation_under_two_mirrored_replicas_trains_like_tf_data(
     assert "MirroredStrategy: 2 replica(s) on CPU" in result.stdout
     difference = checkpoint_difference(tf.train.latest_checkpoint(in_tf_data),
                                        tf.train.latest_checkpoint(on_device))
-    assert difference < 1e-4
+    assert difference < 1e-5

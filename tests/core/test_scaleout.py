@@ -26,31 +26,27 @@ STEPS = 8  # the steps of conftest's `reference_run`
 # colour dropping leaves two channels of 1% noise that per-patch
 # standardisation scales up; the few-ulp differences of a sum split over
 # replicas then grow to 1e-4 in one step. Grayscale patches check the same code
-# for replica equivalence without that amplification.
-# SimCLR with the `simclr_cifar` stack of its tiny settings differed by 2e-3 in
-# the first step's gradient (the loss by 2e-6; the views are identical on both
-# runs; not understood, see docs/scaling.md); with the batched `simclr` stack too
-# (5.6e-4 after 2 steps), so it runs on crop-and-flip views here.
-# The view-spec methods amplify the same few-ulp differences through their colour
-# jitter and grayscale (their tiny settings differed by 5e-5 to 7e-4 after 2 steps,
-# Barlow Twins by 1e-2); with crop-and-flip views they agree to 1e-6 after one step,
-# which checks their cross-replica statistics, momentum copies, centre and queue.
-# Barlow Twins' and VICReg's losses are scaled down by 10: their first step moved the
-# backbone by ~1 (VICReg: 8e-4 after 2 steps at full weights).
-_PLAIN = {"jitter": None, "grayscale_probability": 0.0}
-_LOCAL = {**_PLAIN, "size": 8}
+# for replica equivalence without that amplification. Jigsaw's colour patches
+# put one of final_bn's outputs within 1e-5 of zero on this batch; the ulps a
+# split changes flip its ReLU, and that one element's gradient moved the
+# backbone by 6e-4 in two steps (measured with keras_ssl.normalization; Keras'
+# layer happened to keep its sign): grayscale patches here too.
+# Every other method trains on its tiny settings' own views (colour jitter and
+# grayscale included): since keras_ssl.normalization computes the synchronized
+# variance in two passes they agree to ~1e-6 after two steps (with Keras'
+# E[x^2] - E[x]^2 they differed by up to 1e-2, docs/scaling.md). Except:
+# - BYOL, whose colour views still differ by 6e-4 after two steps although the
+#   first step's gradients agree to 1e-5 (not understood; a ReLU flip as in
+#   Jigsaw's would explain it, not checked): plain views;
+# - Barlow Twins, whose first step moves the backbone by ~4: a tenth of the loss;
+# - SwAV, with softer codes and predictions: exp(s / 0.05) turns ulps of a score
+#   into 2e-5 of a code.
 REPLICA_OVERRIDES = {
-    "jigsaw": {"dropout": 0.5},
+    "jigsaw": {"dropout": 0.5, "grayscale_probability": 1.0},
     "relative_patch_location": {"dropout": 0.5, "color_handling": "grayscale"},
-    "simclr": {"augmentation": "crop_flip"},
-    **{name: {"views": [_PLAIN, _PLAIN]} for name in ("byol", "simsiam")},
-    "barlow_twins": {"views": [_PLAIN, _PLAIN], "loss_scale": 0.1},
-    "vicreg": {"views": [_PLAIN, _PLAIN], "invariance_weight": 2.5, "variance_weight": 2.5,
-               "covariance_weight": 0.1},
-    "dino": {"views": [_PLAIN, _PLAIN, _LOCAL, _LOCAL]},
-    # Softer codes and predictions: exp(s / 0.05) turns ulps of a score into 2e-5 of a code.
-    "swav": {"views": [_PLAIN, _PLAIN, _LOCAL, _LOCAL], "sinkhorn_epsilon": 0.5,
-             "temperature": 0.5},
+    "byol": {"views": [{"jitter": None, "grayscale_probability": 0.0}] * 2},
+    "barlow_twins": {"loss_scale": 0.1},
+    "swav": {"sinkhorn_epsilon": 0.5, "temperature": 0.5},
 }
 
 

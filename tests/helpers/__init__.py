@@ -8,7 +8,7 @@
 - `runs`: keras-ssl-train as a process: commands, signals, checkpoints.
 - `forkserver`: the binaries' entry points as forks of one preloaded process.
 - Scripts run as their own processes: `contrastive_replicas.py`,
-  `registry_steps.py`, `load_without_keras.py`.
+  `registry_steps.py`, `batch_norm_replicas.py`, `load_without_keras.py`.
 - `numpy_losses`: losses written out in numpy, the loss tests' references.
 - `blocked_imports`: keeps keras and keras_ssl out of a process (tests/eval).
 

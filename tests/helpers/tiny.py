@@ -54,6 +54,8 @@ TINY_METHOD_SETTINGS = {
     # block4 rather than the default block3, so every backbone kernel feeds the loss
     # (the contract checks that the gradient reaches each of them).
     "colorization": dict(head_units=16, prior_images=TINY_NUM_EXAMPLES, endpoint="block4"),
+    # 8-px tiles of the 16-px images.
+    "counting": dict(tile_size=TINY_IMAGE_SIZE // 2, num_counts=16),
     # The non-contrastive methods: narrow heads; multi-crop with two 8-px local views.
     "byol": dict(projection_dim=16, hidden_dim=32),
     "simsiam": dict(projection_dim=16, predictor_hidden_dim=8),

@@ -59,6 +59,9 @@ class NPID(ContrastiveMethod):
       >>> npid = NPID(backbone, num_examples=50000, num_negatives=4096)
     """
 
+    #: The gin name its errors tell the user to bind (`npid.num_examples`).
+    setting_prefix = "npid"
+
     def __init__(
         self,
         backbone,
@@ -76,9 +79,9 @@ class NPID(ContrastiveMethod):
         super().__init__(backbone, num_classes=num_classes, augmentation=augmentation, **kwargs)
         if not num_examples:
             raise ValueError(
-                "npid needs the number of training examples for its memory bank: bind "
-                "`npid.num_examples = N` (the size of the training split; keras-ssl-list "
-                "or the dataset's info tells it)."
+                f"{self.setting_prefix} needs the number of training examples for its memory "
+                f"bank: bind `{self.setting_prefix}.num_examples = N` (the size of the training "
+                f"split; keras-ssl-list or the dataset's info tells it)."
             )
         self.num_examples = int(num_examples)
         self.num_negatives = num_negatives
@@ -101,38 +104,32 @@ class NPID(ContrastiveMethod):
             shape=(), initializer="zeros", trainable=False, name="normalization_constant"
         )
 
-    def preprocess(self, example):
+    def bank_index(self, example) -> tf.Tensor:
+        """The example's bank row (int32); stops the pipeline if it is >= `num_examples`."""
         index = tf.cast(example["index"], tf.int32)
+        prefix = self.setting_prefix
         check = tf.debugging.assert_less(
             index, self.num_examples,
-            message=f"npid: an example's index is >= npid.num_examples = {self.num_examples}; "
-                    f"bind npid.num_examples to the size of the training split",
+            message=f"{prefix}: an example's index is >= {prefix}.num_examples = "
+                    f"{self.num_examples}; bind {prefix}.num_examples to the size of the "
+                    f"training split",
         )
         with tf.control_dependencies([check]):
-            index = tf.identity(index)
+            return tf.identity(index)
+
+    def preprocess(self, example):
         return {
             "image": self.augment(example["image"]),
-            "index": index,
+            "index": self.bank_index(example),
             "label": tf.cast(example["label"], tf.int32),
         }
 
     def compute_pretext_loss(self, batch, training):
         pre_logits = self.backbone(batch["image"], training=training)["pre_logits"]
         features = tf.math.l2_normalize(tf.cast(self.head(pre_logits), tf.float32), axis=-1)
-        bank = self.memory_bank.value  # gathered row by row, never copied whole
         index = tf.cast(batch["index"], tf.int32)
-        positives = tf.stop_gradient(tf.gather(bank, index))
-        noise_index = self._noise_index(tf.shape(features)[0])
-        noise = tf.stop_gradient(tf.gather(bank, noise_index))  # [B, K, D]
-        positive_scores = tf.reduce_sum(features * positives, axis=-1)
-        noise_scores = tf.einsum("bd,bkd->bk", features, noise)
-        z = tf.convert_to_tensor(self.normalization_constant)
-        estimate = tf.stop_gradient(tf.reduce_mean(tf.exp(noise_scores / self.temperature)))
-        estimate = estimate * self.num_examples
-        # The mean of the replicas' estimates, each over an equal share of the global batch:
-        # the estimate of the whole batch, the same on every replica.
-        estimate = tf.reduce_mean(cross_replica.gather(estimate[None]))
-        z = tf.where(z > 0, z, estimate) if self.fix_normalization else estimate
+        positive_scores, noise_scores = bank_scores(features, *self.bank_rows(index))
+        z = self.normalization(noise_scores)
         loss, _ = nce_loss(positive_scores, noise_scores, self.num_examples, self.temperature, z)
         self.save_for_update(index=index, features=features, z=z)
         probe, probe_metrics = self.probe_loss(pre_logits, batch["label"])
@@ -142,6 +139,23 @@ class NPID(ContrastiveMethod):
             **probe_metrics,
         }
         return loss + probe, metrics
+
+    def bank_rows(self, index):
+        """`(positives [B, D], noise [B, K, D])`: the bank rows of `index` and this step's noise."""
+        bank = self.memory_bank.value  # gathered row by row, never copied whole
+        positives = tf.stop_gradient(tf.gather(bank, index))
+        noise = tf.stop_gradient(tf.gather(bank, self._noise_index(tf.shape(index)[0])))
+        return positives, noise
+
+    def normalization(self, noise_scores):
+        """Z of this step: the stored one, or this global batch's estimate (see `fix_normalization`)."""
+        z = tf.convert_to_tensor(self.normalization_constant)
+        estimate = tf.stop_gradient(tf.reduce_mean(tf.exp(noise_scores / self.temperature)))
+        estimate = estimate * self.num_examples
+        # The mean of the replicas' estimates, each over an equal share of the global batch:
+        # the estimate of the whole batch, the same on every replica.
+        estimate = tf.reduce_mean(cross_replica.gather(estimate[None]))
+        return tf.where(z > 0, z, estimate) if self.fix_normalization else estimate
 
     def _noise_index(self, batch_size):
         """[batch_size, K] uniform bank rows: this replica's rows of the global batch's draw."""
@@ -165,6 +179,11 @@ class NPID(ContrastiveMethod):
         )
         cross_replica.scatter(self.memory_bank, index, new)
         cross_replica.assign([(self.normalization_constant, saved["z"])])
+
+
+def bank_scores(features, positives, noise):
+    """`([B] features . positives, [B, K] features . noise)` of `NPID.bank_rows`' rows."""
+    return tf.reduce_sum(features * positives, axis=-1), tf.einsum("bd,bkd->bk", features, noise)
 
 
 def _unit_rows(shape, dtype=None):

@@ -40,13 +40,16 @@ STEPS = 8  # the steps of conftest's `reference_run`
 #   Jigsaw's would explain it, not checked): plain views;
 # - Barlow Twins, whose first step moves the backbone by ~4: a tenth of the loss;
 # - SwAV, with softer codes and predictions: exp(s / 0.05) turns ulps of a score
-#   into 2e-5 of a code.
+#   into 2e-5 of a code;
+# - PIRL at tau 0.2: its per-batch Z, n * mean(exp(s / 0.07)), differed by 7e-6
+#   (relative) after two steps at tau 0.07, 8e-7 at 0.2.
 REPLICA_OVERRIDES = {
     "jigsaw": {"dropout": 0.5, "grayscale_probability": 1.0},
     "relative_patch_location": {"dropout": 0.5, "color_handling": "grayscale"},
     "byol": {"views": [{"jitter": None, "grayscale_probability": 0.0}] * 2},
     "barlow_twins": {"loss_scale": 0.1},
     "swav": {"sinkhorn_epsilon": 0.5, "temperature": 0.5},
+    "pirl": {"temperature": 0.2},
 }
 
 

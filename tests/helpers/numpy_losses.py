@@ -44,3 +44,17 @@ def numpy_triplet(e, labels, margin, mining):
             chosen = min(farther) if farther else max(neg)
             out.append(max(0.0, d[a, p] - chosen + margin))
     return np.mean(out)
+
+
+def numpy_nce(positive, noise, num_examples, temperature, z):
+    """Wu et al. (2018), eq. 4-5, written out: P(i|v) = exp(v_i.f / tau) / Z, noise P_n = 1/n.
+
+    h = P / (P + K P_n); loss = -mean over the batch of [log h(pos) + sum_k log(1 - h(noise_k))].
+    """
+    k = noise.shape[1]
+    p_positive = np.exp(positive.astype(np.float64) / temperature) / z
+    p_noise = np.exp(noise.astype(np.float64) / temperature) / z
+    noise_mass = k / num_examples
+    h_positive = p_positive / (p_positive + noise_mass)
+    h_noise = p_noise / (p_noise + noise_mass)
+    return -np.mean(np.log(h_positive) + np.sum(np.log(1.0 - h_noise), axis=1))

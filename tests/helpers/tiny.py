@@ -54,6 +54,9 @@ TINY_METHOD_SETTINGS = {
     # block4 rather than the default block3, so every backbone kernel feeds the loss
     # (the contract checks that the gradient reaches each of them).
     "colorization": dict(head_units=16, prior_images=TINY_NUM_EXAMPLES, endpoint="block4"),
+    "pirl": dict(num_examples=TINY_NUM_EXAMPLES, num_negatives=8, fix_normalization=False,
+                 projection_dim=16,
+                 **TINY_PATCH_GRID),
     # 8-px tiles of the 16-px images.
     "counting": dict(tile_size=TINY_IMAGE_SIZE // 2, num_counts=16),
     # The non-contrastive methods: narrow heads; multi-crop with two 8-px local views.

@@ -7,6 +7,7 @@ import pytest
 import tensorflow as tf
 
 from keras_ssl.losses import nce_loss
+from tests.helpers.numpy_losses import numpy_nce
 from tests.helpers.contrastive_training import (
     fit_losses, orbit_run, random_examples, tiny_method, tiny_shapes_examples,
 )
@@ -39,20 +40,6 @@ def test_loss_is_nce_over_bank_entries():
     assert np.isfinite(float(loss)) and float(loss) > 0 and np.isfinite(float(upper))
 
 
-def _numpy_nce(positive, noise, num_examples, temperature, z):
-    """Wu et al. (2018), eq. 4-5, written out: P(i|v) = exp(v_i.f / tau) / Z, noise P_n = 1/n.
-
-    h = P / (P + K P_n); loss = -mean over the batch of [log h(pos) + sum_k log(1 - h(noise_k))].
-    """
-    k = noise.shape[1]
-    p_positive = np.exp(positive.astype(np.float64) / temperature) / z
-    p_noise = np.exp(noise.astype(np.float64) / temperature) / z
-    noise_mass = k / num_examples
-    h_positive = p_positive / (p_positive + noise_mass)
-    h_noise = p_noise / (p_noise + noise_mass)
-    return -np.mean(np.log(h_positive) + np.sum(np.log(1.0 - h_noise), axis=1))
-
-
 @pytest.mark.parametrize("fix_normalization,stored_z,uses_stored_z", [
     (True, 0.0, False),   # first step: Z estimated from this batch's noise
     (True, 2.5, True),    # later steps: the Z kept from the first step
@@ -78,7 +65,7 @@ def test_loss_equals_numpy_nce(fix_normalization, stored_z, uses_stored_z, monke
     positive = np.sum(features * bank[batch["index"].numpy()], axis=1)
     noise = np.einsum("bd,bkd->bk", features, bank[noise_index])
     z = stored_z if uses_stored_z else n * np.mean(np.exp(noise / temperature))
-    expected = _numpy_nce(positive, noise, n, temperature, z)
+    expected = numpy_nce(positive, noise, n, temperature, z)
     assert float(metrics["nce_loss"]) == pytest.approx(expected, rel=1e-4)
     assert float(loss) == pytest.approx(expected, rel=1e-4)  # no probe: the loss is the NCE
 

@@ -93,6 +93,14 @@ def _cases(tmp, toy_savedmodel, trained_run):
             "keras-ssl-colorize",
             [f"--saved_model={toy_savedmodel}", f"--images={folder}", f"--output={tmp / 'out'}"],
             ["keras-ssl-colorize:", "no 'colorize' signature"]),
+        # keras-ssl-reconstruct
+        "reconstruct without flags": (
+            "keras-ssl-reconstruct", [], ["--saved_model", "must have a value"]),
+        "reconstruct with a model that is not a VAE export": (
+            "keras-ssl-reconstruct",
+            [f"--saved_model={toy_savedmodel}", f"--images={folder}",
+             f"--output={tmp / 'pairs.png'}"],
+            ["keras-ssl-reconstruct:", "no 'reconstruct' signature"]),
         # keras-ssl-show-views
         "show-views with a view count that is not a number": (
             "keras-ssl-show-views", ["--num_views=abc"], ["--num_views=abc"]),

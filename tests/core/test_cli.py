@@ -56,7 +56,7 @@ def _python_files():
 
 def test_every_binary_is_run_of_its_cli_module():
     scripts = _console_scripts()
-    assert len(scripts) == 8, scripts
+    assert len(scripts) == 9, scripts
     for binary, target in scripts.items():
         module, function = target.split(":")
         assert function == "run", target

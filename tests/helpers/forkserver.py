@@ -36,6 +36,7 @@ ENTRY_POINTS = {
     "keras-ssl-eval": "keras_ssl_eval.cli.eval:run",
     "keras-ssl-prepare-data": "keras_ssl.cli.prepare_data:run",
     "keras-ssl-colorize": "keras_ssl_methods.cli.colorize:run",
+    "keras-ssl-reconstruct": "keras_ssl_methods.cli.reconstruct:run",
     "keras-ssl-show-views": "keras_ssl.cli.show_views:run",
 }
 

@@ -57,6 +57,7 @@ TINY_METHOD_SETTINGS = {
     "pirl": dict(num_examples=TINY_NUM_EXAMPLES, num_negatives=8, fix_normalization=False,
                  projection_dim=16,
                  **TINY_PATCH_GRID),
+    "vae": dict(image_size=TINY_IMAGE_SIZE, latent_dim=8, decoder_width=16),
     # 8-px tiles of the 16-px images.
     "counting": dict(tile_size=TINY_IMAGE_SIZE // 2, num_counts=16),
     # The non-contrastive methods: narrow heads; multi-crop with two 8-px local views.

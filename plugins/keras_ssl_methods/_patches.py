@@ -64,6 +64,32 @@ def cut_grid(image: tf.Tensor, grid: int, cell: int, patch: int, jitter: int | N
     return tf.stack(patches)
 
 
+def grid_cell(name: str, resize: int, crop: int, patch_size: int) -> int:
+    """The cell size `crop // GRID` of a patch grid, its geometry checked.
+
+    Args:
+      name: The method's name in errors.
+      resize: Side the image is resized to.
+      crop: Side of the random crop cut into the grid.
+      patch_size: Side of the patches.
+
+    Returns:
+      The cell size in pixels.
+
+    Raises:
+      ValueError: The crop exceeds the resized image, or a patch exceeds its cell.
+    """
+    if crop > resize:
+        raise ValueError(f"{name}: crop ({crop}) must not exceed resize ({resize}).")
+    cell = crop // GRID
+    if patch_size > cell:
+        raise ValueError(
+            f"{name}: patch_size ({patch_size}) must fit in a cell of crop // {GRID} = "
+            f"{crop} // {GRID} = {cell} px."
+        )
+    return cell
+
+
 def standardize_patches(images: tf.Tensor) -> tf.Tensor:
     """Per-patch standardisation: zero mean and unit variance over each patch's pixels."""
     mean, variance = tf.nn.moments(images, axes=[-3, -2, -1], keepdims=True)
@@ -140,14 +166,7 @@ class PatchGridMethod(Method):
     def __init__(self, backbone, name: str, resize: int, crop: int, patch_size: int,
                  standardize: bool, **kwargs):
         super().__init__(backbone, **kwargs)
-        if crop > resize:
-            raise ValueError(f"{name}: crop ({crop}) must not exceed resize ({resize}).")
-        self.cell = crop // GRID
-        if patch_size > self.cell:
-            raise ValueError(
-                f"{name}: patch ({patch_size}) must fit in a cell of crop // grid = "
-                f"{crop} // {GRID} = {self.cell} px."
-            )
+        self.cell = grid_cell(name, resize, crop, patch_size)
         self.resize, self.crop, self.patch_size = int(resize), int(crop), int(patch_size)
         self.standardize = bool(standardize)
 

@@ -35,7 +35,7 @@ import tensorflow as tf
 from keras_ssl import random
 from keras_ssl.losses import nce_loss
 from keras_ssl.metrics import normalized_embedding_std
-from keras_ssl_methods._patches import GRID, cut_grid, random_crop_resized
+from keras_ssl_methods._patches import GRID, cut_grid, grid_cell, random_crop_resized
 from keras_ssl_methods.npid import NPID, bank_scores
 
 
@@ -104,14 +104,7 @@ class PIRL(NPID):
         )
         if not 0.0 <= jigsaw_weight <= 1.0:
             raise ValueError(f"pirl: jigsaw_weight must be in [0, 1], got {jigsaw_weight}.")
-        if crop > resize:
-            raise ValueError(f"pirl: crop ({crop}) must not exceed resize ({resize}).")
-        self.cell = crop // GRID
-        if patch_size > self.cell:
-            raise ValueError(
-                f"pirl: patch_size ({patch_size}) must fit in a cell of crop // 3 = "
-                f"{crop} // 3 = {self.cell} px."
-            )
+        self.cell = grid_cell("pirl", resize, crop, patch_size)
         self.jigsaw_weight = float(jigsaw_weight)
         self.resize, self.crop, self.patch_size = int(resize), int(crop), int(patch_size)
         self.tile_projection = keras.layers.Dense(projection_dim, name="pirl_tile_projection")

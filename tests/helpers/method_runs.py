@@ -67,3 +67,27 @@ def check_method_run(run, method, metric, *, batch=2, image_size=16, pre_logits=
     assert run.metadata["method"] == method and run.metadata["input_form"] == "image"
     images = tf.zeros([batch, image_size, image_size, 3])
     assert tf.saved_model.load(run.export)(images).shape == (batch, pre_logits)
+
+
+def build_configured_method(config, bindings=()):
+    """Builds the method of `gin_configs/<config>` and runs its setup check on the config's batch.
+
+    Args:
+      config: A method config under gin_configs/, e.g. `"pirl/synthetic_shapes.gin"`; its
+        folder names the method.
+      bindings: gin bindings over the file's (narrow widths, so it builds in a test).
+
+    Returns:
+      The method, as `keras_ssl.training.build_method` builds it.
+    """
+    import gin
+
+    from keras_ssl import config as keras_ssl_config, training
+    from tests.helpers import REPO
+
+    keras_ssl_config.parse_gin([os.path.join(REPO, "gin_configs", config)], list(bindings))
+    method = training.build_method()
+    assert method.registry_name == config.split("/")[0]
+    method.check_training_setup(gin.query_parameter("keras_ssl.train.batch_size"),
+                                gin.query_parameter("keras_ssl.train.image_size"))
+    return method

@@ -1,6 +1,5 @@
 """Counting: tiles and downsampled view (eagerly and in tf.data), the loss, setup errors, training."""
 
-import os
 
 import keras
 import numpy as np
@@ -10,6 +9,7 @@ import tensorflow as tf
 from keras_ssl.registry import METHODS
 from keras_ssl_methods.counting import DOWNSAMPLING_METHODS, counting_loss
 from tests.helpers.classic_methods import fit_losses
+from tests.helpers.method_runs import build_configured_method
 from tests.helpers.tiny import tiny_backbone
 
 TILE = 8
@@ -143,19 +143,8 @@ def test_loss_falls_when_training_a_few_steps(data_dir):
 
 @pytest.mark.parametrize("config", ["synthetic_shapes", "imagenet_alexnet"])
 def test_gin_configs_build_the_method(config):
-    import gin
-
-    from keras_ssl import config as keras_ssl_config, training
-    from tests.helpers import REPO
-
-    narrow = ["resnet_v2.widening_factor = 1", "alexnet.widening_factor = 1",
-              "counting.num_counts = 8"]
-    keras_ssl_config.parse_gin([os.path.join(REPO, "gin_configs", "counting", f"{config}.gin")],
-                               narrow)
-    method = training.build_method()
-    assert method.registry_name == "counting"
-    method.check_training_setup(gin.query_parameter("keras_ssl.train.batch_size"),
-                                gin.query_parameter("keras_ssl.train.image_size"))
+    method = build_configured_method(f"counting/{config}.gin", [
+        "resnet_v2.widening_factor = 1", "alexnet.widening_factor = 1", "counting.num_counts = 8"])
     size = method.tile_size
     features = method.backbone(tf.zeros([1, size, size, 3]))["pre_logits"]
     assert features.shape[0] == 1

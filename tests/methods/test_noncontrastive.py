@@ -333,17 +333,9 @@ NARROW = {
     for config in ("synthetic_shapes", "cifar_resnet18", "imagenet_resnet50")
 ])
 def test_gin_configs_build_their_method_and_pass_its_setup_check(path):
-    import gin
+    from tests.helpers.method_runs import build_configured_method
 
-    from tests.helpers import REPO
-    from keras_ssl import config, training
-
-    config.parse_gin([os.path.join(REPO, "gin_configs", path)],
-                     [f"{k} = {v}" for k, v in NARROW.items()])
-    method = training.build_method()
-    assert method.registry_name == path.split("/")[0]
-    method.check_training_setup(gin.query_parameter("keras_ssl.train.batch_size"),
-                                gin.query_parameter("keras_ssl.train.image_size"))
+    method = build_configured_method(path, [f"{k} = {v}" for k, v in NARROW.items()])
     if path.startswith(("dino", "swav")):
         sizes = [spec.size for spec in method.views]
         assert sizes[:2] == [None, None] and len(set(sizes[2:])) == 1 and len(sizes) >= 6

@@ -1,6 +1,5 @@
 """PIRL: the image and its shuffled tiles, the two NCE terms against one bank, its updates."""
 
-import os
 
 import numpy as np
 import pytest
@@ -9,6 +8,7 @@ import tensorflow as tf
 from tests.helpers.contrastive_training import (
     fit_losses, random_examples, tiny_method, tiny_shapes_examples,
 )
+from tests.helpers.method_runs import build_configured_method
 from tests.helpers.numpy_losses import numpy_nce, normalize
 from tests.helpers.tiny import TINY_PATCH_GRID
 
@@ -132,17 +132,8 @@ def test_loss_falls_on_tiny_shapes(data_dir):
 def test_gin_configs_build_the_method(config):
     import gin
 
-    from keras_ssl import config as keras_ssl_config, training
-    from tests.helpers import REPO
-
-    narrow = ["resnet_v2.depth = 10", "resnet_v2.widening_factor = 1",
-              "pirl.projection_dim = 8"]
-    keras_ssl_config.parse_gin([os.path.join(REPO, "gin_configs", "pirl", f"{config}.gin")],
-                               narrow)
-    method = training.build_method()
-    assert method.registry_name == "pirl"
-    method.check_training_setup(gin.query_parameter("keras_ssl.train.batch_size"),
-                                gin.query_parameter("keras_ssl.train.image_size"))
+    method = build_configured_method(f"pirl/{config}.gin", [
+        "resnet_v2.depth = 10", "resnet_v2.widening_factor = 1", "pirl.projection_dim = 8"])
     assert method.memory_bank.shape[0] == gin.query_parameter("pirl.num_examples")
 
 

@@ -1,6 +1,5 @@
 """VAE: its inputs, the ELBO against numpy, the noise draw, the reconstruct export and binary."""
 
-import os
 
 import numpy as np
 import pytest
@@ -8,6 +7,7 @@ import tensorflow as tf
 
 from keras_ssl.registry import METHODS
 from tests.helpers.classic_methods import fit_losses, train_tiny
+from tests.helpers.method_runs import build_configured_method
 from tests.helpers.tiny import tiny_backbone
 
 SIZE = 16
@@ -132,14 +132,8 @@ def test_export_reconstructs_and_the_binary_writes_image_and_reconstruction_pair
 def test_gin_configs_build_the_method(config):
     import gin
 
-    from keras_ssl import config as keras_ssl_config, training
-    from tests.helpers import REPO
-
-    keras_ssl_config.parse_gin(
-        [os.path.join(REPO, "gin_configs", "vae", f"{config}.gin")],
-        ["resnet_v2.depth = 10", "resnet_v2.widening_factor = 1", "vae.decoder_width = 16"])
-    method = training.build_method()
-    assert method.registry_name == "vae"
+    method = build_configured_method(f"vae/{config}.gin", [
+        "resnet_v2.depth = 10", "resnet_v2.widening_factor = 1", "vae.decoder_width = 16"])
     assert method.image_size == gin.query_parameter("keras_ssl.train.image_size")
     batch = tf.zeros([1, method.image_size, method.image_size, 3])
     assert method.reconstruct(batch)["reconstruction"].shape == batch.shape

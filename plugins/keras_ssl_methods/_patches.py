@@ -84,8 +84,8 @@ def grid_cell(name: str, resize: int, crop: int, patch_size: int) -> int:
     cell = crop // GRID
     if patch_size > cell:
         raise ValueError(
-            f"{name}: patch_size ({patch_size}) must fit in a cell of crop // {GRID} = "
-            f"{crop} // {GRID} = {cell} px."
+            f"{name}: a patch of patch_size = {patch_size} px must fit in a cell of "
+            f"crop // {GRID} = {crop} // {GRID} = {cell} px."
         )
     return cell
 

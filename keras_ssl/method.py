@@ -28,7 +28,9 @@ memory bank, a centre) is updated in `after_update`, never in
 The toolkit for such methods: `momentum_copy` (an EMA target network kept out
 of the optimizer), `save_for_update`, `training_progress`, and the modules
 `keras_ssl.cross_replica`, `keras_ssl.heads`, `keras_ssl.views`,
-`keras_ssl.schedules` (docs/writing_a_method.md).
+`keras_ssl.schedules` (docs/writing_a_method.md). State derived from a
+pass over the whole training split (DeepCluster's pseudo-labels) is updated
+in `before_epoch`, which training runs between steps at each epoch's start.
 
 Example (a complete method; see docs/writing_a_method.md):
 
@@ -194,6 +196,43 @@ class Method(keras.Model):
             `save_for_update` in this step (empty if none).
         """
         del saved
+
+    def before_epoch(self, epoch: int, examples: tf.data.Dataset) -> None:
+        """Runs between training steps before each epoch, for state derived from the whole split (override).
+
+        The place for work that needs a pass over every training example, such
+        as DeepCluster's clustering of the features of the split into
+        pseudo-labels. Training (`keras_ssl.training.MethodTrainer`) calls it
+        in cross-replica context, inside the strategy's scope, right before
+        step `s` when `s == 0` or when the batch of step `s` starts in a new
+        epoch (`s * B // N > (s - 1) * B // N`, B the global batch, N the
+        split's size), cutting a loop of steps there; so when it runs depends
+        on the step only, not on `steps_per_loop` or on where a run was
+        resumed. Per-replica work inside it goes through `strategy.run`
+        (`keras_ssl.clustering.dataset_features` computes a function of every
+        example on all replicas and gathers the result).
+
+        Keep what it derives in variables: they are checkpointed, and a run
+        resumed mid-epoch does not call it again but continues from the
+        restored values, while one resumed at an epoch's first step calls it as
+        the uninterrupted run did. Assign them in a way that is the same on
+        every replica (`keras_ssl.cross_replica.assign` from identical values)
+        and seed any draw from `(self.seed, epoch)`. Not called by
+        `Method.fit` or at build time; the default does nothing and costs
+        nothing.
+
+        Args:
+          epoch: The epoch about to start (0 before the first step).
+          examples: The training split's decoded examples
+            (`{"image", "label", "index"}`) in stored order, neither
+            augmented nor batched: the dataset `adapt` got.
+        """
+        del epoch, examples
+
+    @property
+    def has_epoch_hook(self) -> bool:
+        """Whether this method overrides `before_epoch` (training calls it only then)."""
+        return type(self).before_epoch is not Method.before_epoch
 
     def check_training_setup(self, global_batch_size: int, image_size: int | None) -> None:
         """Refuses settings the method cannot train with, before a run starts (override).

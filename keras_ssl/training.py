@@ -5,7 +5,8 @@ per-example seeds: `keras_ssl.input_pipeline`. The loop itself is flat:
 
     restore the latest checkpoint (or write the step-0 initialisation)
     while step < train_steps:
-        run one loop of `steps_per_loop` steps      (MethodTrainer, one tf.function)
+        run one loop of `steps_per_loop` steps      (MethodTrainer, one tf.function;
+                                                     Method.before_epoch at each epoch's start)
         print the progress line, write summaries    (chief only)
         checkpoint every `checkpoint_interval`, and at once on SIGTERM
     export
@@ -93,14 +94,27 @@ class MethodTrainer(orbit.StandardTrainer):
         outputs and progress line (the kNN monitor), called after the loop.
       loop_end_callbacks: Callables `callback(step, outputs)` called in order at
         the end of each loop (see `train`).
+      examples: The training split's decoded examples in stored order, for a
+        method with a `before_epoch` hook (with `num_examples`; without them
+        the hook is not called).
+      num_examples: The split's size N: the batch of step s starts in epoch
+        `s * global_batch_size // N`.
+
+    With a method that overrides `Method.before_epoch` (and `examples`), a loop
+    is cut at each epoch's first step and the hook runs there (`epoch_starts`).
     """
 
     def __init__(
         self, method, dataset, strategy, global_step, metric_names, global_batch_size,
         total_steps, *, jit_compile: bool = False, verbose: bool = True, loop_metrics=None,
         loop_end_callbacks: Sequence[LoopEndCallback] = (),
+        examples: tf.data.Dataset | None = None, num_examples: int | None = None,
     ):
         self.method = method
+        self._epoch_examples = (
+            (examples, int(num_examples))
+            if examples is not None and num_examples and method.has_epoch_hook else None
+        )
         self.strategy = strategy
         self.global_step = global_step
         self._global_batch_size = global_batch_size
@@ -119,6 +133,32 @@ class MethodTrainer(orbit.StandardTrainer):
         if isinstance(dataset, tf.data.Dataset):
             dataset = strategy.experimental_distribute_dataset(dataset)
         super().__init__(dataset)
+
+    def train(self, num_steps):
+        """Runs `num_steps` steps as one loop; with an epoch hook, calls it at each epoch's start."""
+        if self._epoch_examples is None:
+            return super().train(num_steps)
+        examples, num_examples = self._epoch_examples
+        self.train_loop_begin()
+        if self._train_loop_fn is None:
+            self._train_loop_fn = self.create_train_loop_fn()
+        if self._train_iter is None:
+            self._train_iter = tf.nest.map_structure(iter, self.train_dataset)
+        step = int(self.global_step.numpy())
+        end = step + int(num_steps)
+        while step < end:
+            if epoch_starts(step, self._global_batch_size, num_examples):
+                with self.strategy.scope():
+                    self.method.before_epoch(
+                        step * self._global_batch_size // num_examples, examples)
+            segment = end - step
+            for later in range(step + 1, end):  # the loop stops before the next epoch's start
+                if epoch_starts(later, self._global_batch_size, num_examples):
+                    segment = later - step
+                    break
+            self._train_loop_fn(self._train_iter, tf.constant(segment, tf.int32))
+            step += segment
+        return self.train_loop_end()
 
     def train_loop_begin(self):
         for variable in list(self._sums.values()) + [self._count]:
@@ -164,6 +204,23 @@ class MethodTrainer(orbit.StandardTrainer):
         for callback in self._loop_end_callbacks:
             callback(step, dict(outputs))
         return outputs
+
+
+def epoch_starts(step: int, global_batch_size: int, num_examples: int) -> bool:
+    """Whether the batch of `step` is the first to start in its epoch (`Method.before_epoch`).
+
+    Step s reads positions `[s * B, (s + 1) * B)` of the example stream
+    (`keras_ssl.input_pipeline`), whose epoch e covers `[e * N, (e + 1) * N)`;
+    its batch starts in epoch `s * B // N`.
+
+    Example:
+
+    >>> [s for s in range(8) if epoch_starts(s, 4, 10)]
+    [0, 3, 5]
+    """
+    if step == 0:
+        return True
+    return step * global_batch_size // num_examples > (step - 1) * global_batch_size // num_examples
 
 
 def make_checkpoint(method, optimizer=None, global_step=None) -> tf.train.Checkpoint:
@@ -357,7 +414,10 @@ def train(
         _check_method_setup(method, batch_size, image_size)
         if deterministic:
             _check_stateless(method, images)
-        method.adapt(images)
+        try:
+            method.adapt(images)
+        except ValueError as error:
+            raise TrainingConfigError(str(error)) from None
         batch = example_batch(method, images)
         _, metrics = method.build_from_batch(batch)
         metric_names = ["loss", "regularization_loss", *metrics]
@@ -415,7 +475,7 @@ def train(
     trainer = MethodTrainer(
         method, batches, strategy, global_step, metric_names, batch_size, train_steps,
         jit_compile=jit_compile, verbose=run.is_chief, loop_metrics=monitor_metrics,
-        loop_end_callbacks=loop_end_callbacks,
+        loop_end_callbacks=loop_end_callbacks, examples=images, num_examples=info.num_examples,
     )
     interval = checkpoint_interval or steps_per_loop
     outputs = {}

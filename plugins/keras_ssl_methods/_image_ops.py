@@ -29,3 +29,17 @@ def exemplar_augment(image: tf.Tensor, min_area: float = 0.3) -> tf.Tensor:
     view = tf.image.stateless_random_saturation(view, 0.6, 1.4, random.next_seed())
     view = tf.image.stateless_random_hue(view, 0.05, random.next_seed())
     return tf.clip_by_value(view, 0.0, 1.0)
+
+
+def area_downsample(values, like):
+    """`values` `[B, H, W, C]` area-resized to the spatial size of `like`.
+
+    With static sizes that divide, an average pool: the same numbers as
+    `tf.image.resize(method="area")`, and XLA compiles it (it has no
+    ResizeArea kernel), which TPUs need.
+    """
+    (height, width), (rows, cols) = values.shape[1:3], like.shape[1:3]
+    if None not in (height, width, rows, cols) and height % rows == 0 and width % cols == 0:
+        factor = (height // rows, width // cols)
+        return tf.nn.avg_pool2d(values, factor, factor, "VALID")
+    return tf.image.resize(values, tf.shape(like)[1:3], method="area")

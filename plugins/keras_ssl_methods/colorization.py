@@ -36,6 +36,7 @@ import tensorflow as tf
 
 from keras_ssl import Method
 from keras_ssl_methods import _lab
+from keras_ssl_methods._image_ops import area_downsample
 
 
 def _load_array(value, name):
@@ -170,7 +171,7 @@ class Colorization(Method):
     def compute_pretext_loss(self, batch, training):
         images = batch["image"]
         logits = self.logits(images, training)
-        ab = _area_downsample(_lab.rgb_to_lab(images)[..., 1:], logits)
+        ab = area_downsample(_lab.rgb_to_lab(images)[..., 1:], logits)
         targets = _lab.soft_encode(ab, self.bins, self.num_neighbors, self.sigma)
         nearest = _lab.nearest_bin(ab, self.bins)
         cross_entropy = tf.nn.softmax_cross_entropy_with_logits(labels=targets, logits=logits)
@@ -210,16 +211,3 @@ class Colorization(Method):
             },
         }
 
-
-def _area_downsample(values, like):
-    """`values` `[B, H, W, C]` area-resized to the spatial size of `like`.
-
-    With static sizes that divide, an average pool: the same numbers as
-    `tf.image.resize(method="area")`, and XLA compiles it (it has no
-    ResizeArea kernel), which TPUs need.
-    """
-    (height, width), (rows, cols) = values.shape[1:3], like.shape[1:3]
-    if None not in (height, width, rows, cols) and height % rows == 0 and width % cols == 0:
-        factor = (height // rows, width // cols)
-        return tf.nn.avg_pool2d(values, factor, factor, "VALID")
-    return tf.image.resize(values, tf.shape(like)[1:3], method="area")

@@ -77,13 +77,7 @@ class NPID(ContrastiveMethod):
         **kwargs,
     ):
         super().__init__(backbone, num_classes=num_classes, augmentation=augmentation, **kwargs)
-        if not num_examples:
-            raise ValueError(
-                f"{self.setting_prefix} needs the number of training examples for its memory "
-                f"bank: bind `{self.setting_prefix}.num_examples = N` (the size of the training "
-                f"split; keras-ssl-list or the dataset's info tells it)."
-            )
-        self.num_examples = int(num_examples)
+        self.num_examples = checked_num_examples(num_examples, self.setting_prefix)
         self.num_negatives = num_negatives
         self.temperature = temperature
         self.bank_momentum = bank_momentum
@@ -95,7 +89,7 @@ class NPID(ContrastiveMethod):
         )
         self.memory_bank = self.add_weight(
             shape=(self.num_examples, projection_dim),
-            initializer=_unit_rows,
+            initializer=unit_rows,
             trainable=False,
             name="memory_bank",
         )
@@ -106,16 +100,7 @@ class NPID(ContrastiveMethod):
 
     def bank_index(self, example) -> tf.Tensor:
         """The example's bank row (int32); stops the pipeline if it is >= `num_examples`."""
-        index = tf.cast(example["index"], tf.int32)
-        prefix = self.setting_prefix
-        check = tf.debugging.assert_less(
-            index, self.num_examples,
-            message=f"{prefix}: an example's index is >= {prefix}.num_examples = "
-                    f"{self.num_examples}; bind {prefix}.num_examples to the size of the "
-                    f"training split",
-        )
-        with tf.control_dependencies([check]):
-            return tf.identity(index)
+        return checked_bank_index(example, self.num_examples, self.setting_prefix)
 
     def preprocess(self, example):
         return {
@@ -158,26 +143,13 @@ class NPID(ContrastiveMethod):
         return tf.where(z > 0, z, estimate) if self.fix_normalization else estimate
 
     def _noise_index(self, batch_size):
-        """[batch_size, K] uniform bank rows: this replica's rows of the global batch's draw."""
-        replicas, replica = cross_replica.replica_position()
-        draw = tf.random.stateless_uniform(
-            [batch_size * replicas, self.num_negatives], step_seed(self, self.noise_seed),
-            0, self.num_examples, tf.int32,
-        )
-        start = tf.cast(replica, tf.int32) * batch_size
-        return draw[start:start + batch_size]
+        return noise_index(self, batch_size, self.num_negatives, self.num_examples, self.noise_seed)
 
     def after_update(self, saved):
         """Moves the bank rows of this step's examples towards their new features."""
         if "features" not in saved:
             return
-        index = cross_replica.gather(saved["index"])
-        features = cross_replica.gather(saved["features"])
-        old = tf.gather(self.memory_bank.value, index)
-        new = tf.math.l2_normalize(
-            self.bank_momentum * old + (1.0 - self.bank_momentum) * features, axis=-1
-        )
-        cross_replica.scatter(self.memory_bank, index, new)
+        move_bank_rows(self.memory_bank, saved["index"], saved["features"], self.bank_momentum)
         cross_replica.assign([(self.normalization_constant, saved["z"])])
 
 
@@ -186,6 +158,63 @@ def bank_scores(features, positives, noise):
     return tf.reduce_sum(features * positives, axis=-1), tf.einsum("bd,bkd->bk", features, noise)
 
 
-def _unit_rows(shape, dtype=None):
+def unit_rows(shape, dtype=None):
+    """Initializer of a memory bank: random rows of unit length."""
     rows = keras.random.normal(shape, dtype=dtype or "float32")
     return rows / keras.ops.sqrt(keras.ops.sum(rows * rows, axis=-1, keepdims=True))
+
+
+def move_bank_rows(bank, index, features, momentum) -> None:
+    """`bank[i] <- l2norm(momentum bank[i] + (1 - momentum) f_i)` for the global batch's rows.
+
+    Call it from `after_update` with this replica's `index` `[B]` and features
+    `[B, D]`: both are gathered across replicas, so every replica writes the
+    same rows.
+    """
+    index = cross_replica.gather(index)
+    old = tf.gather(bank.value, index)
+    new = momentum * old + (1.0 - momentum) * cross_replica.gather(features)
+    cross_replica.scatter(bank, index, tf.math.l2_normalize(new, axis=-1))
+
+
+def checked_num_examples(num_examples, setting_prefix: str) -> int:
+    """The size of a memory bank, required: refuses None or 0, naming the binding."""
+    if not num_examples:
+        raise ValueError(
+            f"{setting_prefix} needs the number of training examples for its memory "
+            f"bank: bind `{setting_prefix}.num_examples = N` (the size of the training "
+            f"split; keras-ssl-list or the dataset's info tells it)."
+        )
+    return int(num_examples)
+
+
+def checked_bank_index(example, num_examples: int, setting_prefix: str) -> tf.Tensor:
+    """`example["index"]` as int32; stops the input pipeline if it is >= `num_examples`.
+
+    The message names the binding to fix, `<setting_prefix>.num_examples`.
+    """
+    index = tf.cast(example["index"], tf.int32)
+    check = tf.debugging.assert_less(
+        index, num_examples,
+        message=f"{setting_prefix}: an example's index is >= {setting_prefix}.num_examples = "
+                f"{num_examples}; bind {setting_prefix}.num_examples to the size of the "
+                f"training split",
+    )
+    with tf.control_dependencies([check]):
+        return tf.identity(index)
+
+
+def noise_index(method, batch_size, num_negatives: int, num_examples: int, noise_seed: int):
+    """`[batch_size, num_negatives]` uniform bank rows for this replica's examples.
+
+    Drawn for the whole global batch from a seed keyed by `method`'s optimizer
+    step (`keras_ssl.random.step_seed`); each replica takes its own rows, so
+    R replicas draw exactly what one device draws for the concatenated batch.
+    """
+    replicas, replica = cross_replica.replica_position()
+    draw = tf.random.stateless_uniform(
+        [batch_size * replicas, num_negatives], step_seed(method, noise_seed),
+        0, num_examples, tf.int32,
+    )
+    start = tf.cast(replica, tf.int32) * batch_size
+    return draw[start:start + batch_size]

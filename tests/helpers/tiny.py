@@ -60,6 +60,16 @@ TINY_METHOD_SETTINGS = {
     "vae": dict(image_size=TINY_IMAGE_SIZE, latent_dim=8, decoder_width=16),
     # 8-px tiles of the 16-px images.
     "counting": dict(tile_size=TINY_IMAGE_SIZE // 2, num_counts=16),
+    "cmc": dict(num_examples=TINY_NUM_EXAMPLES, num_negatives=8, projection_dim=16),
+    # block4, so every kernel of both halves feeds a head (as colorization).
+    "split_brain": dict(head_units=16, lightness_bins=10, endpoint="block4"),
+    # At 16 px block4 (the 5x5 role) is 2x2 and block3 (the 7x7 role) 4x4.
+    "amdim": dict(embedding_dim=16),
+    "deepcluster": dict(num_examples=TINY_NUM_EXAMPLES, num_clusters=3, pca_dim=4,
+                        kmeans_iterations=3, feature_batch_size=4),
+    # A 3x3 grid of 8-px patches at stride 4 covers the 16-px images; K = 2 rows.
+    "cpc": dict(grid_size=3, patch_size=8, patch_stride=4, prediction_steps=2, context_width=16,
+                context_blocks=1),
     # The non-contrastive methods: narrow heads; multi-crop with two 8-px local views.
     "byol": dict(projection_dim=16, hidden_dim=32),
     "simsiam": dict(projection_dim=16, predictor_hidden_dim=8),

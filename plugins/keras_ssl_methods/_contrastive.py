@@ -36,6 +36,15 @@ class ContrastiveMethod(Method):
             self.probe = keras.layers.Dense(num_classes, name="online_probe")
             self.probe.build((None, output_dim(backbone)))
 
+    def two_views(self, example) -> dict:
+        """`{"view_1", "view_2", "label"}`: two independent draws of `augment` of the image."""
+        image = example["image"]
+        return {
+            "view_1": self.augment(image),
+            "view_2": self.augment(image),
+            "label": tf.cast(example["label"], tf.int32),
+        }
+
     def probe_loss(self, pre_logits, labels):
         """`(loss, metrics)` of the online probe; zeros without one."""
         if self.probe is None:

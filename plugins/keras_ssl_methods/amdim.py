@@ -274,12 +274,7 @@ class AMDIM(ContrastiveMethod):
                 f"{global_batch_size}; raise the batch size.")
 
     def preprocess(self, example):
-        image = example["image"]
-        return {
-            "view_1": self.augment(image),
-            "view_2": self.augment(image),
-            "label": tf.cast(example["label"], tf.int32),
-        }
+        return self.two_views(example)
 
     def embed(self, images, training):
         """`(f_1 [B, d], f_5 [B, L5, d], f_7 [B, L7, d], pre_logits)` of `images` (float32)."""

@@ -42,9 +42,8 @@ from keras_ssl.heads import projection_head
 from keras_ssl.metrics import normalized_embedding_std
 from keras_ssl_methods._contrastive import ContrastiveMethod
 from keras_ssl_methods._two_halves import HALVES, LabHalvesMethod
-from keras_ssl_methods.npid import (
-    bank_scores, checked_bank_index, checked_num_examples, move_bank_rows, noise_index, unit_rows,
-)
+from keras_ssl_methods._per_example import checked_index, required_num_examples
+from keras_ssl_methods.npid import bank_scores, move_bank_rows, noise_index, unit_rows
 
 
 def memory_bank_info_nce(features, positives, noise, temperature):
@@ -157,7 +156,7 @@ class CMC(LabHalvesMethod, ContrastiveMethod):
             for prefix, _ in HALVES)
         self.num_examples = None
         if negatives == "memory_bank":
-            self.num_examples = checked_num_examples(num_examples, self.setting_prefix)
+            self.num_examples = required_num_examples(num_examples, self.setting_prefix, "memory banks")
             self.l_memory_bank, self.ab_memory_bank = (
                 self.add_weight(shape=(self.num_examples, projection_dim), initializer=unit_rows,
                                 trainable=False, name=f"{prefix}_memory_bank")
@@ -167,7 +166,7 @@ class CMC(LabHalvesMethod, ContrastiveMethod):
         inputs = {"image": self.augment(example["image"]),
                   "label": tf.cast(example["label"], tf.int32)}
         if self.num_examples:
-            inputs["index"] = checked_bank_index(example, self.num_examples, self.setting_prefix)
+            inputs["index"] = checked_index(example, self.num_examples, self.setting_prefix)
         return inputs
 
     def compute_pretext_loss(self, batch, training):

@@ -49,6 +49,7 @@ from keras_ssl import Method, cross_replica
 from keras_ssl.backbones import output_dim
 from keras_ssl.clustering import DatasetFeatures, kmeans, pca_whitening
 from keras_ssl.random import example_seed
+from keras_ssl_methods._per_example import checked_index, required_num_examples
 
 # Keys that keep the k-means and classifier draws apart from each other and from other seeds.
 _KMEANS_KEY = 101
@@ -109,12 +110,7 @@ class DeepCluster(Method):
         **kwargs,
     ):
         super().__init__(backbone, augmentation=augmentation, **kwargs)
-        if not num_examples:
-            raise ValueError(
-                "deepcluster needs the number of training examples for its assignments: bind "
-                "`deepcluster.num_examples = N` (the size of the training split)."
-            )
-        self.num_examples = int(num_examples)
+        self.num_examples = required_num_examples(num_examples, "deepcluster", "assignments")
         self.num_clusters = int(num_clusters)
         if self.num_clusters < 2:
             raise ValueError(
@@ -159,16 +155,8 @@ class DeepCluster(Method):
                 )
 
     def preprocess(self, example):
-        index = tf.cast(example["index"], tf.int32)
-        check = tf.debugging.assert_less(
-            index, self.num_examples,
-            message=f"deepcluster: an example's index is >= deepcluster.num_examples = "
-                    f"{self.num_examples}; bind deepcluster.num_examples to the size of the "
-                    f"training split",
-        )
-        with tf.control_dependencies([check]):
-            index = tf.identity(index)
-        return {"image": self.augment(example["image"]), "index": index}
+        return {"image": self.augment(example["image"]),
+                "index": checked_index(example, self.num_examples, "deepcluster")}
 
     def compute_pretext_loss(self, batch, training):
         pre_logits = self.backbone(batch["image"], training=training)["pre_logits"]

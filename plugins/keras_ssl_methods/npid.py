@@ -33,6 +33,7 @@ from keras_ssl.heads import projection_head
 from keras_ssl.losses import nce_loss
 from keras_ssl.random import step_seed
 from keras_ssl_methods._contrastive import ContrastiveMethod
+from keras_ssl_methods._per_example import checked_index, required_num_examples
 
 
 class NPID(ContrastiveMethod):
@@ -77,7 +78,7 @@ class NPID(ContrastiveMethod):
         **kwargs,
     ):
         super().__init__(backbone, num_classes=num_classes, augmentation=augmentation, **kwargs)
-        self.num_examples = checked_num_examples(num_examples, self.setting_prefix)
+        self.num_examples = required_num_examples(num_examples, self.setting_prefix, "memory bank")
         self.num_negatives = num_negatives
         self.temperature = temperature
         self.bank_momentum = bank_momentum
@@ -100,7 +101,7 @@ class NPID(ContrastiveMethod):
 
     def bank_index(self, example) -> tf.Tensor:
         """The example's bank row (int32); stops the pipeline if it is >= `num_examples`."""
-        return checked_bank_index(example, self.num_examples, self.setting_prefix)
+        return checked_index(example, self.num_examples, self.setting_prefix)
 
     def preprocess(self, example):
         return {
@@ -175,33 +176,6 @@ def move_bank_rows(bank, index, features, momentum) -> None:
     old = tf.gather(bank.value, index)
     new = momentum * old + (1.0 - momentum) * cross_replica.gather(features)
     cross_replica.scatter(bank, index, tf.math.l2_normalize(new, axis=-1))
-
-
-def checked_num_examples(num_examples, setting_prefix: str) -> int:
-    """The size of a memory bank, required: refuses None or 0, naming the binding."""
-    if not num_examples:
-        raise ValueError(
-            f"{setting_prefix} needs the number of training examples for its memory "
-            f"bank: bind `{setting_prefix}.num_examples = N` (the size of the training "
-            f"split; keras-ssl-list or the dataset's info tells it)."
-        )
-    return int(num_examples)
-
-
-def checked_bank_index(example, num_examples: int, setting_prefix: str) -> tf.Tensor:
-    """`example["index"]` as int32; stops the input pipeline if it is >= `num_examples`.
-
-    The message names the binding to fix, `<setting_prefix>.num_examples`.
-    """
-    index = tf.cast(example["index"], tf.int32)
-    check = tf.debugging.assert_less(
-        index, num_examples,
-        message=f"{setting_prefix}: an example's index is >= {setting_prefix}.num_examples = "
-                f"{num_examples}; bind {setting_prefix}.num_examples to the size of the "
-                f"training split",
-    )
-    with tf.control_dependencies([check]):
-        return tf.identity(index)
 
 
 def noise_index(method, batch_size, num_negatives: int, num_examples: int, noise_seed: int):

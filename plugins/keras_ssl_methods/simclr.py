@@ -71,12 +71,7 @@ class SimCLR(ContrastiveMethod):
         )
 
     def preprocess(self, example):
-        image = example["image"]
-        return {
-            "view_1": self.augment(image),
-            "view_2": self.augment(image),
-            "label": tf.cast(example["label"], tf.int32),
-        }
+        return self.two_views(example)
 
     def compute_pretext_loss(self, batch, training):
         views = tf.concat([batch["view_1"], batch["view_2"]], axis=0)

@@ -451,3 +451,16 @@ def test_utility_plot_marks_clipped_points(tmp_path, monkeypatch):
                              "log_x": True}, ["factors"], str(tmp_path / "u.png"))
     assert os.path.getsize(path) > 0
     assert drawn == ["o", "^"]  # the line, then the clipped point as a lower bound
+
+
+@pytest.mark.parametrize("grid_file", sorted(
+    name for name in os.listdir(os.path.join(REPO, "gin_configs", "experiments"))
+    if name.endswith(".yaml")))
+def test_checked_in_grids_pass_the_sweeps_checks(grid_file):
+    """Every study's grid loads, and every cell's gin files and bindings parse."""
+    from keras_ssl.sweep.checks import check_bindings, check_evaluation
+    from keras_ssl.sweep.grid import load_grid
+
+    grid = load_grid(os.path.join(REPO, "gin_configs", "experiments", grid_file))
+    check_evaluation(grid)
+    assert len(check_bindings(grid)) == len(grid.cells()) > 0

@@ -41,8 +41,8 @@ from keras_ssl import cross_replica
 from keras_ssl.heads import projection_head
 from keras_ssl.metrics import normalized_embedding_std
 from keras_ssl_methods._contrastive import ContrastiveMethod
-from keras_ssl_methods._two_halves import HALVES, LabHalvesMethod
 from keras_ssl_methods._per_example import checked_index, required_num_examples
+from keras_ssl_methods._two_halves import HALVES, LabHalvesMethod
 from keras_ssl_methods.npid import bank_scores, move_bank_rows, noise_index, unit_rows
 
 

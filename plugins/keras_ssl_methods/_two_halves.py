@@ -40,7 +40,12 @@ _MIN_CHROMA = 1.0
 
 def lab_input(rgb: tf.Tensor) -> tf.Tensor:
     """[0, 1] RGB `[..., 3]` -> the normalised Lab image the two halves read."""
-    return _lab.rgb_to_lab(rgb) / tf.constant(_LAB_SCALE, tf.float32)
+    return normalized_lab(_lab.rgb_to_lab(rgb))
+
+
+def normalized_lab(lab: tf.Tensor) -> tf.Tensor:
+    """CIE Lab `[..., 3]` (`_lab.rgb_to_lab`) -> the normalised Lab image the two halves read."""
+    return lab / tf.constant(_LAB_SCALE, tf.float32)
 
 
 def lab_halves_backbone(template: keras.Model) -> keras.Model:
@@ -74,11 +79,11 @@ def lab_halves_backbone(template: keras.Model) -> keras.Model:
     return make_backbone(inputs, endpoints, name=f"l_ab_{template.name}", spec=spec)
 
 
-def check_rgb(image: tf.Tensor, method: str) -> None:
-    """Refuses an image without 3 channels before the Lab conversion fails obscurely."""
-    if image.shape.rank is not None and image.shape[-1] != 3:
+def check_rgb(images: tf.Tensor, method: str) -> None:
+    """Refuses images (one, or a batch) without 3 channels before the Lab conversion fails obscurely."""
+    if images.shape.rank is not None and images.shape[-1] != 3:
         raise ValueError(
-            f"{method}: needs RGB images, [H, W, 3]; got shape {image.shape}. Its two halves "
+            f"{method}: needs RGB images, [H, W, 3]; got shape {images.shape}. Its two halves "
             f"read L and ab of CIE Lab, which a single-channel image does not have: train it "
             f"on colour data."
         )
@@ -100,7 +105,7 @@ def check_colour_data(examples: tf.data.Dataset, method: str, num_images: int = 
     """
     largest, seen = 0.0, 0
     for batch in examples.take(num_images).batch(64):
-        check_rgb(batch["image"][0], method)
+        check_rgb(batch["image"], method)
         chroma = tf.reduce_max(tf.abs(_lab.rgb_to_lab(batch["image"])[..., 1:]))
         largest, seen = max(largest, float(chroma)), seen + int(batch["image"].shape[0])
     if seen and largest < _MIN_CHROMA:
@@ -133,10 +138,14 @@ class LabHalvesMethod(Method):
     def _name(self) -> str:
         return getattr(self, "registry_name", type(self).__name__)
 
-    def halves(self, images, training) -> dict:
-        """Every end-point of both halves (see `lab_halves_backbone`) for RGB `images`."""
-        check_rgb(images[0], self._name())
-        return self.backbone(lab_input(images), training=training)
+    def halves(self, images, training, lab=None) -> dict:
+        """Every end-point of both halves (see `lab_halves_backbone`) for RGB `images`.
+
+        `lab`: `_lab.rgb_to_lab(images)`, when the caller needs it too (computed once).
+        """
+        check_rgb(images, self._name())
+        lab = _lab.rgb_to_lab(images) if lab is None else lab
+        return self.backbone(normalized_lab(lab), training=training)
 
     def call(self, images, training=False):
         """Every end-point for RGB `images`, as the export computes them."""

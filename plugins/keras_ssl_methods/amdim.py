@@ -96,7 +96,8 @@ def soft_clip(scores: tf.Tensor, clip: float) -> tf.Tensor:
     return clip * tf.tanh(scores / clip)
 
 
-def global_local_nce(sources: tf.Tensor, targets: tf.Tensor, clip: float = 20.0):
+def global_local_nce(sources: tf.Tensor, targets: tf.Tensor, clip: float = 20.0,
+                     gathered_targets: tf.Tensor | None = None):
     """AMDIM's InfoNCE of source vectors against the locations of target maps.
 
     Source row i's positives are the L locations of target row i; its
@@ -107,6 +108,8 @@ def global_local_nce(sources: tf.Tensor, targets: tf.Tensor, clip: float = 20.0)
       sources: `[B, d]`, this replica's source vectors (f_1, or one location of f_5).
       targets: `[B, L, d]`, this replica's target maps, flattened over locations.
       clip: c of the soft clipping `c tanh(s / c)`.
+      gathered_targets: `cross_replica.gather(targets)`, when the caller has
+        it (a map that is the target of several pairs is gathered once).
 
     Returns:
       `(loss, mean_squared_score, accuracy)`: the mean over this replica's
@@ -123,7 +126,9 @@ def global_local_nce(sources: tf.Tensor, targets: tf.Tensor, clip: float = 20.0)
     sources = tf.cast(sources, tf.float32)
     targets = tf.cast(targets, tf.float32)
     rows = tf.shape(sources)[0]
-    all_targets = cross_replica.gather(targets)  # [N, L, d]
+    all_targets = tf.cast(  # [N, L, d]
+        cross_replica.gather(targets) if gathered_targets is None else gathered_targets,
+        tf.float32)
     _, replica = cross_replica.replica_position()
     width = tf.cast(tf.shape(sources)[-1], tf.float32)
     raw = tf.einsum("bd,nld->bnl", sources, all_targets) / tf.sqrt(width)
@@ -312,16 +317,20 @@ class AMDIM(ContrastiveMethod):
         s5_a = tf.gather(m5_a, where_a, axis=1, batch_dims=1)
         s5_b = tf.gather(m5_b, where_b, axis=1, batch_dims=1)
         clip = self.score_clip
+        # Each target map (this replica's, all replicas') gathered once: f_5 serves two pairs.
+        t5_a, t5_b, t7_a, t7_b = (
+            (local, cross_replica.gather(local)) for local in (m5_a, m5_b, m7_a, m7_b))
         pairs = {
-            "1t5": ((g_a, m5_b), (g_b, m5_a)),
-            "1t7": ((g_a, m7_b), (g_b, m7_a)),
-            "5t5": ((s5_a, m5_b), (s5_b, m5_a)),
+            "1t5": ((g_a, t5_b), (g_b, t5_a)),
+            "1t7": ((g_a, t7_b), (g_b, t7_a)),
+            "5t5": ((s5_a, t5_b), (s5_b, t5_a)),
         }
         loss = tf.zeros(())
         penalty = tf.zeros(())
         metrics = {}
         for name, directions in pairs.items():
-            terms = [global_local_nce(source, target, clip) for source, target in directions]
+            terms = [global_local_nce(source, target, clip, gathered)
+                     for source, (target, gathered) in directions]
             nce = 0.5 * (terms[0][0] + terms[1][0])
             squared = 0.5 * (terms[0][1] + terms[1][1])
             loss += nce

@@ -97,23 +97,27 @@ class SplitBrain(LabHalvesMethod):
     def preprocess(self, example):
         return {"image": self.augment(example["image"])}
 
-    def logits(self, images, training):
-        """`(ab logits from the L half, L logits from the ab half)`, float32 `[B, h, w, bins]`."""
-        outputs = self.halves(images, training)
+    def logits(self, images, training, lab=None):
+        """`(ab logits from the L half, L logits from the ab half)`, float32 `[B, h, w, bins]`.
+
+        `lab`: `_lab.rgb_to_lab(images)`, when the caller has it.
+        """
+        outputs = self.halves(images, training, lab)
         return (tf.cast(self.l_to_ab_head(outputs[f"l_{self.endpoint}"], training=training),
                         tf.float32),
                 tf.cast(self.ab_to_l_head(outputs[f"ab_{self.endpoint}"], training=training),
                         tf.float32))
 
-    def targets(self, images, like):
+    def targets(self, lab, like):
         """`(ab bin, L bin)` of each position of `like`'s resolution, from area-downsampled Lab."""
-        lab = area_downsample(_lab.rgb_to_lab(images), like)
+        lab = area_downsample(lab, like)
         return (_lab.nearest_bin(lab[..., 1:], tf.constant(self.ab_bins)),
                 lightness_bin(lab[..., 0], self.lightness_bins))
 
     def compute_pretext_loss(self, batch, training):
-        ab_logits, l_logits = self.logits(batch["image"], training)
-        ab_target, l_target = self.targets(batch["image"], ab_logits)
+        lab = _lab.rgb_to_lab(batch["image"])  # the halves' input and the targets
+        ab_logits, l_logits = self.logits(batch["image"], training, lab)
+        ab_target, l_target = self.targets(lab, ab_logits)
         losses, metrics = [], {}
         for name, target, logits in (("ab", ab_target, ab_logits), ("l", l_target, l_logits)):
             losses.append(tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(

@@ -14,7 +14,7 @@ synthetic_shapes (`--image_size` px) and batch them:
 The two alternate in `--rounds` rounds of `--images` images each; the ratio is
 taken per round and the median reported, so load from other processes skews
 it less. `keras_ssl` is the path `Method.make_dataset` builds (parameters drawn
-per example, applied in batches of `keras_ssl.augment.batched.TF_DATA_BATCH`,
+per example, applied in groups of `keras_ssl.augment.batched.tf_data_group_size`,
 except the cheap `flip` and `crop_flip`, applied per image);
 `per_image` calls the stack on each image (what a method whose preprocess
 transforms the views further, e.g. Rotation, gets); with `--on_device`,
@@ -35,7 +35,10 @@ import time
 
 import numpy as np
 
-ROUNDS = 5
+ROUNDS = 7
+# Images per timed round. A round of 4096 lasted 0.1 s for `flip`, short enough
+# for a neighbour's burst on a shared machine to move one round's ratio by 20%.
+IMAGES = 16384
 
 
 # ------------------------------------------------------------ plain versions
@@ -115,7 +118,7 @@ def _views_per_second(tf, dataset, images):
     return 2 * seen / (time.perf_counter() - start)
 
 
-def measure(stacks, image_size=32, images=4096, rounds=ROUNDS, batch_size=256, on_device=False):
+def measure(stacks, image_size=32, images=IMAGES, rounds=ROUNDS, batch_size=256, on_device=False):
     """Median views/s of each stack, its plain twin and (optionally) its batched path.
 
     Args:
@@ -162,8 +165,9 @@ def measure(stacks, image_size=32, images=4096, rounds=ROUNDS, batch_size=256, o
         # What Method.make_dataset builds: draws per example, applied in small batches.
         views = batched.DeferredViews(seeded_views, name)
         drawn = mapped(views)
-        made = views.apply_in_tf_data(drawn) if views.deferred else drawn
-        pipelines = {"keras_ssl": batches(made), "plain": batches(mapped(plain_views)),
+        made = (views.apply_in_tf_data(drawn, batch_size).prefetch(2) if views.deferred
+                else batches(drawn))
+        pipelines = {"keras_ssl": made, "plain": batches(mapped(plain_views)),
                      "per_image": batches(mapped(seeded_views))}
         if on_device and name not in ("none", "randaugment"):
             # With keras_ssl.train.augment_on_device, tf.data only draws.
@@ -215,7 +219,7 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--stacks", default="none,flip,crop_flip,simclr_imagenet,simclr_cifar,moco_v2,randaugment")
     parser.add_argument("--image_size", type=int, default=32)
-    parser.add_argument("--images", type=int, default=4096)
+    parser.add_argument("--images", type=int, default=IMAGES)
     parser.add_argument("--rounds", type=int, default=ROUNDS)
     parser.add_argument("--batch_size", type=int, default=256)
     parser.add_argument("--on_device", action="store_true",

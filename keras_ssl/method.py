@@ -457,7 +457,7 @@ class Method(keras.Model):
             # object.__setattr__: a plain attribute, outside Keras' tracking.
             object.__setattr__(self, "_deferred_views", views)
         elif views.deferred:
-            dataset = views.apply_in_tf_data(dataset)
+            return views.apply_in_tf_data(dataset, batch_size).prefetch(tf.data.AUTOTUNE)
         return dataset.batch(batch_size, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
 
     def seeded_preprocess(self, example: dict) -> dict:

@@ -10,9 +10,9 @@ transform that is not drawn runs with identity parameters instead).
 Called by hand, the stacks of `keras_ssl.augment` are `apply(image[None],
 draw(...))[0]`. In training, `Method.make_dataset` goes through
 `DeferredViews`: tf.data draws each view's parameters per example, carries
-them next to the un-augmented view, and applies them in batches of
-`TF_DATA_BATCH` (each op's fixed cost, which dominates at small image sizes,
-is then paid once per batch; the cheap `flip` and `crop_flip` stay per
+them next to the un-augmented view, and applies them to groups of images
+(`tf_data_group_size`: each op's fixed cost, which dominates at small image
+sizes, is then paid once per group; the cheap `flip` and `crop_flip` stay per
 image), or, with `keras_ssl.train.augment_on_device =
 True`, leaves them to `Method.train_step`, which applies them to each
 replica's whole batch on the accelerator. Every path runs the same code, so a
@@ -45,6 +45,8 @@ LUMA = (0.2989, 0.587, 0.114)
 _YIQ = np.array([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]])
 _YIQ_INV = np.linalg.inv(_YIQ)
 PARAM_SEPARATOR = "/augment/"
+# The width axis of one `[H, W, C]` image, as `tf.reverse` takes it.
+_WIDTH_AXIS = np.array([1], np.int32)
 
 
 class AugmentOnDeviceError(ValueError):
@@ -309,12 +311,14 @@ class Stack:
 def _flip_image(image: tf.Tensor, flipped: tf.Tensor) -> tf.Tensor:
     """Mirrors one image where `flipped` (a scalar bool) is true.
 
-    A `tf.cond`, not a `tf.where`: a scalar condition broadcast over the
-    image made the `flip` stack run at half the speed of plain tf.data
-    (benchmarks/augmentation.py), while the branch costs less than the copy.
-    The draw stays outside the branch, as `keras_ssl.random` requires.
+    A reverse over the axes `[1][:flipped]`: reversing over no axis leaves
+    the image as it is. Neither a `tf.where` (a scalar condition broadcast
+    over the image ran the `flip` stack at half the speed of plain tf.data)
+    nor a `tf.cond` (a function call per image in tf.data), which measured
+    0.92x and 0.87x plain in benchmarks/augmentation.py's setting.
     """
-    return tf.cond(flipped, lambda: tf.reverse(image, [1]), lambda: image)
+    axes = tf.slice(_WIDTH_AXIS, [0], tf.reshape(tf.cast(flipped, tf.int32), [1]))
+    return tf.reverse(image, axes)
 
 
 class FlipStack(Stack):
@@ -335,28 +339,32 @@ class FlipStack(Stack):
 class CropFlipStack(Stack):
     """Reflection padding, a crop back to size at a random offset, a flip (`crop_flip`).
 
-    Its parameters are the crop's integer offset in the padded image and the
-    flip, so that the per-image path of tf.data is a slice and a branch; the
-    batched path turns them into boxes for one `crop_and_resize`.
+    Its parameters are the crop's begin in the padded image and the flip, so
+    that the per-image path of tf.data is a slice and a reverse; the batched
+    path turns them into boxes for one `crop_and_resize`.
     """
 
     batch_in_tf_data = False
 
     def __init__(self, padding: int = 4):
         self.padding = int(padding)
+        offsets = 2 * self.padding + 1
+        # u -> the slice's [y, x, channel] begin: offsets 0..2p, and channel 0
+        # (its u is the flip's, multiplied by 0), so the begin is one vector op.
+        # u < 1 in float32, and u * n rounds below n for any integer n < 2**24,
+        # so the truncation never reaches n and needs no clip.
+        self._begin_scale = np.array([offsets, offsets, 0], np.float32)
 
     def draw(self, shape):
         u = random.uniform([3])
-        # Offsets 0..2p in the padded image.
-        offset = tf.minimum(tf.cast(u[:2] * (2 * self.padding + 1), tf.int32), 2 * self.padding)
-        return {"offset": offset, "flip": u[2] < 0.5}
+        return {"begin": tf.cast(u * self._begin_scale, tf.int32), "flip": u[2] < 0.5}
 
     def apply(self, images, params):
         p = self.padding
         height, width = _shape(images)[1:3]
         padded = tf.pad(images, [[0, 0], [p, p], [p, p], [0, 0]], "REFLECT")
         # Corners at pixel centres and the image's size: a copy, not a resampling.
-        start = tf.cast(params["offset"], tf.float32)
+        start = tf.cast(params["begin"][:, :2], tf.float32)
         end = start + tf.cast(tf.stack([height - 1, width - 1]), tf.float32)
         scale = tf.cast(tf.stack([height + 2 * p - 1, width + 2 * p - 1]), tf.float32)
         boxes = tf.concat([start / scale, end / scale], 1)
@@ -366,9 +374,8 @@ class CropFlipStack(Stack):
         # The same copy as `apply`, as a slice: crop_and_resize costs a batch
         # of one more than the copy itself.
         p = self.padding
-        height, width = _shape(image)[:2]
         padded = tf.pad(image, [[p, p], [p, p], [0, 0]], "REFLECT")
-        view = tf.slice(padded, tf.concat([params["offset"], [0]], 0), [height, width, -1])
+        view = tf.slice(padded, params["begin"], _shape(image))
         return _flip_image(view, params["flip"])
 
 
@@ -477,7 +484,9 @@ def apply_now(stack: Stack, image: tf.Tensor) -> tf.Tensor:
       The view, float32 `[H, W, 3]`.
     """
     image = tf.convert_to_tensor(image, tf.float32)
-    return tf.ensure_shape(stack.apply_image(image, stack.draw(image.shape)), image.shape)
+    view = stack.apply_image(image, stack.draw(image.shape))
+    # A check only where the static shape was lost (an op per view in tf.data otherwise).
+    return view if view.shape == image.shape else tf.ensure_shape(view, image.shape)
 
 
 def run(stack: Stack, image: tf.Tensor) -> tf.Tensor:
@@ -514,9 +523,28 @@ def apply_deferred(batch: dict, stacks: dict) -> dict:
     return batch
 
 
-# Images per batch of the tf.data path: enough to share each op's fixed cost,
-# few enough that a batch's tensors stay in the CPU's cache.
-TF_DATA_BATCH = 16
+# Bytes of one view tensor (float32 pixels) per group applied in tf.data:
+# enough images to share each op's fixed cost, few enough that a group's
+# tensors stay in the CPU's cache. In benchmarks/augmentation.py's setting
+# the best groups held 2-3 MiB: the whole batch of 256 at 32 px, 32-64 images
+# at 64 px and 16-32 at 96 px (at 96 px the whole batch ran 15% slower).
+TF_DATA_GROUP_BYTES = 3 << 20
+MIN_TF_DATA_GROUP = 8
+
+
+def tf_data_group_size(view_shape, batch_size: int) -> int:
+    """Images per group in which tf.data applies deferred views.
+
+    Args:
+      view_shape: The static `(H, W, C)` of the largest view.
+      batch_size: The batch size; a group is never larger.
+
+    Returns:
+      `TF_DATA_GROUP_BYTES` of float32 views, at least `MIN_TF_DATA_GROUP`
+      images and at most `batch_size`.
+    """
+    view_bytes = 4 * int(np.prod([int(d) for d in view_shape]))
+    return int(min(batch_size, max(MIN_TF_DATA_GROUP, TF_DATA_GROUP_BYTES // view_bytes)))
 
 
 class DeferredViews:
@@ -575,20 +603,30 @@ class DeferredViews:
         """`apply_deferred(batch, self.stacks)`."""
         return apply_deferred(batch, self.stacks)
 
-    def apply_in_tf_data(self, dataset: tf.data.Dataset) -> tf.data.Dataset:
-        """Applies the deferred views in batches of `TF_DATA_BATCH`, then unbatches.
+    def apply_in_tf_data(self, dataset: tf.data.Dataset, batch_size: int) -> tf.data.Dataset:
+        """Batches the examples and applies the deferred views in tf.data.
+
+        The views are applied to groups of `tf_data_group_size` images: the
+        batches themselves where a batch fits, else groups that are unbatched
+        and batched again.
 
         Args:
           dataset: Examples of this preprocess (one per element, in order).
+          batch_size: Examples per batch; the last partial batch is dropped.
 
         Returns:
-          The examples with augmented views, in the same order.
+          Batches of augmented examples, in the same order.
         """
-        return (
-            dataset.batch(TF_DATA_BATCH)
-            .map(self.apply, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-            .unbatch()
-        )
+        spec = dataset.element_spec
+        group = tf_data_group_size(
+            max((spec[key].shape for key in self.stacks), key=lambda shape: shape.num_elements()),
+            batch_size)
+        if group < batch_size:
+            dataset = dataset.batch(group).map(
+                self.apply, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True).unbatch()
+            return dataset.batch(batch_size, drop_remainder=True)
+        return dataset.batch(batch_size, drop_remainder=True).map(
+            self.apply, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
 
     def check_on_device(self) -> None:
         """Raises `AugmentOnDeviceError` unless the views were deferred."""

@@ -156,6 +156,32 @@ def test_make_dataset_defers_views_only_where_preprocess_returns_them():
         rotation.make_dataset(random_examples(4, size=SIZE), 4)
 
 
+def test_tf_data_groups_hold_a_few_mib_of_views_within_the_batch():
+    assert batched.tf_data_group_size((32, 32, 3), 256) == 256  # 3 MiB / 12 KiB
+    assert batched.tf_data_group_size((32, 32, 3), 64) == 64
+    assert batched.tf_data_group_size((64, 64, 3), 256) == 64
+    assert batched.tf_data_group_size((96, 96, 3), 256) == 28
+    assert batched.tf_data_group_size((224, 224, 3), 256) == batched.MIN_TF_DATA_GROUP
+
+
+def test_views_applied_in_groups_equal_views_applied_to_the_whole_batch(monkeypatch):
+    from tests.helpers.contrastive_training import random_examples, tiny_method
+
+    method = tiny_method("simclr")
+    whole = list(method.make_dataset(random_examples(12, size=SIZE), 6))
+    # Groups of 4 images: batched, augmented, unbatched and batched again.
+    monkeypatch.setattr(batched, "TF_DATA_GROUP_BYTES", 4 * 4 * SIZE * SIZE * 3)
+    monkeypatch.setattr(batched, "MIN_TF_DATA_GROUP", 1)
+    assert batched.tf_data_group_size((SIZE, SIZE, 3), 6) == 4
+    grouped = list(method.make_dataset(random_examples(12, size=SIZE), 6))
+    assert len(grouped) == len(whole) == 2
+    for a, b in zip(whole, grouped):
+        assert set(a) == set(b) and a["view_1"].shape == (6, SIZE, SIZE, 3)
+        for key in a:
+            np.testing.assert_allclose(a[key], b[key], atol=1e-6)
+    assert not np.allclose(whole[0]["view_1"], whole[0]["view_2"], atol=1e-3)
+
+
 @pytest.mark.slow
 def test_on_device_augmentation_under_two_mirrored_replicas_trains_like_tf_data(data_dir, tmp_path):
     from tests.helpers.runs import checkpoint_difference, run_bindings, run_training

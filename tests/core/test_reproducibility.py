@@ -97,6 +97,46 @@ def test_example_seed_depends_on_every_key():
     assert tuple(random.example_seed(0, 1, 2).numpy()) == tuple(random.example_seed(0, 1, 2).numpy())
 
 
+def _fold_in_chain(run_seed, *keys):
+    """`example_seed` as TensorFlow's public ops write it: one fold-in per key."""
+    seed = tf.stack([tf.constant(0, tf.int64), tf.cast(run_seed, tf.int64)])
+    for key in keys:
+        seed = tf.random.experimental.stateless_fold_in(seed, tf.cast(key, tf.int64))
+    return seed.numpy()
+
+
+@pytest.mark.parametrize("keys", [(0,), (3, 11), (5, 2, 7), (1, "tensor"), (7, 3, "tensor")])
+def test_example_seed_is_the_fold_in_chain_with_python_and_tensor_keys(keys):
+    # A Python key is folded in eagerly; a tensor key (an example's index) in the graph.
+    keys = tuple(tf.constant(4, tf.int64) if k == "tensor" else k for k in keys)
+    expected = _fold_in_chain(*keys)
+    np.testing.assert_array_equal(random.example_seed(*keys).numpy(), expected)
+    np.testing.assert_array_equal(random.example_seed(tf.constant(keys[0]), *keys[1:]).numpy(), expected)
+    in_tf_data = tf.data.Dataset.range(3).map(lambda i: random.example_seed(*keys[:-1], i))
+    np.testing.assert_array_equal(
+        np.stack(list(in_tf_data)), np.stack([_fold_in_chain(*keys[:-1], i) for i in range(3)]))
+
+
+def test_seed_sequence_is_fold_in_and_uniform_is_stateless_uniform_bit_for_bit():
+    # The cheaper sequence (one draw per example, then stacks) must not change any stream.
+    base = random.example_seed(3, 11)
+    with random.seeded(base):
+        seeds = [random.next_seed().numpy() for _ in range(3)]
+    np.testing.assert_array_equal(
+        seeds, [tf.random.experimental.stateless_fold_in(base, i).numpy() for i in range(3)])
+    with random.seeded(base):
+        draws = [random.uniform([5]), random.uniform([2, 3], 0.0, 2.0),
+                 random.uniform([], 0, 10, tf.int32), random.uniform([4], dtype=tf.float64)]
+    fold = [tf.random.experimental.stateless_fold_in(base, i) for i in range(4)]
+    expected = [tf.random.stateless_uniform([5], fold[0]),
+                tf.random.stateless_uniform([2, 3], fold[1], 0.0, 2.0),
+                tf.random.stateless_uniform([], fold[2], 0, 10, tf.int32),
+                tf.random.stateless_uniform([4], fold[3], dtype=tf.float64)]
+    for draw, reference in zip(draws, expected):
+        assert draw.dtype == reference.dtype
+        np.testing.assert_array_equal(draw.numpy(), reference.numpy())
+
+
 def _indices(stream, count):
     return [int(e["index"]) for e in stream.take(count)]
 

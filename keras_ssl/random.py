@@ -89,13 +89,18 @@ class _SeedSequence:
     def __init__(self, base: tf.Tensor):
         self.base = base
         self.count = 0
-        self._hash = None
+        self._hash = self._graph = None
 
     def next(self) -> tf.Tensor:
-        if self._hash is None:
+        # Drawn again in another graph (a while-loop body, a tf.function called
+        # inside the block, eager code after one): a tensor of one graph cannot
+        # be used in the next.
+        graph = None if tf.executing_eagerly() else tf.compat.v1.get_default_graph()
+        if self._hash is None or graph is not self._graph:
             key, counter = tf.raw_ops.StatelessRandomGetKeyCounter(seed=self.base)
             self._hash = tf.raw_ops.StatelessRandomUniformFullIntV2(
                 shape=[], key=key, counter=counter, alg=_AUTO_SELECT, dtype=tf.int32)
+            self._graph = graph
         seed = tf.stack([self._hash, tf.constant(self.count, tf.int32)])
         self.count += 1
         return seed

@@ -137,6 +137,19 @@ def test_seed_sequence_is_fold_in_and_uniform_is_stateless_uniform_bit_for_bit()
         np.testing.assert_array_equal(draw.numpy(), reference.numpy())
 
 
+def test_seed_sequence_continues_across_graphs():
+    # A draw in a tf.function, then eagerly, then in a while-loop body: one sequence.
+    base = random.example_seed(2, 5)
+    with random.seeded(base):
+        first = tf.function(random.next_seed)()
+        second = random.next_seed()
+        third = tf.while_loop(lambda i, s: i < 1, lambda i, s: (i + 1, random.next_seed()),
+                              (0, tf.zeros([2], tf.int32)))[1]
+    np.testing.assert_array_equal(
+        np.stack([first, second, third]),
+        [tf.random.experimental.stateless_fold_in(base, i).numpy() for i in range(3)])
+
+
 def _indices(stream, count):
     return [int(e["index"]) for e in stream.take(count)]
 

@@ -526,8 +526,8 @@ def apply_deferred(batch: dict, stacks: dict) -> dict:
 # Bytes of one view tensor (float32 pixels) per group applied in tf.data:
 # enough images to share each op's fixed cost, few enough that a group's
 # tensors stay in the CPU's cache. In benchmarks/augmentation.py's setting
-# the best groups held 2-3 MiB: the whole batch of 256 at 32 px, 32-64 images
-# at 64 px and 16-32 at 96 px (at 96 px the whole batch ran 15% slower).
+# the fastest groups held 1.5-3 MiB: the whole batch of 256 at 32 px, 32
+# images at 64 px and 16-32 at 96 px (there the whole batch ran 7-15% slower).
 TF_DATA_GROUP_BYTES = 3 << 20
 MIN_TF_DATA_GROUP = 8
 

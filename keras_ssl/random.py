@@ -191,7 +191,7 @@ def uniform(shape=(), minval=0.0, maxval=1.0, dtype=tf.float32) -> tf.Tensor:
         # (exact in floating point): two ops fewer per draw in tf.data.
         key, counter = tf.raw_ops.StatelessRandomGetKeyCounter(seed=seed)
         return tf.raw_ops.StatelessRandomUniformV2(
-            shape=tf.convert_to_tensor(shape, tf.int32), key=key, counter=counter,
+            shape=tf.convert_to_tensor(shape, dtype_hint=tf.int32), key=key, counter=counter,
             alg=_AUTO_SELECT, dtype=dtype)
     return tf.random.stateless_uniform(shape, seed, minval, maxval, dtype=dtype)
 

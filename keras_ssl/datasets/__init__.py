@@ -30,22 +30,52 @@ def _import_builder(name: str) -> None:
         DATASETS.get(base)  # Importing the module registers it with TFDS.
 
 
-def prepare_dataset(name: str, data_dir: str | None = None) -> None:
+class ChecksumMismatchError(OSError):
+    """A file brought by hand differs from the one TFDS registered for the dataset."""
+
+
+def prepare_dataset(
+    name: str,
+    data_dir: str | None = None,
+    *,
+    manual_dir: str | None = None,
+    accept_checksum_mismatch: bool = False,
+) -> None:
     """Generates or downloads dataset `name` into `data_dir` if not there yet.
+
+    Files TFDS would download are taken from `manual_dir` instead when they
+    are there under the name TFDS downloads (e.g. the four `*-ubyte.gz` files
+    of `fashion_mnist`); TFDS then reads them in place and needs no network.
+    docs/data.md lists the files of each dataset.
 
     Args:
       name: A dataset name (see the module docstring); folders need nothing.
       data_dir: TFDS data directory (TFDS' default when None).
+      manual_dir: Directory of files the user already has (TFDS' manual
+        directory); None means `<data_dir>/downloads/manual`.
+      accept_checksum_mismatch: Use files of `manual_dir` whose SHA-256
+        differs from the one TFDS registered (the same data packaged
+        differently, e.g. Debian's `dataset-fashion-mnist`, whose `.gz` files
+        are compressed anew but decompress to the original bytes). TFDS
+        checks nothing else: the content is then the user's responsibility.
 
     Raises:
       FileNotFoundError: `name` is unknown, or it is not prepared in
-        `data_dir` and cannot be: its download failed (no network), or it
-        needs files downloaded by hand (ImageNet) that are not in TFDS'
-        manual directory. The message names the dataset, the data_dir
-        searched and how to prepare it.
+        `data_dir` and cannot be: its download failed (no network), it needs
+        files downloaded by hand (ImageNet) that are not in the manual
+        directory, `manual_dir` does not exist, or it holds only some of the
+        dataset's files. The message names the dataset, the directories and
+        how to prepare it.
+      ChecksumMismatchError: A file of the manual directory differs from the
+        one TFDS registered and `accept_checksum_mismatch` is False.
     """
     if name.startswith(FOLDER_PREFIX):
         return
+    if manual_dir is not None and not os.path.isdir(manual_dir):
+        raise FileNotFoundError(
+            f"The manual directory {manual_dir!r} does not exist; pass --manual_dir=DIR with "
+            f"the directory that holds the files of {name!r} (docs/data.md lists them)."
+        )
     import tensorflow_datasets as tfds
 
     _import_builder(name)
@@ -58,25 +88,122 @@ def prepare_dataset(name: str, data_dir: str | None = None) -> None:
             f"data_dir {data_dir or 'the TFDS default'}. For a directory of images use "
             f"'folder:/path/to/images'."
         ) from e
+    if _is_prepared(builder):
+        return
+    default_manual = os.path.join(str(builder.data_dir_root), "downloads", "manual")
+    manual = manual_dir or default_manual
+    accepted = _check_manual_files(
+        builder, name, manual, explicit=manual_dir is not None,
+        accept_mismatch=accept_checksum_mismatch,
+    )
+    if accepted:
+        _accept_files(builder, accepted)
     try:
-        builder.download_and_prepare()
+        builder.download_and_prepare(
+            download_config=tfds.download.DownloadConfig(manual_dir=manual)
+        )
     except AssertionError as e:
         if "Manual directory" not in str(e):
             raise
-        manual_dir = os.path.join(str(builder.data_dir_root), "downloads", "manual")
         raise FileNotFoundError(
             f"Dataset {name!r} is not prepared in data_dir {str(builder.data_dir_root)!r} and "
-            f"its files must be downloaded by hand: put them in {manual_dir!r} as TFDS' "
-            f"catalog page for {name.split('/')[0]!r} says, then run `keras-ssl-prepare-data "
-            f"{name} --data_dir={builder.data_dir_root}`."
+            f"its files must be downloaded by hand: put them in {manual!r} as TFDS' "
+            f"catalog page for {name.split('/')[0]!r} says (docs/data.md), then run "
+            f"`keras-ssl-prepare-data {name} --data_dir={builder.data_dir_root}`."
         ) from e
     except _download_errors() as e:
         raise FileNotFoundError(
             f"Dataset {name!r} is not prepared in data_dir {str(builder.data_dir_root)!r} and "
             f"could not be downloaded ({type(e).__name__}: {_first_line(e)}). Prepare it where "
             f"the network is reachable with `keras-ssl-prepare-data {name} --data_dir=DIR` and "
-            f"copy DIR here, or pass the data_dir that holds it."
+            f"copy DIR here, pass the data_dir that holds it, or bring its files with "
+            f"--manual_dir (docs/data.md)."
         ) from e
+
+
+def _is_prepared(builder) -> bool:
+    """Whether the dataset's files are written (TFDS' `is_prepared` also warns on a half-written one)."""
+    import tensorflow as tf
+
+    return tf.io.gfile.exists(os.path.join(str(builder.data_dir), "dataset_info.json"))
+
+
+def _check_manual_files(builder, name, manual_dir, *, explicit, accept_mismatch):
+    """Checks the manual directory's copies of the files TFDS would download.
+
+    Args:
+      builder: The dataset's TFDS builder.
+      name: The dataset name, for messages.
+      manual_dir: The manual directory.
+      explicit: The user named `manual_dir` (so it must hold every file).
+      accept_mismatch: Accept files whose checksum differs from TFDS'.
+
+    Returns:
+      `{url: UrlInfo}` of the files accepted despite their checksum.
+
+    Raises:
+      FileNotFoundError: Some of the dataset's files are there and others not,
+        or, for a directory the user named, none are.
+      ChecksumMismatchError: A file differs and `accept_mismatch` is False.
+    """
+    import tensorflow_datasets as tfds
+
+    registered = {
+        url: info for url, info in (type(builder).url_infos or {}).items() if info.filename
+    }
+    if not registered:
+        return {}  # Files downloaded by hand only (ImageNet): TFDS checks them itself.
+    present = {
+        url: os.path.join(manual_dir, info.filename) for url, info in registered.items()
+        if os.path.isfile(os.path.join(manual_dir, info.filename))
+    }
+    if not present and not explicit:
+        return {}
+    missing = sorted(info.filename for url, info in registered.items() if url not in present)
+    if missing:
+        raise FileNotFoundError(
+            f"Dataset {name!r}: the manual directory {manual_dir!r} lacks "
+            f"{', '.join(missing)}; put {'it' if len(missing) == 1 else 'them'} there under "
+            f"these names (docs/data.md says where to get them)."
+        )
+    mismatched = {}
+    for url, path in sorted(present.items()):
+        found = tfds.download.checksums.compute_url_info(path)
+        if found.checksum != registered[url].checksum:
+            mismatched[url] = (path, found)
+    if mismatched and not accept_mismatch:
+        files = ", ".join(
+            f"{os.path.basename(path)} ({int(found.size)} bytes, TFDS registered "
+            f"{int(registered[url].size)})" for url, (path, found) in mismatched.items()
+        )
+        raise ChecksumMismatchError(
+            f"Dataset {name!r}: the SHA-256 of {files} in {manual_dir} differs from the one "
+            f"TFDS registered. If it is the same data packaged differently (a .gz compressed "
+            f"anew decompresses to the same bytes, as Debian's do), pass "
+            f"--accept_checksum_mismatch (prepare_dataset(accept_checksum_mismatch=True)); "
+            f"nothing then checks the content."
+        )
+    return {url: found for url, (_, found) in mismatched.items()}
+
+
+def _accept_files(builder, accepted) -> None:
+    """Makes this builder's download manager expect `accepted` `{url: UrlInfo}`.
+
+    TFDS has no per-run way to accept another checksum: its
+    `register_checksums` option writes into the installed TFDS package. The
+    download manager is made by the builder per `download_and_prepare`, so
+    this instance's factory is wrapped to update the expected checksums of
+    those files in the manager it makes (its `_url_infos`, a fresh dict per
+    manager; the class-wide table is left alone).
+    """
+    make = builder._make_download_manager  # pylint: disable=protected-access
+
+    def make_accepting(*args, **kwargs):
+        manager = make(*args, **kwargs)
+        manager._url_infos.update(accepted)  # pylint: disable=protected-access
+        return manager
+
+    builder._make_download_manager = make_accepting  # pylint: disable=protected-access
 
 
 def _download_errors() -> tuple[type[BaseException], ...]:
@@ -137,4 +264,6 @@ def load_dataset(
     )
 
 
-__all__ = ["DatasetInfo", "FOLDER_PREFIX", "load_dataset", "prepare_dataset"]
+__all__ = [
+    "ChecksumMismatchError", "DatasetInfo", "FOLDER_PREFIX", "load_dataset", "prepare_dataset",
+]

@@ -78,8 +78,9 @@ def wilson_interval(successes: float, n: int, confidence: float = CONFIDENCE
     z2n = z * z / n
     centre = (p + z2n / 2) / (1 + z2n)
     half = z / (1 + z2n) * math.sqrt(p * (1 - p) / n + z2n / (4 * n))
-    # Rounding can put the ends a hair outside [0, 1] at p = 0 or 1.
-    return max(0.0, centre - half), min(1.0, centre + half)
+    # At p = 0 or 1 one end is exactly p; rounding would put it a hair off.
+    return (0.0 if successes == 0 else max(0.0, min(centre - half, p)),
+            1.0 if successes == n else min(1.0, max(centre + half, p)))
 
 
 def accuracy_interval(accuracy: float | None, n: int | None,

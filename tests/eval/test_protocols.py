@@ -12,6 +12,7 @@ from keras_ssl_eval.probes.finetune import FineTuner, subset_indices
 from keras_ssl_eval.settings import (DataSettings, GridSettings, KnnSettings, LinearSettings,
                                      LowShotSettings)
 from keras_ssl_eval.testing import run_eval_main, save_toy_savedmodel, write_image_folder
+from tests.eval.test_statistics import wilson_reference
 
 
 @pytest.fixture(scope="module")
@@ -107,6 +108,29 @@ def test_grid_knn_lowshot_report_and_cache(workspace, tmp_path):
     assert set(linear["models"][1]["layers"]) == {"after_root", "pre_logits"}
     assert linear["models"][1]["layers"]["after_root"]["endpoint_shape"] == [8, 8, 4]
 
+    # Every test accuracy carries the test count (10 images) and its Wilson interval.
+    def check(entry, key="test_accuracy"):
+        assert entry["test_count"] == 10
+        assert entry["ci95"] == pytest.approx(list(wilson_reference(entry[key] * 10, 10)))
+        assert entry["ci95"][0] <= entry[key] <= entry["ci95"][1]
+    for model in result["models"]:
+        for layer in ("after_root", "pre_logits"):
+            check(model["grid"][layer]["linear"])
+            check(model["grid"][layer]["mlp"])
+            check(model["knn"][layer])
+            for head in ("svm", "linear"):
+                for k in ("1", "2"):
+                    check(model["lowshot"][layer][head][k], "mean")
+    for model in linear["models"]:
+        for entry in model["layers"].values():
+            check(entry)
+    # The tables print them: "50.0 [23.7, 76.3]", the count in the caption.
+    entry = linear["models"][0]["layers"]["pre_logits"]
+    low, high = entry["ci95"]
+    assert (f"| pre_logits | {100 * entry['test_accuracy']:.1f} [{100 * low:.1f}, "
+            f"{100 * high:.1f}] |") in report.markdown_table(linear)
+    assert "10 test images, 95% Wilson interval" in table
+
 
 def test_cli_utility_plots_and_compare(workspace, tmp_path, capsys):
     scratch = save_toy_savedmodel(str(tmp_path / "scratch"), seed=7, name="scratch@0",
@@ -123,6 +147,11 @@ def test_cli_utility_plots_and_compare(workspace, tmp_path, capsys):
     entry = results["models"][0]["utility"]
     assert entry["budgets"] == [4, 8] and entry["skipped_budgets"] == [100]
     assert len(entry["curve"]) == 2 and len(entry["scratch_accuracy"]) == 2
+    assert entry["test_count"] == 10
+    for which in ("finetuned", "scratch"):
+        assert entry[f"{which}_ci95"] == [
+            pytest.approx(list(wilson_reference(a * 10, 10))) for a in entry[f"{which}_accuracy"]]
+    assert "Test accuracy (%) behind U(n)" in printed
     assert {p.name for p in first.glob("*.png")} == {"layers.png", "lowshot.png",
                                                       "utility.png"}
     _cli([f"--saved_model={workspace['models'][1]}", f"--output={second}", *common])
@@ -141,6 +170,21 @@ def test_compare_renames_duplicates():
             "models": [{"name": "m", "path": "/x/m", "metadata": {}, "layers": {}}]}
     merged = compare.compare_reports([fake, fake])
     assert [m["name"] for m in merged["models"]] == ["m", "m #2"]
+
+
+def test_compare_gives_older_reports_their_intervals():
+    """A results.json from before the intervals: compare fills them from its test size."""
+    old = {"protocol": "linear_probe", "settings": {},
+           "dataset": {"name": "d", "test": {"split": "test", "num_examples": 100}},
+           "models": [{"name": "m", "path": "/x/m", "metadata": {},
+                       "layers": {"pre_logits": {"test_accuracy": 0.5}},
+                       "knn": {"pre_logits": {"test_accuracy": 0.0, "k": 5}}}]}
+    merged = compare.compare_reports([old])
+    model = merged["models"][0]
+    assert model["layers"]["pre_logits"]["test_count"] == 100
+    assert model["layers"]["pre_logits"]["ci95"] == pytest.approx([0.4038, 0.5962], abs=1e-4)
+    assert model["knn"]["pre_logits"]["ci95"][0] == 0.0
+    assert "| pre_logits | 50.0 [40.4, 59.6] |" in report.markdown_report(merged)
 
 
 def test_protocol_errors(workspace):

@@ -23,6 +23,7 @@ from keras_ssl_eval.reading.savedmodel import load_representation_model
 from keras_ssl_eval.reporting.report import build_report, model_column_name
 from keras_ssl_eval.settings import (DataSettings, GridSettings, KnnSettings, LinearSettings,
                                      LowShotSettings, UtilitySettings, record)
+from keras_ssl_eval.statistics import accuracy_interval
 
 __all__ = ["PROTOCOLS", "evaluate", "evaluate_linear"]
 
@@ -63,7 +64,9 @@ def evaluate(saved_models, dataset: str, *, protocols=("linear",),
     Returns:
         The report dict of `keras_ssl_eval.reporting.report.build_report`: per model,
         ``layers`` (linear), ``grid``, ``knn``, ``lowshot`` and ``utility``;
-        ``settings`` records the settings of the protocols that ran.
+        ``settings`` records the settings of the protocols that ran. Every test
+        accuracy has its ``test_count`` and 95% Wilson interval ``ci95``
+        (`keras_ssl_eval.statistics`).
 
     Example:
         >>> report = evaluate(["/models/a"], "cifar10", protocols=["knn", "grid"],
@@ -149,6 +152,13 @@ def evaluate(saved_models, dataset: str, *, protocols=("linear",),
                 "curve": utility_curve(usable, finetuned, usable, scratch_curve)}
             if dense:
                 entry["utility"].update(layer=tune["layer"], num_classes=tune["num_classes"])
+            else:  # Pixels of one image are not independent: no binomial interval for IoU.
+                test_count = len(arrays[1][1])
+                entry["utility"].update(
+                    test_count=test_count,
+                    finetuned_ci95=[accuracy_interval(a, test_count)["ci95"] for a in finetuned],
+                    scratch_ci95=[accuracy_interval(a, test_count)["ci95"]
+                                  for a in scratch_curve])
             description = description or {"name": dataset, "train": {"split": train_split},
                                            "test": {"split": test_split}}
         results.append(entry)

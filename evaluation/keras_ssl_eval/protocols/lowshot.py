@@ -4,7 +4,9 @@ For each k in {1, 2, 4, 8, 16, 32, 64, 96} (k larger than the smallest class
 is skipped), draw k training examples per class, 5 independent seeded draws;
 train a linear SVM (one-vs-rest, squared hinge, C by 3-fold cross-validation)
 on l2-normalised features, and the linear head (`keras_ssl_eval.probes.linear`);
-test on the whole test set; report mean and std over the draws.
+test on the whole test set; report mean and std over the draws, and the
+test count with the 95% Wilson interval at the mean (the test set's sampling
+noise, shared by all draws; the draws' own spread is the std).
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import numpy as np
 from keras_ssl_eval.probes.linear import DEFAULT_L2_GRID, fit_linear_probe
 from keras_ssl_eval.probes.svm import DEFAULT_COSTS, fit_svm_cv
 from keras_ssl_eval.settings import LowShotSettings
+from keras_ssl_eval.statistics import accuracy_interval
 
 __all__ = ["DEFAULT_SHOTS", "sample_per_class", "low_shot"]
 
@@ -60,8 +63,9 @@ def low_shot(train_features, train_labels, test_features, test_labels, *,
         l2_grid: L2 grid of the linear head.
 
     Returns:
-        ``{head: {str(k): {"mean", "std", "accuracies", "num_train"}}, "skipped": [k...]}``
-        with accuracies in [0, 1].
+        ``{head: {str(k): {"mean", "std", "accuracies", "num_train", "test_count",
+        "ci95"}}, "skipped": [k...]}`` with accuracies in [0, 1]; ``ci95`` is the
+        Wilson interval of the mean on the ``test_count`` test examples.
 
     Example:
         >>> low_shot(x, y, xt, yt, shots=(1, 4))["svm"]["4"]["mean"]
@@ -89,5 +93,6 @@ def low_shot(train_features, train_labels, test_features, test_labels, *,
         for head in heads:
             values = np.asarray(accuracies[head])
             results[head][str(k)] = {"mean": float(values.mean()), "std": float(values.std()),
-                                     "accuracies": values.tolist(), "num_train": len(idx)}
+                                     "accuracies": values.tolist(), "num_train": len(idx),
+                                     **accuracy_interval(float(values.mean()), len(yt))}
     return results

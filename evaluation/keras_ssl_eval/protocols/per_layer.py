@@ -2,7 +2,9 @@
 
 Each takes train/test features and labels of one layer and its protocol's
 settings (`keras_ssl_eval.settings`), and returns a JSON-ready dict;
-`keras_ssl_eval.protocols.evaluate` calls them for every model and layer.
+`keras_ssl_eval.protocols.evaluate` calls them for every model and layer. Every
+test accuracy comes with its test count and 95% Wilson interval
+(``test_count``, ``ci95``: `keras_ssl_eval.statistics.accuracy_interval`).
 
 - `run_linear`: the linear probe (`keras_ssl_eval.probes.linear`).
 - `run_grid`: Kolesnikov's heads, ``linear`` (solver ``fast`` = Newton-CG or ``sgd``
@@ -20,6 +22,7 @@ from keras_ssl_eval.probes.knn import knn_accuracy
 from keras_ssl_eval.probes.linear import fit_linear_probe
 from keras_ssl_eval.protocols.lowshot import low_shot
 from keras_ssl_eval.settings import GridSettings, KnnSettings, LinearSettings, LowShotSettings
+from keras_ssl_eval.statistics import accuracy_interval
 
 __all__ = ["run_linear", "run_grid", "run_knn", "run_lowshot"]
 
@@ -35,12 +38,13 @@ def run_linear(x, y, xt, yt, settings: LinearSettings = LinearSettings(), *,
         seed: Seed of the hold-out split.
 
     Returns:
-        `LinearProbeResult.to_dict` plus ``fit_seconds``.
+        `LinearProbeResult.to_dict` plus ``test_count``, ``ci95`` and ``fit_seconds``.
     """
     start = time.perf_counter()
     result = fit_linear_probe(x, y, xt, yt, l2_grid=settings.l2_grid,
                               validation_fraction=settings.validation_fraction, seed=seed)
-    return {**result.to_dict(), "fit_seconds": round(time.perf_counter() - start, 3)}
+    return {**result.to_dict(), **accuracy_interval(result.test_accuracy, len(yt)),
+            "fit_seconds": round(time.perf_counter() - start, 3)}
 
 
 def run_grid(x, y, xt, yt, settings: GridSettings = GridSettings(), *,
@@ -57,8 +61,8 @@ def run_grid(x, y, xt, yt, settings: GridSettings = GridSettings(), *,
         seed: Seed.
 
     Returns:
-        ``{head: {"test_accuracy", "train_accuracy", "solver", "convergence": {...},
-        "fit_seconds"}}``. ``convergence`` holds ``grad_norm`` (largest entry of
+        ``{head: {"test_accuracy", "test_count", "ci95", "train_accuracy", "solver",
+        "convergence": {...}, "fit_seconds"}}``. ``convergence`` holds ``grad_norm`` (largest entry of
         the full-batch gradient at the end) for every head, plus
         ``iterations``/``converged`` (fast) or ``final_loss``/``loss_history`` (SGD).
     """
@@ -84,6 +88,7 @@ def run_grid(x, y, xt, yt, settings: GridSettings = GridSettings(), *,
                                      "grad_norm": result.grad_norm,
                                      "spectral_scale": result.spectral_scale,
                                      "loss_history": result.loss_history}}
+        entry.update(accuracy_interval(entry["test_accuracy"], len(yt)))
         entry["fit_seconds"] = round(time.perf_counter() - start, 3)
         results[head] = entry
     return results
@@ -97,9 +102,12 @@ def run_knn(x, y, xt, yt, settings: KnnSettings = KnnSettings()) -> dict:
         settings: Neighbours (capped at the training set size) and vote temperature.
 
     Returns:
-        ``{"test_accuracy", "k", "temperature"}``.
+        ``{"test_accuracy", "test_count", "ci95", "k", "temperature"}``.
     """
-    return knn_accuracy(x, y, xt, yt, k=settings.k, temperature=settings.temperature)
+    result = knn_accuracy(x, y, xt, yt, k=settings.k, temperature=settings.temperature)
+    return {"test_accuracy": result["test_accuracy"],
+            **accuracy_interval(result["test_accuracy"], len(yt)),
+            **{k: v for k, v in result.items() if k != "test_accuracy"}}
 
 
 def run_lowshot(x, y, xt, yt, settings: LowShotSettings = LowShotSettings(), *,
@@ -113,7 +121,8 @@ def run_lowshot(x, y, xt, yt, settings: LowShotSettings = LowShotSettings(), *,
         heads: ``"svm"`` and/or ``"linear"``.
 
     Returns:
-        ``{head: {str(k): {"mean", "std", "accuracies", "num_train"}}, "skipped": [...]}``.
+        ``{head: {str(k): {"mean", "std", "accuracies", "num_train", "test_count",
+        "ci95"}}, "skipped": [...]}``.
     """
     return low_shot(x, y, xt, yt, shots=settings.shots, draws=settings.draws, seed=seed,
                     heads=heads)

@@ -3,7 +3,10 @@
 `compare_reports` merges ``results.json`` files (each from one or several
 models) into one report whose models are the union, in order; names are made
 unique (``#2``). Runs on different datasets or protocol settings can be
-merged, with a warning, since their numbers are then not comparable.
+merged, with a warning, since their numbers are then not comparable. Reports
+written before test counts and intervals existed get them from their own test
+split's size (`keras_ssl_eval.reporting.report.add_missing_intervals`), so every
+accuracy of the merged report has its interval.
 """
 
 from __future__ import annotations
@@ -11,7 +14,7 @@ from __future__ import annotations
 import json
 import logging
 
-from keras_ssl_eval.reporting.report import build_report
+from keras_ssl_eval.reporting.report import add_missing_intervals, build_report
 
 __all__ = ["compare_reports", "load_reports"]
 
@@ -49,7 +52,7 @@ def compare_reports(reports, sources=None) -> dict:
     Raises:
         ValueError: No reports.
     """
-    reports = list(reports)
+    reports = [add_missing_intervals(report) for report in reports]
     if not reports:
         raise ValueError("Pass at least one results.json to compare.")
     sources = list(sources or [f"#{i}" for i in range(len(reports))])

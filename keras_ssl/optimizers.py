@@ -10,11 +10,29 @@ import keras
 from keras import ops
 
 # Variables whose path matches this are batch-norm parameters or biases, or
-# an online linear probe: LARS excludes them from weight decay and
-# trust-ratio adaptation. (With eta = 1e-3 the trust ratio moves a probe's
+# an online linear probe: no optimizer decays them, and LARS leaves them out
+# of trust-ratio adaptation. (With eta = 1e-3 the trust ratio moves a probe's
 # weights by ~lr * 1e-3 of their norm per step: on a short run the probe
 # stayed at chance.)
-DEFAULT_LARS_EXCLUDE = r"(batch_norm|batchnorm|_bn/|/bn/|bias|beta|gamma|moving_|probe)"
+DEFAULT_DECAY_EXCLUDE = r"(batch_norm|batchnorm|_bn/|/bn/|bias|beta|gamma|moving_|probe)"
+DEFAULT_LARS_EXCLUDE = DEFAULT_DECAY_EXCLUDE  # the name LARS' docs used first
+
+
+def decay_excluded(variable, exclude_pattern: str | None = DEFAULT_DECAY_EXCLUDE,
+                   exclude_rank_at_most: int = 1) -> bool:
+    """Whether weight decay (and LARS' adaptation) leaves `variable` alone.
+
+    Args:
+      variable: A Keras or TensorFlow variable (its `path`, else its `name`,
+        which for the TensorFlow variable under a Keras one is the path).
+      exclude_pattern: Regex searched in the path; None: rank only.
+      exclude_rank_at_most: Variables of this rank or less are excluded
+        (biases and batch-norm vectors are rank 1). -1 disables it.
+    """
+    if len(variable.shape) <= exclude_rank_at_most:
+        return True
+    path = getattr(variable, "path", None) or variable.name
+    return bool(exclude_pattern and re.search(exclude_pattern, path))
 
 
 class LARS(keras.optimizers.Optimizer):
@@ -74,10 +92,7 @@ class LARS(keras.optimizers.Optimizer):
 
     def excluded(self, variable) -> bool:
         """Whether `variable` is left out of decay and adaptation."""
-        if len(variable.shape) <= self.exclude_rank_at_most:
-            return True
-        path = getattr(variable, "path", None) or variable.name
-        return bool(self.exclude_pattern and re.search(self.exclude_pattern, path))
+        return decay_excluded(variable, self.exclude_pattern, self.exclude_rank_at_most)
 
     def build(self, var_list):
         if self.built:
@@ -171,41 +186,151 @@ def learning_rate_schedule(
     )
 
 
+class _WeightDecay:
+    """Weight decay for a Keras optimizer, applied in `update_step`, excluded variables left alone.
+
+    `weight_decay_mode`:
+      - `coupled` (L2): `g <- g + weight_decay * w`, then the optimizer's own
+        update of `g` -- PyTorch's `SGD(weight_decay=...)` and
+        `Adam(weight_decay=...)`, the decay the SimSiam and DINO (ResNet)
+        papers' values mean. With momentum it is averaged like the gradient.
+      - `decoupled`: `w <- w - lr * weight_decay * w`, then the optimizer's
+        update on the decayed weights -- AdamW (Loshchilov & Hutter), and what
+        Keras 3's own `weight_decay` argument does for every optimizer.
+
+    Keras' own `weight_decay` stays off (it cannot exclude by rank); the
+    exclusion is LARS' (`decay_excluded`): biases, batch-norm parameters and
+    online probes are never decayed.
+    """
+
+    def __init__(self, *args, weight_decay_rate: float = 0.0, weight_decay_mode: str = "coupled",
+                 exclude_pattern: str | None = DEFAULT_DECAY_EXCLUDE,
+                 exclude_rank_at_most: int = 1, **kwargs):
+        if weight_decay_mode not in ("coupled", "decoupled"):
+            raise ValueError(
+                f"weight_decay_mode must be 'coupled' or 'decoupled', got {weight_decay_mode!r}.")
+        super().__init__(*args, **kwargs)
+        self.weight_decay_rate = weight_decay_rate
+        self.weight_decay_mode = weight_decay_mode
+        self.exclude_pattern = exclude_pattern
+        self.exclude_rank_at_most = exclude_rank_at_most
+
+    def excluded(self, variable) -> bool:
+        """Whether `variable` is left out of the decay."""
+        return decay_excluded(variable, self.exclude_pattern, self.exclude_rank_at_most)
+
+    def update_step(self, gradient, variable, learning_rate):
+        if self.weight_decay_rate and not self.excluded(variable):
+            rate = ops.cast(self.weight_decay_rate, variable.dtype)
+            if self.weight_decay_mode == "coupled":
+                gradient = ops.cast(gradient, variable.dtype) + rate * variable
+            else:
+                self.assign_sub(variable, ops.cast(learning_rate, variable.dtype) * rate * variable)
+        return super().update_step(gradient, variable, learning_rate)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            weight_decay_rate=self.weight_decay_rate,
+            weight_decay_mode=self.weight_decay_mode,
+            exclude_pattern=self.exclude_pattern,
+            exclude_rank_at_most=self.exclude_rank_at_most,
+        )
+        return config
+
+
+class SGD(_WeightDecay, keras.optimizers.SGD):
+    """`keras.optimizers.SGD` with `_WeightDecay`'s decay (coupled by default)."""
+
+
+class Adam(_WeightDecay, keras.optimizers.Adam):
+    """`keras.optimizers.Adam` with `_WeightDecay`'s decay (coupled by default: L2)."""
+
+
+class Lamb(_WeightDecay, keras.optimizers.Lamb):
+    """`keras.optimizers.Lamb` with `_WeightDecay`'s decay (decoupled, before the trust ratio, as Keras does)."""
+
+
+# build_optimizer's options and the optimizers they apply to; weight_decay applies to all.
+OPTIMIZER_NAMES = ("sgd", "adam", "adamw", "lamb", "lars")
+_OPTION_APPLIES_TO = {
+    "momentum": ("sgd", "lars"),
+    "nesterov": ("sgd", "lars"),
+    "lars_eta": ("lars",),
+}
+# How each optimizer applies `weight_decay` (LARS: coupled, inside the trust ratio).
+WEIGHT_DECAY_MODES = {
+    "sgd": "coupled", "adam": "coupled", "adamw": "decoupled", "lamb": "decoupled", "lars": "coupled",
+}
+
+
 @gin.configurable(module="keras_ssl")
 def build_optimizer(
     learning_rate,
     name: str = "sgd",
-    momentum: float = 0.9,
-    nesterov: bool = False,
+    momentum: float | None = None,
+    nesterov: bool | None = None,
     weight_decay: float = 0.0,
-    lars_eta: float = 1e-3,
+    lars_eta: float | None = None,
 ):
     """Builds the optimizer.
+
+    Every option changes the update of the optimizers it applies to; setting
+    it (to anything but None) for another optimizer is refused with one line,
+    so no setting is silently ignored.
 
     Args:
       learning_rate: A float or schedule (see `learning_rate_schedule`).
       name: `sgd` (with momentum), `adam`, `adamw`, `lamb` or `lars`.
-      momentum: SGD and LARS momentum.
-      nesterov: Nesterov momentum for SGD and LARS.
-      weight_decay: LARS only: decay added to the gradient of every
-        variable but batch-norm parameters and biases (set the backbone's own
-        `weight_decay` to 0 when using it, or the decay counts twice).
-      lars_eta: LARS trust coefficient.
+      momentum: SGD and LARS momentum (None: 0.9).
+      nesterov: Nesterov momentum, SGD and LARS (None: off; needs momentum > 0).
+      weight_decay: Every optimizer. Never applied to biases, batch-norm
+        parameters or online probes (`decay_excluded`). `sgd`, `adam` and
+        `lars` add `weight_decay * w` to the gradient (coupled L2, as
+        PyTorch's `weight_decay` and the papers using SGD mean it; LARS then
+        adapts the sum); `adamw` and `lamb` shrink the weights by
+        `lr * weight_decay * w` before their update (decoupled, as AdamW's
+        paper and Keras mean it; `adamw` with 0 is `adam`). Set the backbone's
+        own `weight_decay` to 0 when using it, or the decay counts twice.
+      lars_eta: LARS trust coefficient (None: 1e-3).
 
     Returns:
       A `keras.optimizers.Optimizer`.
+
+    Raises:
+      keras_ssl.config.ConfigError: An unknown name, a negative decay, an
+        option set for an optimizer it does not apply to, or Nesterov without
+        momentum.
     """
+    from keras_ssl.config import ConfigError
+
+    if name not in OPTIMIZER_NAMES:
+        raise ConfigError(
+            f"Unknown optimizer {name!r} (keras_ssl.build_optimizer.name); choose "
+            f"{', '.join(OPTIMIZER_NAMES[:-1])} or {OPTIMIZER_NAMES[-1]}.")
+    options = {"momentum": momentum, "nesterov": nesterov, "lars_eta": lars_eta}
+    for option, value in options.items():
+        if value is not None and name not in _OPTION_APPLIES_TO[option]:
+            raise ConfigError(
+                f"keras_ssl.build_optimizer.{option} = {value!r} does nothing for the optimizer "
+                f"{name!r} (it applies to {' and '.join(_OPTION_APPLIES_TO[option])}); remove "
+                f"the binding or choose an optimizer it applies to.")
+    if weight_decay < 0:
+        raise ConfigError(f"keras_ssl.build_optimizer.weight_decay must be >= 0, got {weight_decay}.")
+    momentum = 0.9 if momentum is None else momentum
+    if nesterov and not momentum:
+        raise ConfigError(
+            f"keras_ssl.build_optimizer.nesterov = True needs momentum > 0 (got momentum = "
+            f"{momentum}); set a momentum or drop nesterov.")
+    nesterov = bool(nesterov)
+    decay = dict(weight_decay_rate=weight_decay, weight_decay_mode=WEIGHT_DECAY_MODES[name])
     if name == "sgd":
-        return keras.optimizers.SGD(learning_rate, momentum=momentum, nesterov=nesterov)
-    if name == "adam":
-        return keras.optimizers.Adam(learning_rate)
-    if name == "adamw":
-        return keras.optimizers.AdamW(learning_rate)
+        return SGD(learning_rate, momentum=momentum, nesterov=nesterov, **decay)
+    if name in ("adam", "adamw"):
+        return Adam(learning_rate, name=name, **decay)
     if name == "lamb":
-        return keras.optimizers.Lamb(learning_rate)
-    if name == "lars":
-        return LARS(
-            learning_rate, momentum=momentum, weight_decay_rate=weight_decay, eta=lars_eta,
-            nesterov=nesterov,
-        )
-    raise ValueError(f"Unknown optimizer {name!r}; choose sgd, adam, adamw, lamb or lars.")
+        return Lamb(learning_rate, **decay)
+    return LARS(
+        learning_rate, momentum=momentum, weight_decay_rate=weight_decay,
+        eta=1e-3 if lars_eta is None else lars_eta, nesterov=nesterov,
+    )

@@ -11,7 +11,7 @@ from keras_ssl.optimizers import LARS, build_optimizer, learning_rate_schedule
 from tests.helpers.tiny import tiny_backbone
 
 
-def numpy_lars(weights, grads_per_step, lr, momentum, wd, eta, excluded):
+def numpy_lars(weights, grads_per_step, lr, momentum, wd, eta, excluded, nesterov=False):
     w = {k: v.copy() for k, v in weights.items()}
     vel = {k: np.zeros_like(v) for k, v in weights.items()}
     for grads in grads_per_step:
@@ -24,7 +24,7 @@ def numpy_lars(weights, grads_per_step, lr, momentum, wd, eta, excluded):
                 wn, gn = np.linalg.norm(w[k]), np.linalg.norm(g)
                 trust = eta * wn / gn if wn > 0 and gn > 0 else 1.0
             vel[k] = momentum * vel[k] + lr * trust * g
-            w[k] = w[k] - vel[k]
+            w[k] = w[k] - (momentum * vel[k] + lr * trust * g if nesterov else vel[k])
     return w
 
 
@@ -67,6 +67,7 @@ def test_build_optimizer_lars():
     opt = build_optimizer(0.3, name="lars", momentum=0.8, weight_decay=1e-6)
     assert isinstance(opt, LARS)
     assert (opt.momentum, opt.weight_decay_rate) == (0.8, 1e-6)
+    assert opt.eta == 1e-3 and not opt.nesterov  # the defaults of unset options
     with pytest.raises(ValueError, match="lars"):
         build_optimizer(0.1, name="nope")
 

@@ -1,0 +1,175 @@
+"""build_optimizer: every option changes the update it documents (against numpy), or is refused."""
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from keras_ssl import config
+from keras_ssl.config import ConfigError
+from keras_ssl.optimizers import LARS, build_optimizer, decay_excluded
+from tests.core.test_lars import numpy_lars
+from tests.helpers.tiny import tiny_backbone
+
+LR = 0.1
+BETA_1, BETA_2, EPSILON = 0.9, 0.999, 1e-7  # Keras' Adam and Lamb defaults
+
+
+def _adam_moments(state, g, t):
+    state["m"] = state["m"] + (g - state["m"]) * (1 - BETA_1)
+    state["v"] = state["v"] + (g * g - state["v"]) * (1 - BETA_2)
+    return state["m"] / (1 - BETA_1**t), state["v"] / (1 - BETA_2**t)
+
+
+def numpy_update(name, options, weights, grads_per_step, excluded):
+    """What `build_optimizer(LR, name, **options)` should do, written out in numpy."""
+    momentum = options.get("momentum", 0.9)
+    nesterov = options.get("nesterov", False)
+    decay = options.get("weight_decay", 0.0)
+    if name == "lars":
+        return numpy_lars(weights, grads_per_step, LR, momentum, decay,
+                          options.get("lars_eta", 1e-3), excluded, nesterov=nesterov)
+    w = {k: v.astype(np.float64) for k, v in weights.items()}
+    state = {k: {"m": np.zeros_like(v), "v": np.zeros_like(v)} for k, v in w.items()}
+    for t, grads in enumerate(grads_per_step, start=1):
+        for k in w:
+            g = grads[k].astype(np.float64)
+            wd = 0.0 if excluded[k] else decay
+            if name in ("sgd", "adam"):
+                g = g + wd * w[k]  # coupled: L2 added to the gradient
+            else:
+                w[k] = w[k] - LR * wd * w[k]  # decoupled: the weights shrink first
+            if name == "sgd":
+                v = state[k]["m"] = momentum * state[k]["m"] - LR * g
+                w[k] = w[k] + (momentum * v - LR * g if nesterov else v)
+            elif name in ("adam", "adamw"):
+                m_hat, v_hat = _adam_moments(state[k], g, t)
+                # Keras folds the bias corrections into the rate: eps is not corrected.
+                alpha = LR * np.sqrt(1 - BETA_2**t) / (1 - BETA_1**t)
+                w[k] = w[k] - alpha * state[k]["m"] / (np.sqrt(state[k]["v"]) + EPSILON)
+            else:  # lamb
+                m_hat, v_hat = _adam_moments(state[k], g, t)
+                update = m_hat / (np.sqrt(v_hat) + EPSILON)
+                w_norm, u_norm = np.linalg.norm(w[k]), np.linalg.norm(update)
+                ratio = w_norm / u_norm if w_norm > 0 and u_norm > 0 else 1.0
+                w[k] = w[k] - ratio * LR * update
+    return w
+
+
+def _initial():
+    rng = np.random.RandomState(0)
+    weights = {"kernel": rng.randn(3, 4).astype(np.float32), "bias": rng.randn(4).astype(np.float32)}
+    grads = [{k: rng.randn(*v.shape).astype(np.float32) for k, v in weights.items()} for _ in range(2)]
+    return weights, grads
+
+
+def _train(name, options):
+    """Two steps of the built optimizer (in a tf.function, as training runs it)."""
+    weights, grads = _initial()
+    variables = {k: keras.Variable(v, name=k) for k, v in weights.items()}
+    optimizer = build_optimizer(LR, name=name, **options)
+
+    @tf.function
+    def step(g_kernel, g_bias):
+        optimizer.apply_gradients([(g_kernel, variables["kernel"]), (g_bias, variables["bias"])])
+
+    for g in grads:
+        step(tf.constant(g["kernel"]), tf.constant(g["bias"]))
+    return optimizer, {k: v.numpy() for k, v in variables.items()}
+
+
+# Each optimizer with each documented option set away from its default.
+CASES = [
+    ("sgd", {}), ("sgd", {"momentum": 0.5}), ("sgd", {"momentum": 0.0}),
+    ("sgd", {"nesterov": True}), ("sgd", {"weight_decay": 0.1}),
+    ("adam", {}), ("adam", {"weight_decay": 0.1}),
+    ("adamw", {}), ("adamw", {"weight_decay": 0.1}),
+    ("lamb", {}), ("lamb", {"weight_decay": 0.1}),
+    ("lars", {}), ("lars", {"momentum": 0.5}), ("lars", {"nesterov": True}),
+    ("lars", {"weight_decay": 0.1}), ("lars", {"lars_eta": 0.5}),
+]
+
+
+@pytest.mark.parametrize("name,options", CASES, ids=[f"{n}-{o}" for n, o in CASES])
+def test_each_option_changes_the_update_as_numpy_says(name, options):
+    optimizer, trained = _train(name, options)
+    excluded = {"kernel": False, "bias": True}
+    assert {k: optimizer.excluded(keras.Variable(np.zeros(s), name=k))
+            for k, s in (("kernel", (3, 4)), ("bias", (4,)))} == excluded
+    weights, grads = _initial()
+    expected = numpy_update(name, options, weights, grads, excluded)
+    for k in trained:
+        np.testing.assert_allclose(trained[k], expected[k], rtol=2e-5, atol=2e-6, err_msg=k)
+    if options:  # the option changes the step (LARS' steps are small: compare the steps)
+        _, default = _train(name, {})
+        step, default_step = trained["kernel"] - weights["kernel"], default["kernel"] - weights["kernel"]
+        assert np.abs(step - default_step).max() > 1e-2 * np.abs(default_step).max()
+        if "weight_decay" in options:  # never decayed: biases (and batch norm, probes)
+            np.testing.assert_array_equal(trained["bias"], default["bias"])
+
+
+def test_adamw_decays_as_keras_adamw_does():
+    """Decoupled decay here is Keras' own `weight_decay` (w -= lr * wd * w before the step)."""
+    _, trained = _train("adamw", {"weight_decay": 0.1})
+    weights, grads = _initial()
+    kernel = keras.Variable(weights["kernel"])
+    reference = keras.optimizers.AdamW(LR, weight_decay=0.1)
+    for g in grads:
+        reference.apply_gradients([(tf.constant(g["kernel"]), kernel)])
+    np.testing.assert_allclose(trained["kernel"], kernel.numpy(), rtol=1e-6)
+
+
+def test_sgd_decay_is_coupled_not_keras_decoupled():
+    """With momentum, the coupled decay is averaged like the gradient: not Keras' SGD(weight_decay)."""
+    _, trained = _train("sgd", {"weight_decay": 0.1})
+    weights, grads = _initial()
+    kernel = keras.Variable(weights["kernel"])
+    decoupled = keras.optimizers.SGD(LR, momentum=0.9, weight_decay=0.1)
+    for g in grads:
+        decoupled.apply_gradients([(tf.constant(g["kernel"]), kernel)])
+    assert not np.allclose(trained["kernel"], kernel.numpy(), rtol=1e-4)
+
+
+def test_batch_norm_biases_and_probes_are_never_decayed():
+    net = tiny_backbone()
+    probe = keras.layers.Dense(3, name="online_probe")
+    probe.build((None, 16))
+    variables = net.trainable_variables + probe.trainable_variables
+    for name in ("sgd", "adam", "adamw", "lamb"):
+        optimizer = build_optimizer(LR, name=name, weight_decay=1e-4)
+        assert [optimizer.excluded(v) for v in variables] == [LARS(LR).excluded(v) for v in variables]
+    decayed = [v.path for v in variables if not decay_excluded(v)]
+    assert decayed and all(path.endswith("kernel") and "probe" not in path for path in decayed)
+
+
+REFUSED = [
+    (name, option, value)
+    for name in ("adam", "adamw", "lamb")
+    for option, value in (("momentum", 0.9), ("nesterov", False), ("lars_eta", 1e-3))
+] + [("sgd", "lars_eta", 1e-3)]
+
+
+@pytest.mark.parametrize("name,option,value", REFUSED)
+def test_an_option_the_optimizer_does_not_take_is_refused(name, option, value):
+    with pytest.raises(ConfigError, match=rf"build_optimizer\.{option} = .* optimizer '{name}'"):
+        build_optimizer(LR, name=name, **{option: value})
+
+
+@pytest.mark.parametrize("options,match", [
+    ({"name": "sgd", "nesterov": True, "momentum": 0.0}, "nesterov = True needs momentum"),
+    ({"name": "adamw", "weight_decay": -1e-4}, "weight_decay must be >= 0"),
+    ({"name": "rmsprop"}, "Unknown optimizer 'rmsprop'.*lars"),
+])
+def test_settings_that_cannot_work_are_refused(options, match):
+    with pytest.raises(ConfigError, match=match):
+        build_optimizer(LR, **options)
+
+
+def test_a_gin_bound_momentum_is_refused_for_adam_but_the_default_is_not():
+    config.parse_gin(bindings=["keras_ssl.build_optimizer.name = 'adam'"])
+    assert isinstance(build_optimizer(LR), keras.optimizers.Adam)
+    config.parse_gin(bindings=["keras_ssl.build_optimizer.name = 'adam'",
+                               "keras_ssl.build_optimizer.momentum = 0.9"])
+    with pytest.raises(ConfigError, match="momentum = 0.9 does nothing for the optimizer 'adam'"):
+        build_optimizer(LR)
+    config.parse_gin()

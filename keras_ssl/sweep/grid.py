@@ -19,6 +19,7 @@ A grid file is YAML (docs/sweep.md has the full format)::
         binding: jigsaw.num_permutations
         values: [10, 100]
         when: {method: jigsaw}
+    seeds: [0, 1, 2]                          # every cell once per training seed (an axis `seed`)
     evaluation:                               # settings of keras_ssl_eval.evaluate (flag names)
       protocols: [linear, knn]
     plots:
@@ -43,8 +44,11 @@ import yaml
 
 from keras_ssl.sweep.table import ROW_COLUMNS  # The columns a plot or table names besides axes.
 
-TOP_LEVEL_KEYS = ("description", "base_gin", "bindings", "axes", "evaluation", "plots",
+TOP_LEVEL_KEYS = ("description", "base_gin", "bindings", "axes", "seeds", "evaluation", "plots",
                   "tables")
+# The binding `seeds:` varies, as the last axis, named `seed`.
+SEED_BINDING = "keras_ssl.train.seed"
+SEED_AXIS = "seed"
 AXIS_KEYS = ("binding", "values", "format", "when")
 PLOT_KEYS = ("name", "x", "series", "where", "metric", "title", "log_x", "ylabel")
 TABLE_KEYS = ("name", "rows", "columns", "where", "metric", "title")
@@ -325,6 +329,8 @@ def load_grid(path: str) -> Grid:
     axes = []
     for name, spec in axes_section.items():
         axes.append(_parse_axis(path, grid_dir, name, spec, _line(axes_section, name), axes))
+    if document.get("seeds") is not None:
+        axes.append(_seed_axis(path, document["seeds"], _line(document, "seeds"), axes))
 
     evaluation = document.get("evaluation") or {}
     if not isinstance(evaluation, dict):
@@ -341,6 +347,22 @@ def load_grid(path: str) -> Grid:
     return Grid(path=path, base_gin=base_gin, bindings=bindings, axes=axes,
                 evaluation=evaluation, evaluation_lines=evaluation_lines, plots=plots,
                 tables=tables, description=str(document.get("description") or ""))
+
+
+def _seed_axis(path, seeds, line, axes) -> Axis:
+    """The axis of `seeds: [0, 1, 2]`: `seed`, binding keras_ssl.train.seed, varying last."""
+    where = f"{path} line {line}"
+    if (not isinstance(seeds, list) or not seeds
+            or not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds)):
+        raise GridError(f"{where}: `seeds` is a non-empty list of whole numbers, e.g. "
+                        f"`seeds: [0, 1, 2]`.")
+    if len(set(seeds)) != len(seeds):
+        raise GridError(f"{where}: `seeds` repeat ({seeds}).")
+    if any(axis.name == SEED_AXIS for axis in axes):
+        raise GridError(f"{where}: `seeds` adds the axis {SEED_AXIS!r}, which `axes` already "
+                        f"has; keep one of the two.")
+    return Axis(name=SEED_AXIS, line=line, values=tuple(
+        AxisValue(label=seed, bindings=((SEED_BINDING, str(seed)),)) for seed in seeds))
 
 
 def _plain(value):

@@ -16,11 +16,18 @@ table rows that match `where`::
 Rows are selected as a plot selects them (`keras_ssl.sweep.plots.select`):
 the step-0 model is left out unless `model` is named, and a column the table
 does not name that still varies among the selected rows becomes part of the
-row key, so a cell of the table is never an average of different settings.
+row key, so a cell of the table is never an average of different settings;
+only runs that differ by their seed are averaged (mean ± std over the seeds).
+
+Each entry shows its 95% interval in brackets, and marks (docs/sweep.md):
+``**bold**`` the best entry of its column, ``≈`` an entry whose interval
+overlaps the best one's, ``†`` a final-export entry whose interval overlaps
+the same setting's at random initialisation (step 0).
 """
 
 from __future__ import annotations
 
+from keras_ssl.sweep import aggregate
 from keras_ssl.sweep.plots import merged_order, select
 from keras_ssl.sweep.table import format_value
 
@@ -56,8 +63,32 @@ def pivot(rows: list[dict], spec: dict, axis_names) -> tuple[list[str], list[str
     return row_columns, order, body
 
 
+def _legend(body, row_columns, metric, baselines_shown) -> str:
+    """The line under a table saying what its numbers and marks mean."""
+    entries = [c for entry in body for c in entry[len(row_columns):] if c is not None]
+    parts = []
+    seeds = sorted({c.get("n", 1) for c in entries})
+    if seeds != [1]:
+        parts.append(f"mean ± std over {'/'.join(map(str, seeds))} seeds")
+    counts = sorted({c.get("test_count") for c in entries if c.get("test_count")})
+    if any(aggregate.interval(c) for c in entries):
+        source = (f"{'/'.join(map(str, counts))} test images" if counts else "the seeds")
+        parts.append(f"[95% interval] ({source})")
+        parts.append("**bold**: best in its column; ≈: interval overlaps the best one's "
+                     "(not shown to differ)")
+        if baselines_shown:
+            parts.append("†: interval overlaps the same network's at random "
+                         "initialisation (step 0): no gain shown")
+    return ("Entries: " + "; ".join(parts) + ".") if parts else ""
+
+
 def markdown(rows: list[dict], spec: dict, axis_names) -> str:
-    """One pivot table as a markdown section (`### title`); says so when it has no rows."""
+    """One pivot table as a markdown section (`### title`); says so when it has no rows.
+
+    Entries read ``45.5 [42.4, 48.6]`` (one run) or ``45.5 ± 1.2 [40.1, 50.9]``
+    (mean ± std over seeds), with the marks of the module docstring; a
+    legend under the table says what they mean.
+    """
     metric = spec.get("metric", "test_accuracy")
     filters = ", ".join(f"{k}={v}" for k, v in (spec.get("where") or {}).items())
     title = spec.get("title") or f"{metric} by {spec['columns']}"
@@ -71,15 +102,35 @@ def markdown(rows: list[dict], spec: dict, axis_names) -> str:
     row_columns, order, body = pivot(rows, spec, axis_names)
     if not body:
         return "\n".join(lines + ["No finished cell has these rows yet.", ""])
+    baselines = aggregate.random_init_rows(rows, axis_names) if "model" not in named else {}
+    # Marks compare the entries of one column: the same layer (or budget...) across settings.
+    marks = [aggregate.overlap_marks([entry[len(row_columns) + i] for entry in body])
+             for i in range(len(order))]
+    baselines_shown = False
     lines.append("| " + " | ".join([*row_columns, *(str(v) for v in order)]) + " |")
     lines.append("| " + " | ".join(["---"] * len(row_columns) + ["---:"] * len(order)) + " |")
-    for entry in body:
+    for r, entry in enumerate(body):
         keys, cells = entry[:len(row_columns)], entry[len(row_columns):]
-        lines.append("| " + " | ".join(
-            [*("" if k is None else str(k) for k in keys),
-             *("" if c is None else format_value(c["value"], metric, c.get("bound"))
-               for c in cells)]) + " |")
-    return "\n".join(lines) + "\n"
+        texts = []
+        for i, c in enumerate(cells):
+            if c is None:
+                texts.append("")
+                continue
+            text = format_value(c["value"], metric, c.get("bound"), aggregate.interval(c),
+                                c.get("std"))
+            mark = marks[i][r]
+            if mark == aggregate.BEST_MARK:
+                text = f"**{text}**"
+            elif mark:
+                text += f" {mark}"
+            if aggregate.overlaps_random_init(c, baselines, axis_names):
+                text += f" {aggregate.RANDOM_INIT_MARK}"
+                baselines_shown = True
+            texts.append(text)
+        lines.append("| " + " | ".join([*("" if k is None else str(k) for k in keys),
+                                        *texts]) + " |")
+    legend = _legend(body, row_columns, metric, baselines_shown)
+    return "\n".join(lines + ([""] + [legend] if legend else [])) + "\n"
 
 
 def markdown_tables(rows: list[dict], tables: list[dict], axis_names) -> str:

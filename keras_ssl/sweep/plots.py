@@ -15,7 +15,13 @@ combination of the `series` columns, over the table rows that match `where`::
 Rows of the step-0 model are left out unless `model` is named in `where`,
 `x` or `series`. A column the plot does not name that still varies among the
 selected rows (another axis, a second protocol) becomes part of the series,
-so a point is never an average of different settings.
+so a point is never an average of different settings. The one exception is
+the `seed` axis (`keras_ssl.sweep.aggregate`): unless the plot names it, the
+runs of one setting with different seeds make one point, their mean.
+
+Error bars are 95% intervals: Wilson's for a single run's test accuracy; for a
+mean over seeds, the seeds' spread and the test noise together
+(`keras_ssl_eval.statistics.seed_summary`).
 """
 
 from __future__ import annotations
@@ -23,9 +29,11 @@ from __future__ import annotations
 import os
 
 # Imported first: it selects matplotlib's Agg backend before pyplot is imported.
-from keras_ssl_eval.reporting.plots import save_figure
+from keras_ssl_eval.reporting.plots import interval_error, save_figure
 
 import matplotlib.pyplot as plt  # noqa: E402  pylint: disable=wrong-import-position
+
+from keras_ssl.sweep import aggregate  # noqa: E402
 
 PLOTS_DIR = "plots"
 # Markers of the results table's `bound` values: U(n) at least / at most the point.
@@ -48,6 +56,9 @@ def _is_number(value) -> bool:
 def select(rows: list[dict], spec: dict, axis_names) -> tuple[list[dict], list[str]]:
     """The rows a plot draws and its series columns (named ones, then varying ones).
 
+    Rows that differ only by seed come back as one (`aggregate.summarise`:
+    the mean, `std`, `n` and the interval), unless the spec names `seed`.
+
     Args:
       rows: The results table.
       spec: The plot specification.
@@ -62,11 +73,11 @@ def select(rows: list[dict], spec: dict, axis_names) -> tuple[list[dict], list[s
               and _matches(row, where) and row.get(spec["x"]) not in (None, "")]
     series = list(spec.get("series", []))
     for column in list(axis_names) + list(_IMPLICIT_SERIES):
-        if column in named or column in series:
+        if column in named or column in series or column == aggregate.SEED_AXIS:
             continue
         if len({str(row.get(column)) for row in chosen}) > 1:
             series.append(column)
-    return chosen, series
+    return aggregate.group(chosen, [*series, spec["x"]]), series
 
 
 def merged_order(sequences) -> list:
@@ -114,15 +125,22 @@ def draw(rows: list[dict], spec: dict, axis_names, path: str) -> str | None:
     numeric = all(_is_number(v) for v in x_values)
     scale = 1.0 if metric == "utility" else 100.0
     fig, ax = plt.subplots(figsize=(max(5.0, 0.9 * len(x_values) + 3), 4))
-    bounds_drawn = set()
+    bounds_drawn, with_bars = set(), False
     for index, (key, line_rows) in enumerate(lines.items()):
-        points = sorted(((row[x_column] if numeric else x_values.index(row.get(x_column)),
-                          scale * row["value"], row.get("bound") or "") for row in line_rows),
-                        key=lambda p: p[0])
+        line_rows = sorted(line_rows, key=lambda row: (
+            row[x_column] if numeric else x_values.index(row.get(x_column))))
+        points = [(row[x_column] if numeric else x_values.index(row.get(x_column)),
+                   scale * row["value"], row.get("bound") or "") for row in line_rows]
         label = ", ".join(f"{c}={v}" for c, v in zip(series_columns, key)) or metric
+        seeds = {row.get("n", 1) for row in line_rows}
+        if seeds != {1}:
+            label += f" (mean of {'/'.join(str(n) for n in sorted(seeds))} seeds)"
         color = f"C{index % 10}"
-        ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", color=color,
-                label=label)
+        yerr = interval_error([row["value"] for row in line_rows],
+                              [aggregate.interval(row) for row in line_rows], scale)
+        with_bars = with_bars or yerr is not None
+        ax.errorbar([p[0] for p in points], [p[1] for p in points], yerr=yerr, capsize=3,
+                    marker="o", color=color, label=label)
         # A utility clipped at an end of the scratch curve is a bound, not a value.
         for bound, marker in _BOUND_MARKERS.items():
             clipped = [p for p in points if p[2] == bound]
@@ -142,8 +160,9 @@ def draw(rows: list[dict], spec: dict, axis_names, path: str) -> str | None:
     ax.set_ylabel(spec.get("ylabel") or ("U(n) = n_hat / n - 1" if metric == "utility"
                                          else f"{metric.replace('_', ' ')} (%)"))
     filters = ", ".join(f"{k}={v}" for k, v in (spec.get("where") or {}).items())
-    ax.set_title(spec.get("title") or f"{metric} vs {x_column}" + (f" ({filters})"
-                                                                    if filters else ""))
+    ax.set_title((spec.get("title") or f"{metric} vs {x_column}" + (f" ({filters})"
+                                                                     if filters else ""))
+                 + (" (bars: 95% intervals)" if with_bars else ""))
     if metric == "utility":
         ax.axhline(0, color="grey", lw=0.8)
     return save_figure(fig, ax, path)

@@ -11,6 +11,9 @@ Columns: `cell`, `status`, one column per grid axis, then `ROW_COLUMNS`:
 - `metric` and `value`: `test_accuracy` (a fraction; the low-shot mean over
   draws), or for utility `utility` (U(n)), `finetuned_accuracy` and
   `scratch_accuracy`;
+- `test_count`, `ci95_low`, `ci95_high`: the test examples behind an accuracy
+  and its 95% Wilson interval (empty for U(n), for segmentation's mean IoU and
+  for results evaluated before keras-ssl-eval reported them);
 - `bound`: for a utility clipped at the ends of the scratch curve, `lower`
   (the fine-tuned model beat every scratch budget: U(n) is at least the
   value) or `upper` (it was below the smallest budget's scratch accuracy);
@@ -26,7 +29,9 @@ import csv
 import os
 
 ROW_COLUMNS = ("cell", "status", "model", "step", "layer", "protocol", "labels", "metric",
-               "value", "bound", "reason")
+               "value", "test_count", "ci95_low", "ci95_high", "bound", "reason")
+# Shown inside the value's cell in markdown, not as columns of their own.
+_INTERVAL_COLUMNS = ("ci95_low", "ci95_high")
 # keras_ssl_eval.utility's flags of a clipped n_hat, as bounds on U(n).
 _UTILITY_BOUNDS = {"above_scratch": "lower", "below_scratch": "upper"}
 RESULTS_CSV = "results.csv"
@@ -43,37 +48,46 @@ def model_rows(role: str, step: int, results: dict) -> list[dict]:
 
     Returns:
       Dicts with the keys `model`, `step`, `layer`, `protocol`, `labels`,
-      `metric`, `value`, `bound`.
+      `metric`, `value`, `test_count`, `ci95_low`, `ci95_high`, `bound`.
     """
     rows = []
 
-    def add(layer, protocol, value, labels="", metric="test_accuracy", bound=""):
+    def add(layer, protocol, value, labels="", metric="test_accuracy", bound="", source=None,
+            ci=None):
+        source = source or {}
+        ci = ci or source.get("ci95") or [None, None]
         rows.append(dict(model=role, step=step, layer=layer, protocol=protocol, labels=labels,
-                         metric=metric, value=value, bound=bound))
+                         metric=metric, value=value, test_count=source.get("test_count"),
+                         ci95_low=ci[0], ci95_high=ci[1], bound=bound))
 
     for layer, result in results.get("layers", {}).items():
-        add(layer, "linear", result["test_accuracy"])
+        add(layer, "linear", result["test_accuracy"], source=result)
     for layer, heads in results.get("grid", {}).items():
         for head, result in heads.items():
-            add(layer, f"grid_{head}", result["test_accuracy"])
+            add(layer, f"grid_{head}", result["test_accuracy"], source=result)
     for layer, result in results.get("knn", {}).items():
-        add(layer, "knn", result["test_accuracy"])
+        add(layer, "knn", result["test_accuracy"], source=result)
     for layer, heads in results.get("lowshot", {}).items():
         for head, by_k in heads.items():
             if head == "skipped":
                 continue
             for k in sorted(by_k, key=int):
-                add(layer, f"lowshot_{head}", by_k[k]["mean"], labels=int(k))
+                add(layer, f"lowshot_{head}", by_k[k]["mean"], labels=int(k), source=by_k[k])
     utility = results.get("utility")
     if utility:
         layer = utility.get("layer") or "pre_logits"
+        count = {"test_count": utility.get("test_count")}
+        finetuned_ci = utility.get("finetuned_ci95") or [None] * len(utility["budgets"])
+        by_budget = dict(zip(utility["budgets"], finetuned_ci))
         for row in utility["curve"]:
             add(layer, "utility", row["utility"], labels=row["n"], metric="utility",
                 bound=_UTILITY_BOUNDS.get(row.get("flag"), ""))
             add(layer, "utility", row["finetuned_accuracy"], labels=row["n"],
-                metric="finetuned_accuracy")
-        for n, accuracy in zip(utility["budgets"], utility["scratch_accuracy"]):
-            add(layer, "utility", accuracy, labels=n, metric="scratch_accuracy")
+                metric="finetuned_accuracy", source=count, ci=by_budget.get(row["n"]))
+        scratch_ci = utility.get("scratch_ci95") or [None] * len(utility["budgets"])
+        for n, accuracy, ci in zip(utility["budgets"], utility["scratch_accuracy"], scratch_ci):
+            add(layer, "utility", accuracy, labels=n, metric="scratch_accuracy", source=count,
+                ci=ci)
     return rows
 
 
@@ -113,26 +127,45 @@ def write_csv(rows: list[dict], axis_names, path: str) -> str:
     return path
 
 
-def format_value(value, metric, bound: str = "") -> str:
+def format_value(value, metric, bound: str = "", interval=None, std=None) -> str:
     """A metric for a markdown table: accuracies in %, U(n) as a ratio, "" when missing.
 
-    A `lower` bound reads `>= 0.000`, an `upper` one `<= 0.500`.
+    A `lower` bound reads `>= 0.000`, an `upper` one `<= 0.500`; a standard
+    deviation over seeds follows as `± 1.2`, a 95% interval as `[42.4, 48.6]`.
+
+    Example:
+      >>> format_value(0.455, "test_accuracy", interval=[0.424, 0.486])
+      '45.5 [42.4, 48.6]'
     """
     if value is None or value == "":
         return ""
     # Accuracies in percent as everywhere else in the reports; utility as a ratio.
-    text = f"{value:.3f}" if metric == "utility" else f"{100 * value:.1f}"
-    return {"lower": ">= ", "upper": "<= "}.get(bound or "", "") + text
+    def number(v):
+        return f"{v:.3f}" if metric == "utility" else f"{100 * v:.1f}"
+    text = {"lower": ">= ", "upper": "<= "}.get(bound or "", "") + number(value)
+    if std is not None:
+        text += f" ± {number(std)}"
+    if interval is not None:
+        text += f" [{number(interval[0])}, {number(interval[1])}]"
+    return text
 
 
-def _format(column, value, metric):
+def row_interval(row: dict):
+    """`[ci95_low, ci95_high]` of a row, or None."""
+    low, high = row.get("ci95_low"), row.get("ci95_high")
+    return None if low in (None, "") or high in (None, "") else [float(low), float(high)]
+
+
+def _format(column, row):
+    value = row.get(column)
     if column == "value" and isinstance(value, (int, float)):
-        return format_value(value, metric)  # the bound has its own column here
+        # The bound has its own column here.
+        return format_value(value, row.get("metric"), interval=row_interval(row))
     return "" if value is None else str(value).replace("|", "\\|")
 
 
 def markdown(rows: list[dict], axis_names, title: str = "", preamble: str = "") -> str:
-    """The rows as a markdown table (accuracies in %, U(n) as a ratio).
+    """The rows as a markdown table (accuracies in %, U(n) as a ratio, intervals in brackets).
 
     Args:
       rows: The results table.
@@ -141,15 +174,14 @@ def markdown(rows: list[dict], axis_names, title: str = "", preamble: str = "") 
       preamble: Markdown between the heading and the table (the pivot
         tables); the long table then gets an `### All rows` heading.
     """
-    columns = [c for c in _columns(axis_names) if c != "cell"]
+    columns = [c for c in _columns(axis_names) if c != "cell" and c not in _INTERVAL_COLUMNS]
     lines = [f"## {title}", ""] if title else []
     if preamble:
         lines += [preamble, "### All rows", ""]
     lines += ["| " + " | ".join(columns) + " |",
               "| " + " | ".join("---:" if c == "value" else "---" for c in columns) + " |"]
     for row in rows:
-        lines.append("| " + " | ".join(_format(c, row.get(c), row.get("metric"))
-                                       for c in columns) + " |")
+        lines.append("| " + " | ".join(_format(c, row) for c in columns) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -160,3 +192,68 @@ def write_tables(rows: list[dict], axis_names, output_dir: str, title: str = "",
     with open(md_path, "w") as f:
         f.write(markdown(rows, axis_names, title, preamble))
     return [write_csv(rows, axis_names, os.path.join(output_dir, RESULTS_CSV)), md_path]
+
+
+def _typed(text: str):
+    """A CSV cell as the number it spells (int before float), else the text."""
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
+
+
+def read_csv(path: str) -> list[dict]:
+    """Reads a `results.csv` back into table rows (numbers as numbers, blanks as None).
+
+    Args:
+      path: A sweep's `results.csv`, this version's or an earlier one without
+        the interval columns.
+    """
+    with open(path, newline="") as f:
+        return [{column: None if text == "" else (text if column in ("cell", "status", "reason",
+                                                                       "bound", "model",
+                                                                       "metric")
+                                                  else _typed(text))
+                 for column, text in row.items()}
+                for row in csv.DictReader(f)]
+
+
+_ACCURACY_METRICS = ("test_accuracy", "finetuned_accuracy", "scratch_accuracy")
+
+
+def fill_intervals(rows: list[dict], test_count: int) -> list[dict]:
+    """Gives accuracy rows without an interval their test count and Wilson interval.
+
+    For tables from before the intervals existed, whose accuracies were all
+    measured on `test_count` test examples (the evaluation's test split, or its
+    `max_test_examples` when smaller). Rows that have an interval, and U(n)
+    rows, are kept as they are.
+
+    Args:
+      rows: Table rows; changed in place.
+      test_count: The test examples behind every accuracy.
+
+    Returns:
+      `rows`.
+
+    Raises:
+      ValueError: An accuracy that is no whole number of `test_count`
+        examples (a sign that `test_count` is wrong).
+    """
+    from keras_ssl_eval.statistics import accuracy_interval
+
+    for row in rows:
+        if (row.get("status") != "ok" or row.get("metric") not in _ACCURACY_METRICS
+                or row.get("ci95_low") not in (None, "")):
+            continue
+        correct = row["value"] * test_count
+        if abs(correct - round(correct)) > 1e-6 * test_count:
+            raise ValueError(f"{row.get('cell')}: accuracy {row['value']} is no whole number "
+                             f"of {test_count} test examples; pass the test count the cell "
+                             f"was evaluated on.")
+        fields = accuracy_interval(round(correct) / test_count, test_count)
+        row.update(test_count=test_count, ci95_low=fields["ci95"][0],
+                   ci95_high=fields["ci95"][1])
+    return rows

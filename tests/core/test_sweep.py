@@ -239,7 +239,7 @@ def test_runner_resume_failure_parallel_and_outputs(tmp_path):
     assert [os.path.basename(p) for p in written] == ["results.csv", "results.md", "width.png"]
     csv_lines = (output / "results.csv").read_text().splitlines()
     assert csv_lines[0] == ("cell,status,width,lr,model,step,layer,protocol,labels,metric,"
-                            "value,bound,reason")
+                            "value,test_count,ci95_low,ci95_high,bound,reason")
     # 2 models x (2 linear layers + 1 kNN) for the finished cell, one row per failed cell.
     assert sum(line.startswith("width-1__lr-good,ok,1,good") for line in csv_lines) == 6
     assert any(line.startswith("width-1__lr-bad,failed") and "training loss became nan" in line
@@ -437,13 +437,18 @@ def test_utility_plot_marks_clipped_points(tmp_path, monkeypatch):
     from keras_ssl.sweep import plots
 
     drawn = []
-    real_plot = plots.plt.Axes.plot
+    real_plot, real_errorbar = plots.plt.Axes.plot, plots.plt.Axes.errorbar
 
     def recording_plot(self, *args, **kwargs):
         drawn.append(kwargs.get("marker"))
         return real_plot(self, *args, **kwargs)
 
+    def recording_errorbar(self, *args, **kwargs):
+        drawn.append(kwargs.get("marker"))
+        return real_errorbar(self, *args, **kwargs)
+
     monkeypatch.setattr(plots.plt.Axes, "plot", recording_plot)
+    monkeypatch.setattr(plots.plt.Axes, "errorbar", recording_errorbar)
     rows = [{"status": "ok", "model": "final", "factors": "TCV-", "labels": n, "layer": "pre_logits",
              "protocol": "utility", "metric": "utility", "value": u, "bound": bound}
             for n, u, bound in [(30, 5.2, ""), (100, 2.8, ""), (1000, 0.0, "lower")]]
@@ -464,3 +469,135 @@ def test_checked_in_grids_pass_the_sweeps_checks(grid_file):
     grid = load_grid(os.path.join(REPO, "gin_configs", "experiments", grid_file))
     check_evaluation(grid)
     assert len(check_bindings(grid)) == len(grid.cells()) > 0
+
+
+# ------------------------------------------------------------- seeds and intervals --
+
+
+def test_seeds_axis_repeats_every_cell_per_training_seed(tmp_path):
+    grid = load(tmp_path, """\
+        axes:
+          width: {binding: resnet_v2.widening_factor, values: [1, 2]}
+        seeds: [0, 1]
+        """)
+    assert grid.axis_names() == ["width", "seed"]
+    cells = grid.cells()
+    assert [c.name for c in cells] == ["width-1__seed-0", "width-1__seed-1", "width-2__seed-0",
+                                       "width-2__seed-1"]
+    assert cells[1].bindings[-1] == "keras_ssl.train.seed = 1"
+    from keras_ssl.sweep.grid import GridError
+    for text, message in [("seeds: [0, 0]\n", "repeat"), ("seeds: 3\n", "non-empty list"),
+                          ("axes:\n  seed: {binding: keras_ssl.train.seed, values: [0]}\n"
+                           "seeds: [1]\n", "already has")]:
+        with pytest.raises(GridError, match=message):
+            load(tmp_path, text)
+
+
+def _seed_rows():
+    """Two widths x two seeds of a final export, and their step-0 baselines, on 1000 images."""
+    from keras_ssl_eval.statistics import accuracy_interval
+
+    def row(width, seed, value, model="final"):
+        fields = accuracy_interval(value, 1000)
+        return {"cell": f"width-{width}__seed-{seed}", "status": "ok", "width": width,
+                "seed": seed, "model": model, "step": 4 if model == "final" else 0,
+                "layer": "pre_logits", "protocol": "linear", "labels": None,
+                "metric": "test_accuracy", "value": value, "test_count": 1000,
+                "ci95_low": fields["ci95"][0], "ci95_high": fields["ci95"][1]}
+    return [row(1, 0, 0.30), row(1, 1, 0.31), row(2, 0, 0.70), row(2, 1, 0.72),
+            row(3, 0, 0.69), row(3, 1, 0.70), *(row(w, s, 0.30, "step_0") for w in (1, 2, 3)
+                                                for s in (0, 1))]
+
+
+def test_seeds_aggregate_into_mean_std_n_and_overlap_marks(tmp_path):
+    import csv
+
+    from keras_ssl.sweep import aggregate, pivot
+    from keras_ssl.sweep.report import write_summary
+    from keras_ssl_eval.statistics import seed_summary
+
+    rows = _seed_rows()
+    axes = ["width", "seed"]
+    summary = aggregate.summary_rows(rows, axes)
+    final = [r for r in summary if r["model"] == "final"]
+    assert [(r["width"], r["n"], r["seeds"]) for r in final] == [(1, 2, [0, 1]), (2, 2, [0, 1]),
+                                                                  (3, 2, [0, 1])]
+    assert final[0]["value"] == pytest.approx(0.305)
+    assert final[0]["std"] == pytest.approx(0.0070711, abs=1e-6)  # sample std, ddof 1
+    expected = seed_summary([0.30, 0.31], test_count=1000)["ci95"]
+    assert [final[0]["ci95_low"], final[0]["ci95_high"]] == pytest.approx(expected)
+    assert "seed" not in final[0] and "cell" not in final[0]
+
+    path = write_summary(rows, axes, str(tmp_path / "summary.csv"))
+    with open(path) as f:
+        written = list(csv.DictReader(f))
+    assert list(written[0])[:4] == ["width", "model", "step", "layer"]
+    assert written[0]["seeds"] == "0 1" and written[0]["n"] == "2"
+
+    spec = {"name": "by_width", "rows": ["width"], "columns": "layer", "where": {}}
+    keys, order, body = pivot.pivot(rows, spec, axes)
+    assert keys == ["width"] and len(body) == 3  # one row per width: the seeds averaged
+    text = pivot.markdown(rows, spec, axes)
+    lines = {line.split(" | ")[0]: line for line in text.splitlines() if line.startswith("| ")}
+    # Width 2 is the best (bold); width 3 (69.5, 2 seeds) overlaps it; width 1 does not,
+    # and overlaps its own random initialisation (30%): marked with a dagger.
+    assert lines["| 2"].startswith("| 2 | **71.0 ± 1.4 [") and "†" not in lines["| 2"]
+    assert lines["| 3"].endswith("] ≈ |")
+    assert lines["| 1"].endswith("] † |") and "≈" not in lines["| 1"]
+    assert "mean ± std over 2 seeds" in text and "1000 test images" in text
+    assert "†: interval overlaps the same network's at random initialisation" in text
+
+    # Naming the seed keeps the runs apart: one table row per width and seed.
+    apart = pivot.pivot(rows, {**spec, "rows": ["width", "seed"]}, axes)[2]
+    assert len(apart) == 6
+
+
+def test_sweep_plot_draws_interval_bars(tmp_path, monkeypatch):
+    from keras_ssl.sweep import plots
+
+    bars = []
+    real = plots.plt.Axes.errorbar
+
+    def recording(self, x, y, yerr=None, **kwargs):
+        bars.append((list(x), list(y), yerr))
+        return real(self, x, y, yerr=yerr, **kwargs)
+
+    monkeypatch.setattr(plots.plt.Axes, "errorbar", recording)
+    path = plots.draw(_seed_rows(), {"x": "width", "where": {"layer": "pre_logits"}},
+                      ["width", "seed"], str(tmp_path / "w.png"))
+    assert os.path.getsize(path) > 0
+    (x, y, yerr), = bars  # one line: the seeds of each width are one point
+    assert x == [1, 2, 3] and y == pytest.approx([30.5, 71.0, 69.5])
+    assert all(below > 0 for below in yerr[0]) and all(above > 0 for above in yerr[1])
+
+
+def test_report_regenerates_from_a_stored_csv_with_intervals(tmp_path):
+    """The docs/results studies keep results.csv only: intervals come from the test count."""
+    from keras_ssl.sweep import report
+
+    grid_path = write_grid(tmp_path, """\
+        axes:
+          width: {binding: resnet_v2.widening_factor, values: [1, 2]}
+        tables:
+          - {name: per_layer, rows: [width], columns: layer, where: {protocol: linear}}
+        plots:
+          - {name: width, x: width, where: {layer: pre_logits}}
+        """)
+    stored = tmp_path / "results.csv"
+    stored.write_text(
+        "cell,status,width,model,step,layer,protocol,labels,metric,value,bound,reason\n"
+        "width-1,ok,1,final,4,pre_logits,linear,,test_accuracy,0.5,,\n"
+        "width-2,ok,2,final,4,pre_logits,linear,,test_accuracy,0.62,,\n"
+        "width-2,ok,2,final,4,pre_logits,utility,30,utility,1.5,lower,\n")
+    out = tmp_path / "out"
+    report.main([f"--grid={grid_path}", f"--csv={stored}", f"--output={out}",
+                 "--test_count=100"])
+    markdown = (out / "results.md").read_text()
+    assert "| 1 | 50.0 [40.4, 59.6] ≈ |" in markdown
+    assert "| 2 | **62.0 [52.2, 70.9]** |" in markdown
+    assert "100 test images" in markdown
+    assert "| ok | 2 | final | 4 | pre_logits | utility | 30 | utility | 1.500 | 100 |" not in (
+        markdown)  # U(n) has no test count
+    assert (out / "plots" / "width.png").stat().st_size > 0
+    with pytest.raises(ValueError, match="no whole number of 7 test examples"):
+        report.table.fill_intervals(report.table.read_csv(str(stored)), 7)

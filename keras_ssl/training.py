@@ -26,15 +26,16 @@ from collections.abc import Callable, Mapping, Sequence
 
 import gin
 import keras
+from absl import logging
 import numpy as np
 import orbit
 import tensorflow as tf
 
 from keras_ssl import registry
 from keras_ssl.backbones import build_backbone
-from keras_ssl.datasets import load_dataset
+from keras_ssl.datasets import load_training_split
 from keras_ssl.distribute import check_global_batch, describe, get_strategy, sum_over_workers
-from keras_ssl.input_pipeline import distributed_batches
+from keras_ssl.input_pipeline import distributed_batches, shuffle_order
 from keras_ssl.monitor import KnnMonitor, MonitorConfigError, knn_monitor
 from keras_ssl.optimizers import build_optimizer, learning_rate_schedule
 from keras_ssl.preemption import PREEMPTED_EXIT_CODE, Preempted, PreemptionWatch  # noqa: F401
@@ -317,7 +318,8 @@ def train(
     steps_per_loop: int = 50,
     checkpoint_interval: int | None = None,
     max_checkpoints: int = 3,
-    shuffle_buffer: int = 4096,
+    shuffle_buffer: int | None = None,
+    shuffle_memory_mb: int = 1024,
     seed: int = 0,
     export: bool = True,
     deterministic: bool = True,
@@ -344,7 +346,18 @@ def train(
       checkpoint_interval: Steps between checkpoints (default
         `steps_per_loop`; must be a multiple of it).
       max_checkpoints: Checkpoints kept (plus the initial one).
-      shuffle_buffer: Examples in the per-epoch shuffle buffer.
+      shuffle_buffer: None (default): each epoch visits the split in a full
+        permutation drawn from (seed, epoch); a split that can only be read in
+        order (a TFDS split larger than `shuffle_memory_mb`) is permuted in
+        windows of 4096 consecutive examples instead, with a warning. An int:
+        permute windows of that many consecutive examples (at least the
+        split's size: a full permutation; 1 keeps the stored order).
+        `keras_ssl.input_pipeline` describes the order.
+      shuffle_memory_mb: The most MiB a TFDS split's encoded images may take
+        in memory, where they are held so that each epoch can be read in a
+        full permutation (Fashion-MNIST's 60,000 training images take 31 MiB,
+        CIFAR-10's about 130). Folders need no memory for it: their files are
+        read by index.
       seed: Seed of the initialisation, the data order and every draw.
       export: Export a SavedModel of the final step.
       deterministic: Enable TensorFlow's op determinism and refuse inputs
@@ -398,7 +411,14 @@ def train(
         tf.config.experimental.enable_op_determinism()
     run = RunDirectory(model_dir, strategy)
     keras.utils.set_random_seed(seed)
-    images, info = load_dataset(dataset, split, data_dir=data_dir, image_size=image_size, seed=seed)
+    images, info, access = load_training_split(
+        dataset, split, data_dir=data_dir, image_size=image_size,
+        memory_bytes=int(shuffle_memory_mb) * 2**20,
+    )
+    try:
+        order = shuffle_order(info.num_examples, shuffle_buffer, access)
+    except ValueError as error:
+        raise TrainingConfigError(str(error)) from None
     monitor = None
     if monitor_settings:
         try:
@@ -446,6 +466,9 @@ def train(
     )
     if run.is_chief:
         print(describe(strategy, batch_size), flush=True)
+        print(f"data order: {order.description}", flush=True)
+        if order.warning:
+            logging.warning(order.warning)
         if start_step:
             print(f"resuming from the checkpoint of step {start_step}", flush=True)
         if monitor is not None:
@@ -464,7 +487,7 @@ def train(
     manager = run.checkpoint_manager(checkpoint, max_to_keep=max_checkpoints)
     batches = distributed_batches(
         strategy, method, images, info.num_examples, global_batch_size=batch_size, seed=seed,
-        shuffle_buffer=shuffle_buffer, start_step=start_step,
+        shuffle_buffer=shuffle_buffer, start_step=start_step, access=access,
     )
 
     def monitor_metrics(step):

@@ -18,7 +18,8 @@ from __future__ import annotations
 import os
 
 from keras_ssl_eval.contract import FOLDER_PREFIX
-from keras_ssl_eval.reading.data import DatasetInfo, load_images
+from keras_ssl_eval.reading.data import DatasetInfo, RandomAccess, load_images
+from keras_ssl_eval.reading.data import load_for_training as _load_for_training
 
 
 def _import_builder(name: str) -> None:
@@ -264,6 +265,41 @@ def load_dataset(
     )
 
 
+def load_training_split(
+    name: str,
+    split: str = "train",
+    *,
+    data_dir: str | None = None,
+    image_size: int | None = None,
+    memory_bytes: int = 0,
+    prepare: bool = True,
+):
+    """`load_dataset` of a training split, and how to read it by index.
+
+    Args:
+      name: A dataset name (see the module docstring).
+      split: Split name.
+      data_dir: TFDS data directory.
+      image_size: Resize images to this square size (None keeps them).
+      memory_bytes: The most bytes a TFDS split's encoded images may take in
+        memory to be read by index (folders are always read by index).
+      prepare: Generate/download the dataset first if needed.
+
+    Returns:
+      `(dataset, info, access)`: the examples in stored order and the
+      `DatasetInfo`, as `load_dataset` returns them, and the split's
+      `RandomAccess` (`keras_ssl_eval.reading.data`), which
+      `keras_ssl.input_pipeline` reads each epoch's permutation through.
+    """
+    if prepare:
+        prepare_dataset(name, data_dir)
+    else:
+        _import_builder(name)
+    return _load_for_training(name, split, data_dir=data_dir, image_size=image_size,
+                              memory_bytes=memory_bytes)
+
+
 __all__ = [
-    "ChecksumMismatchError", "DatasetInfo", "FOLDER_PREFIX", "load_dataset", "prepare_dataset",
+    "ChecksumMismatchError", "DatasetInfo", "FOLDER_PREFIX", "RandomAccess", "load_dataset",
+    "load_training_split", "prepare_dataset",
 ]

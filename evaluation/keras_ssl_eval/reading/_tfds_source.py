@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import os
 
+import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from keras_ssl_eval.reading.data import DatasetInfo, to_rgb_float
+from keras_ssl_eval.reading.data import DatasetInfo, RandomAccess, to_rgb_float
 
 _PREPARE_HINT = ("prepare it with `keras-ssl-prepare-data {name}` from keras-ssl or "
                  "`tfds build {name}` (with --data_dir)")
@@ -55,6 +56,77 @@ def load(name, split, *, data_dir, image_size, shuffle_files, seed, segmentation
                        num_classes=len(class_names), class_names=class_names,
                        image_size=image_size or native_size)
     return ds, info
+
+
+def load_for_training(name, split, *, data_dir, image_size, memory_bytes):
+    """`load(name, split)` and its `RandomAccess`; see `data.load_for_training`."""
+    ds, info = load(name, split, data_dir=data_dir, image_size=image_size,
+                    shuffle_files=False, seed=None)
+    builder = _builder(name, data_dir)
+    image = builder.info.features["image"]
+    if not isinstance(image, tfds.features.Image):
+        return ds, info, RandomAccess(
+            None, f"read in order: its 'image' feature is a {type(image).__name__}, not an "
+                  f"encoded Image")
+    needed = _encoded_bytes(builder, split)
+    if needed is None or needed > memory_bytes:
+        size = "of unknown size" if needed is None else f"{needed / 2**20:.0f} MiB"
+        return ds, info, RandomAccess(
+            None, f"read in order: its encoded images ({size}) exceed the memory budget of "
+                  f"{memory_bytes / 2**20:.0f} MiB")
+    encoded, labels = _read_encoded(builder, split)
+    # A variable, not a constant captured by the dataset's functions: those
+    # are copied into each function's graph, and a graph holds at most 2 GB.
+    with tf.device("/cpu:0"):
+        encoded = tf.Variable(encoded, trainable=False, name="encoded_images")
+        labels = tf.constant(labels, tf.int64)
+
+    def decode(element):
+        index = element["index"]
+        return {**element, "image": to_rgb_float(image.decode_example(encoded[index]), image_size),
+                "label": labels[index]}
+
+    def read(indices):
+        return indices.map(decode, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+
+    held = int(tf.reduce_sum(tf.strings.length(encoded))) / 2**20
+    return ds, info, RandomAccess(read, f"{info.num_examples} encoded images ({held:.0f} MiB) "
+                                        f"held in memory, decoded by index")
+
+
+def _encoded_bytes(builder, split):
+    """The split's bytes on disk (its encoded images and labels), None if unknown."""
+    try:
+        split_info = builder.info.splits[split]
+    except (KeyError, ValueError):
+        return None
+    if split_info.num_bytes:
+        return int(split_info.num_bytes)
+    # A slice ("train[:10%]") has no size of its own: scale its whole split's.
+    base = builder.info.splits[split.split("[")[0]]
+    if not base.num_bytes or not base.num_examples:
+        return None
+    return int(base.num_bytes) * int(split_info.num_examples) // int(base.num_examples)
+
+
+def _read_encoded(builder, split):
+    """The split's encoded images (object array of bytes) and labels (-1 without), stored order."""
+    ds = builder.as_dataset(split=split, shuffle_files=False,
+                            decoders={"image": tfds.decode.SkipDecoding()})
+    has_label = "label" in builder.info.features
+
+    def pair(example):
+        label = (tf.cast(example["label"], tf.int64) if has_label
+                 else tf.constant(-1, tf.int64))
+        return example["image"], label
+
+    encoded, labels = [], []
+    for images, batch_labels in ds.map(pair).batch(8192).as_numpy_iterator():
+        encoded.append(images)
+        labels.append(batch_labels)
+    if not encoded:
+        return np.zeros([0], object), np.zeros([0], np.int64)
+    return np.concatenate(encoded), np.concatenate(labels)
 
 
 def _foreground(mask, image_size):

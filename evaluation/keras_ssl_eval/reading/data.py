@@ -30,13 +30,14 @@ import hashlib
 import logging
 import os
 import re
+from typing import Callable
 
 import tensorflow as tf
 
 from keras_ssl_eval.reading._naming import natural_sort_key
 from keras_ssl_eval.contract import FOLDER_PREFIX, IMAGE_EXTENSIONS
 
-__all__ = ["DatasetInfo", "load_images", "to_rgb_float"]
+__all__ = ["DatasetInfo", "RandomAccess", "load_images", "load_for_training", "to_rgb_float"]
 
 # How many file names a warning about skipped or ignored files shows.
 _MAX_NAMED_FILES = 5
@@ -76,6 +77,65 @@ class DatasetInfo:
     class_names: tuple[str, ...]
     image_size: tuple[int, int] | None
     num_skipped: int = 0
+
+
+@dataclasses.dataclass(frozen=True)
+class RandomAccess:
+    """How a split can be read in an order of the reader's choosing (training's permutations).
+
+    Attributes:
+        read: ``read(dataset)``: each element of `dataset` is a dict with an int64
+            ``index`` (a position in the split's stored order); the returned
+            dataset adds that example's ``image`` and ``label``, decoded exactly
+            as `load_images` decodes them, and keeps the other keys. None when the
+            split can only be read in its stored order.
+        description: How the split is read, or why it cannot be read by index
+            (for a run's log).
+    """
+
+    read: Callable[[tf.data.Dataset], tf.data.Dataset] | None
+    description: str
+
+
+def load_for_training(
+    name: str,
+    split: str,
+    *,
+    data_dir: str | None = None,
+    image_size: tuple[int, int] | int | None = None,
+    memory_bytes: int = 0,
+) -> tuple[tf.data.Dataset, DatasetInfo, RandomAccess]:
+    """`load_images` of a split, and how to read its examples by index.
+
+    A folder is always read by index (its file list is in memory). A TFDS
+    split whose encoded images take at most `memory_bytes` (e.g. Fashion-MNIST's
+    training split: 31 MB) is read into memory once, still encoded, and
+    decoded by index; a larger one can only be read in order.
+
+    Args:
+        name: As for `load_images`.
+        split: As for `load_images`.
+        data_dir: As for `load_images`.
+        image_size: As for `load_images`.
+        memory_bytes: The most bytes a TFDS split's encoded images may take in
+            memory; 0 never holds one.
+
+    Returns:
+        ``(dataset, info, access)``: the split in its stored order and its
+        `DatasetInfo`, as `load_images` returns them, and its `RandomAccess`.
+    """
+    size = _normalize_size(image_size)
+    if name.startswith(FOLDER_PREFIX):
+        files, info, common = _folder_files(name, split, size)
+        access = RandomAccess(
+            read=lambda indices: _read_files(files, indices, size, common),
+            description=f"{len(files)} image files read by index",
+        )
+        return _folder_dataset(files, size, common, False, None), info, access
+    from keras_ssl_eval.reading import _tfds_source  # pylint: disable=import-outside-toplevel
+
+    return _tfds_source.load_for_training(name, split, data_dir=data_dir, image_size=size,
+                                          memory_bytes=memory_bytes)
 
 
 def load_images(
@@ -180,6 +240,12 @@ def _normalize_size(image_size) -> tuple[int, int] | None:
 
 
 def _load_folder(name, split, size, shuffle_files, seed):
+    files, info, common = _folder_files(name, split, size)
+    return _folder_dataset(files, size, common, shuffle_files, seed), info
+
+
+def _folder_files(name, split, size):
+    """The readable ``(path, label)`` files of a folder split, its `DatasetInfo` and image size."""
     root = os.path.expanduser(name[len(FOLDER_PREFIX):])
     if not os.path.isdir(root):
         raise FileNotFoundError(
@@ -229,7 +295,7 @@ def _load_folder(name, split, size, shuffle_files, seed):
     info = DatasetInfo(name=name, split=split, num_examples=len(good),
                        num_classes=len(class_names), class_names=tuple(class_names),
                        image_size=common, num_skipped=len(bad))
-    return _folder_dataset(good, size, common, shuffle_files, seed), info
+    return good, info, common
 
 
 def _parse_split(split, name):
@@ -418,13 +484,29 @@ def _folder_dataset(files, size, common, shuffle_files, seed):
         ds = ds.shuffle(len(files), seed=seed, reshuffle_each_iteration=True)
 
     def decode(path, label, index):
-        image = tf.io.decode_image(tf.io.read_file(path), channels=3,
-                                   expand_animations=False)
-        image = tf.ensure_shape(to_rgb_float(image, size), [*common, 3])
-        return {"image": image, "label": label, "index": index}
+        return {"image": _decode_file(path, size, common), "label": label, "index": index}
 
     ds = ds.map(decode, num_parallel_calls=tf.data.AUTOTUNE)
     # Every file decoded when the dataset was loaded, but one can still change
     # before it is read (a folder being written to): drop it with a logged
     # warning instead of ending a long run.
     return ds.ignore_errors(log_warning=True)
+
+
+def _read_files(files, indices, size, common):
+    """`RandomAccess.read` of a folder: decodes the file of each element's ``index``."""
+    paths = tf.constant([f for f, _ in files])
+    labels = tf.constant([label for _, label in files], tf.int64)
+
+    def decode(element):
+        index = element["index"]
+        return {**element, "image": _decode_file(paths[index], size, common),
+                "label": labels[index]}
+
+    ds = indices.map(decode, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    return ds.ignore_errors(log_warning=True)  # As in `_folder_dataset`.
+
+
+def _decode_file(path, size, common):
+    image = tf.io.decode_image(tf.io.read_file(path), channels=3, expand_animations=False)
+    return tf.ensure_shape(to_rgb_float(image, size), [*common, 3])

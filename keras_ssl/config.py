@@ -5,6 +5,7 @@ from __future__ import annotations
 import ast
 import contextlib
 import difflib
+import logging
 import os
 import re
 from typing import Sequence
@@ -121,8 +122,9 @@ def _include_search_paths(files: Sequence[str]):
     prefixes[:] = list(dict.fromkeys(paths + saved_prefixes))
     # gin's reader of files inside Python packages fails with a TypeError,
     # instead of answering "not here", on a path under a folder Python sees as
-    # a namespace package -- `gin_configs/...` when the checkout is on sys.path.
-    readers[:] = [(reader, _not_found_on_error(exists)) for reader, exists in saved_readers]
+    # a namespace package -- `gin_configs/...` when the checkout is on sys.path;
+    # and where it answers "not here" it logs an error-level "Path not found".
+    readers[:] = [(reader, _quiet_probe(exists)) for reader, exists in saved_readers]
     try:
         yield
     finally:
@@ -130,16 +132,34 @@ def _include_search_paths(files: Sequence[str]):
         readers[:] = saved_readers
 
 
-def _not_found_on_error(exists):
-    """`exists`, answering False where it raises."""
+def _quiet_probe(exists):
+    """`exists`, answering False where it raises, without gin's "Path not found" log.
+
+    gin asks every reader about an include under every search path in turn
+    and takes the first that has it. Its reader of files inside Python
+    packages logs `Path not found` at error level each time it answers no,
+    also when the next search path then has the file. Those lines are
+    dropped; an include found nowhere is still refused
+    (`_missing_include_message`).
+    """
 
     def checked(path):
+        root = logging.getLogger()
+        root.addFilter(_drop_gin_not_found)
         try:
             return exists(path)
         except Exception:  # pylint: disable=broad-except
             return False
+        finally:
+            root.removeFilter(_drop_gin_not_found)
 
     return checked
+
+
+def _drop_gin_not_found(record: logging.LogRecord) -> bool:
+    """False (drop) for gin's resource reader's "Path not found" record."""
+    return not (os.path.basename(record.pathname) == "resource_reader.py"
+                and str(record.msg).startswith("Path not found"))
 
 
 # gin's refusal of an `include` it cannot open.

@@ -1,6 +1,8 @@
 """keras_ssl.config: strict gin bindings, refused in one line when the config is parsed."""
 
 import os
+import subprocess
+import sys
 
 import keras
 import pytest
@@ -115,6 +117,22 @@ def test_include_of_a_shared_file_works_from_any_directory(tmp_path, monkeypatch
         assert gin.query_parameter("resnet_v2.depth") == 18
     finally:
         gin.clear_config()
+
+
+def test_an_include_that_loads_logs_no_error(tmp_path):
+    """gin's package reader logs "Path not found" for each search path that lacks the include."""
+    own = tmp_path / "own.gin"
+    own.write_text("include 'gin_configs/backbones/resnet10_v2_shapes.gin'\n")
+    script = ("from absl import logging; logging.use_absl_handler(); import gin; "
+              "from keras_ssl import config; config.parse_gin(['own.gin']); "
+              "print(gin.query_parameter('resnet_v2.depth'))")
+    # From a directory without gin_configs: the current directory lacks the include,
+    # the keras-ssl checkout has it.
+    done = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True,
+                          text=True, timeout=300, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["10"]
+    assert "Path not found" not in done.stderr and "resource_reader" not in done.stderr, done.stderr
 
 
 def test_a_missing_include_names_the_include_and_the_including_file(tmp_path):

@@ -9,9 +9,10 @@ accuracy gets its Wilson interval alone.
 
 Comparisons: `overlap_marks` marks, within one column of a pivot table, the
 best entry and the entries whose interval overlaps the best one's (not shown
-to differ from it), and `random_init_rows` finds the step-0 entry (the same
-network at random initialisation) whose interval an entry may overlap (not
-shown to have learned anything the probe can use). docs/sweep.md explains the
+to differ from it), and `random_init_mark` compares an entry with the step-0
+entry (the same network at random initialisation, `random_init_rows`): an
+overlap means no gain is shown, an interval wholly below means training made
+the layer worse for the probe. docs/sweep.md explains the
 marks and their limits.
 """
 
@@ -23,7 +24,7 @@ from keras_ssl.sweep.grid import SEED_AXIS
 # The columns that identify a result apart from the grid's axes.
 RESULT_KEY = ("model", "step", "layer", "protocol", "labels", "metric")
 # Marks in pivot tables (docs/sweep.md).
-BEST_MARK, NEAR_BEST_MARK, RANDOM_INIT_MARK = "**", "≈", "†"
+BEST_MARK, NEAR_BEST_MARK, RANDOM_INIT_MARK, BELOW_RANDOM_INIT_MARK = "**", "≈", "†", "↓"
 
 
 def interval(row: dict) -> list[float] | None:
@@ -128,16 +129,24 @@ def overlap_marks(entries: list[dict | None]) -> list[str]:
     return marks
 
 
-def overlaps_random_init(entry: dict, baselines: dict, axis_names) -> bool:
-    """Whether a final-export entry's interval overlaps its step-0 baseline's."""
+def random_init_mark(entry: dict, baselines: dict, axis_names) -> str:
+    """The mark of a final-export entry against its step-0 baseline.
+
+    Returns:
+      `†` when the two intervals overlap (no difference shown), `↓` when the
+      entry's lies wholly below the baseline's (worse than random
+      initialisation), "" when it lies above or there is nothing to compare.
+    """
     if entry.get("model") != "final":
-        return False
+        return ""
     baseline = baselines.get(baseline_key(entry, axis_names))
-    return (baseline is not None and interval(entry) is not None
-            and interval(baseline) is not None
-            and intervals_overlap(interval(entry), interval(baseline)))
+    if baseline is None or interval(entry) is None or interval(baseline) is None:
+        return ""
+    if intervals_overlap(interval(entry), interval(baseline)):
+        return RANDOM_INIT_MARK
+    return BELOW_RANDOM_INIT_MARK if interval(entry)[1] < interval(baseline)[0] else ""
 
 
-__all__ = ["BEST_MARK", "NEAR_BEST_MARK", "RANDOM_INIT_MARK", "RESULT_KEY", "SEED_AXIS",
-           "baseline_key", "group", "interval", "overlap_marks", "overlaps_random_init",
-           "random_init_rows", "summarise", "summary_rows"]
+__all__ = ["BELOW_RANDOM_INIT_MARK", "BEST_MARK", "NEAR_BEST_MARK", "RANDOM_INIT_MARK",
+           "RESULT_KEY", "SEED_AXIS", "baseline_key", "group", "interval", "overlap_marks",
+           "random_init_mark", "random_init_rows", "summarise", "summary_rows"]

@@ -22,7 +22,8 @@ only runs that differ by their seed are averaged (mean ± std over the seeds).
 Each entry shows its 95% interval in brackets, and marks (docs/sweep.md):
 ``**bold**`` the best entry of its column, ``≈`` an entry whose interval
 overlaps the best one's, ``†`` a final-export entry whose interval overlaps
-the same setting's at random initialisation (step 0).
+the same setting's at random initialisation (step 0), ``↓`` one whose
+interval lies wholly below it.
 """
 
 from __future__ import annotations
@@ -78,7 +79,7 @@ def _legend(body, row_columns, metric, baselines_shown) -> str:
                      "(not shown to differ)")
         if baselines_shown:
             parts.append("†: interval overlaps the same network's at random "
-                         "initialisation (step 0): no gain shown")
+                         "initialisation (step 0): no gain shown; ↓: wholly below it")
     return ("Entries: " + "; ".join(parts) + ".") if parts else ""
 
 
@@ -123,8 +124,9 @@ def markdown(rows: list[dict], spec: dict, axis_names) -> str:
                 text = f"**{text}**"
             elif mark:
                 text += f" {mark}"
-            if aggregate.overlaps_random_init(c, baselines, axis_names):
-                text += f" {aggregate.RANDOM_INIT_MARK}"
+            versus_init = aggregate.random_init_mark(c, baselines, axis_names)
+            if versus_init:
+                text += f" {versus_init}"
                 baselines_shown = True
             texts.append(text)
         lines.append("| " + " | ".join([*("" if k is None else str(k) for k in keys),

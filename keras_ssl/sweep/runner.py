@@ -10,6 +10,7 @@ Layout of the output directory::
     cells/<cell>/results.json written last: the cell is finished
     cells/<cell>/failed.json  the cell failed: exit status and reason
     results.csv, results.md   the table (keras_ssl.sweep.table)
+    summary.csv               with a seed axis: the results over seeds (keras_ssl.sweep.aggregate)
     plots/*.png               the grid's plots (keras_ssl.sweep.plots)
 
 Each cell runs as `python -m keras_ssl.sweep.cell CELL_DIR` in its own session,

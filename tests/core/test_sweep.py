@@ -546,6 +546,11 @@ def test_seeds_aggregate_into_mean_std_n_and_overlap_marks(tmp_path):
     assert lines["| 1"].endswith("] † |") and "≈" not in lines["| 1"]
     assert "mean ± std over 2 seeds" in text and "1000 test images" in text
     assert "†: interval overlaps the same network's at random initialisation" in text
+    # An entry wholly below its random initialisation reads ↓.
+    worse = [{**r, "value": 0.1, "ci95_low": 0.08, "ci95_high": 0.12}
+             if r["width"] == 1 and r["model"] == "final" else r for r in rows]
+    assert "| 1 | 10.0 ± 0.0 [" in pivot.markdown(worse, spec, axes)
+    assert pivot.markdown(worse, spec, axes).count("↓ |") == 1
 
     # Naming the seed keeps the runs apart: one table row per width and seed.
     apart = pivot.pivot(rows, {**spec, "rows": ["width", "seed"]}, axes)[2]

@@ -77,7 +77,11 @@ def select(rows: list[dict], spec: dict, axis_names) -> tuple[list[dict], list[s
             continue
         if len({str(row.get(column)) for row in chosen}) > 1:
             series.append(column)
-    return aggregate.group(chosen, [*series, spec["x"]]), series
+    # Everything that identifies a result but the seed: only seeds are ever averaged,
+    # even where a `where` list lets a named column take several values.
+    identity = [c for c in [*axis_names, *aggregate.RESULT_KEY, *series, spec["x"]]
+                if c != aggregate.SEED_AXIS or c in named]
+    return aggregate.group(chosen, list(dict.fromkeys(identity))), series
 
 
 def merged_order(sequences) -> list:

@@ -429,6 +429,11 @@ def test_sweep_binary_end_to_end(tmp_path, data_dir):
     assert "loss became" in failed["reason"], failed
     rows = (output / "results.csv").read_text().splitlines()
     assert len(rows) == 1 + 2 * 2 * 2 + 1  # header, 2 models x 2 layers x 2 protocols, failure
+    # Every accuracy carries its test count (max_test_examples) and Wilson interval.
+    from keras_ssl.sweep.table import read_csv
+    finished = [r for r in read_csv(str(output / "results.csv")) if r["status"] == "ok"]
+    assert {r["test_count"] for r in finished} == {32}
+    assert all(r["ci95_low"] <= r["value"] <= r["ci95_high"] for r in finished)
     assert (output / "results.md").exists()
     assert (output / "plots" / "per_layer.png").stat().st_size > 0
 
@@ -606,3 +611,14 @@ def test_report_regenerates_from_a_stored_csv_with_intervals(tmp_path):
     assert (out / "plots" / "width.png").stat().st_size > 0
     with pytest.raises(ValueError, match="no whole number of 7 test examples"):
         report.table.fill_intervals(report.table.read_csv(str(stored)), 7)
+
+
+def test_only_seeds_are_averaged():
+    """A `where` list lets a named column vary: its values stay apart, seeds are averaged."""
+    from keras_ssl.sweep.plots import select
+
+    rows = [{**r, "protocol": protocol} for r in _seed_rows() for protocol in ("linear", "knn")]
+    chosen, series = select(rows, {"x": "width", "where": {"protocol": ["linear", "knn"]}},
+                            ["width", "seed"])
+    assert series == [] and len(chosen) == 6  # 3 widths x 2 protocols, each over 2 seeds
+    assert {r["n"] for r in chosen} == {2}

@@ -20,7 +20,11 @@ _PREPARE_HINT = ("prepare it with `keras-ssl-prepare-data {name}` from keras-ssl
 
 def load(name, split, *, data_dir, image_size, shuffle_files, seed, segmentation=False):
     """Loads split `split` of TFDS dataset `name`; see `data.load_images`."""
-    builder = _builder(name, data_dir)
+    return _load(_builder(name, data_dir), name, split, image_size=image_size,
+                 shuffle_files=shuffle_files, seed=seed, segmentation=segmentation)
+
+
+def _load(builder, name, split, *, image_size, shuffle_files, seed, segmentation):
     features = builder.info.features
     if segmentation and "segmentation_mask" not in features:
         raise ValueError(
@@ -60,9 +64,9 @@ def load(name, split, *, data_dir, image_size, shuffle_files, seed, segmentation
 
 def load_for_training(name, split, *, data_dir, image_size, memory_bytes):
     """`load(name, split)` and its `RandomAccess`; see `data.load_for_training`."""
-    ds, info = load(name, split, data_dir=data_dir, image_size=image_size,
-                    shuffle_files=False, seed=None)
     builder = _builder(name, data_dir)
+    ds, info = _load(builder, name, split, image_size=image_size, shuffle_files=False, seed=None,
+                     segmentation=False)
     image = builder.info.features["image"]
     if not isinstance(image, tfds.features.Image):
         return ds, info, RandomAccess(

@@ -31,7 +31,7 @@ import numpy as np
 import orbit
 import tensorflow as tf
 
-from keras_ssl import registry
+from keras_ssl import config, registry
 from keras_ssl.backbones import build_backbone
 from keras_ssl.datasets import load_training_split
 from keras_ssl.distribute import check_global_batch, describe, get_strategy, sum_over_workers
@@ -355,8 +355,8 @@ def train(
         `keras_ssl.input_pipeline` describes the order.
       shuffle_memory_mb: The most MiB a TFDS split's encoded images may take
         in memory, where they are held so that each epoch can be read in a
-        full permutation (Fashion-MNIST's 60,000 training images take 31 MiB,
-        CIFAR-10's about 130). Folders need no memory for it: their files are
+        full permutation (Fashion-MNIST's 60,000 training images take 29 MiB,
+        CIFAR-10's about 110). Folders need no memory for it: their files are
         read by index.
       seed: Seed of the initialisation, the data order and every draw.
       export: Export a SavedModel of the final step.
@@ -451,6 +451,7 @@ def train(
         global_step = orbit.utils.create_global_step()
     checkpoint = make_checkpoint(method, optimizer, global_step)
 
+    config.refuse_unused_bindings(method)  # every binding took effect (keras_ssl.config)
     run.create()
     start_step = run.restore_latest(checkpoint)
     if start_step == 0:

@@ -145,6 +145,15 @@ def test_errors_are_one_line_each(idx_dir, tmp_path):
     assert not os.path.exists(os.path.join(data_dir, "fashion_mnist", "3.0.1", "dataset_info.json"))
 
 
+def test_any_tfds_dataset_takes_its_files_from_the_manual_dir(tmp_path):
+    """CIFAR-10's archive is checked like Fashion-MNIST's files, before anything is downloaded."""
+    (tmp_path / "cifar-10-binary.tar.gz").write_bytes(b"not the archive")
+    line = _user_error_line(lambda: prepare_dataset(
+        "cifar10", str(tmp_path / "tfds"), manual_dir=str(tmp_path)))
+    assert "Dataset 'cifar10': the SHA-256 of cifar-10-binary.tar.gz (15 bytes" in line
+    assert "--accept_checksum_mismatch" in line
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(not all(os.path.exists(os.path.join(REAL_FILES, f)) for f in FILES),
                     reason="dataset-fashion-mnist is not installed (apt-get install "

@@ -109,7 +109,7 @@ def load_for_training(
 
     A folder is always read by index (its file list is in memory). A TFDS
     split whose encoded images take at most `memory_bytes` (e.g. Fashion-MNIST's
-    training split: 31 MB) is read into memory once, still encoded, and
+    training split: 29 MiB) is read into memory once, still encoded, and
     decoded by index; a larger one can only be read in order.
 
     Args:

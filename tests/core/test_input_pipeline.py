@@ -13,7 +13,7 @@ from keras_ssl.input_pipeline import (
 )
 from keras_ssl_eval.reading.data import RandomAccess
 from keras_ssl_eval.testing import write_image_folder
-from tests.helpers.runs import run_training
+from tests.helpers.runs import checkpoint_difference, run_bindings, run_training
 from tests.helpers.tiny_run import tiny_run_bindings, tiny_shapes_name
 
 CLASSES, PER_CLASS = 10, 20  # 200 images stored class by class
@@ -158,3 +158,18 @@ def test_training_on_a_class_ordered_folder_logs_a_full_permutation(class_folder
     result = run_training(str(tmp_path / "run"), bindings)
     assert "data order: a full permutation of the 200 examples each epoch" in result.stdout
     assert "Only windows" not in result.stderr
+
+
+@pytest.mark.slow
+def test_two_cpu_replicas_read_by_index_train_like_one_device(data_dir, tmp_path):
+    """The TFDS split held in memory feeds a MirroredStrategy like one device (same rows, same weights)."""
+    bindings = run_bindings(data_dir, 4)
+    bindings = [b for b in bindings if "shuffle_buffer" not in b] + ["keras_ssl.train.export = False"]
+    one = run_training(str(tmp_path / "one"), bindings)
+    two = run_training(str(tmp_path / "two"), bindings, "--strategy=mirrored", "--cpu_replicas=2")
+    for result in (one, two):
+        assert "data order: a full permutation of the 96 examples each epoch" in result.stdout
+        assert "held in memory, decoded by index" in result.stdout
+    difference = checkpoint_difference(str(tmp_path / "one" / "ckpt-4"),
+                                       str(tmp_path / "two" / "ckpt-4"))
+    assert difference < 1e-5

@@ -294,3 +294,137 @@ def _gin_location(error: Exception) -> str:
         if line.strip().startswith("In "):
             return line.strip()[3:]
     return ""
+
+
+# Parameters keras-ssl's training passes itself: a binding of one never acts,
+# and this says which setting to bind instead.
+_SET_BY_THE_CALLER = {
+    ("keras_ssl.learning_rate_schedule", "global_batch_size"): "keras_ssl.train.batch_size",
+    ("keras_ssl.learning_rate_schedule", "total_steps"): "keras_ssl.train.train_steps",
+    ("keras_ssl.build_optimizer", "learning_rate"): "keras_ssl.learning_rate_schedule",
+}
+
+# Configurables a training run consults only after `refuse_unused_bindings`
+# (after the run directory exists). None: everything `keras_ssl.train` uses
+# -- the method, backbone, augmentation stack, views, schedule, optimizer and
+# kNN monitor -- is called before it, and the export, the sweep and
+# keras-ssl-eval read no gin binding (the export rebuilds the method from the
+# run's own config.gin, with the same configurables). A configurable that a
+# later stage must consult goes here, with the reason.
+CONSULTED_AFTER_THE_CHECK: frozenset[str] = frozenset()
+
+
+def _scope_within(scope: str, active: str) -> bool:
+    """Whether a binding in `scope` applies to a call made in scope `active`."""
+    return not scope or active == scope or active.startswith(scope + "/")
+
+
+def _replaced(scope: str, active: str, selector: str, parameter: str, bound) -> bool:
+    """Whether a binding more specific than `scope` gives `parameter` to the call in `active`."""
+    return any(len(other) > len(scope) and _scope_within(other, active) and parameter in values
+               for (other, bound_selector), values in bound.items() if bound_selector == selector)
+
+
+def _binding_name(scope: str, selector: str, parameter: str) -> str:
+    from gin import config as gin_config
+
+    try:
+        name = gin_config._REGISTRY.minimal_selector(selector)  # pylint: disable=protected-access
+    except Exception:  # a macro, or a selector gin no longer resolves
+        name = selector
+    if selector == "gin.macro":
+        return scope  # a macro `NAME = value` is bound as scope NAME of gin.macro
+    return f"{scope}/{name}.{parameter}" if scope else f"{name}.{parameter}"
+
+
+def _never_called(selector: str, method=None) -> str:
+    """Why a configurable this run never called is not used."""
+    for plugins in registry.ALL:
+        entry = plugins.plugin_for_gin_selector(selector)
+        if entry is None:
+            continue
+        if plugins is registry.METHODS:
+            used = _query("keras_ssl.build_method.method")
+        elif plugins is registry.BACKBONES:
+            used = _query("keras_ssl.build_method.backbone", "resnet_v2")
+        elif plugins is registry.AUGMENTATIONS and method is not None:
+            used = getattr(method, "augmentation_name", None)
+        else:
+            used = None
+        this = f"this run's is {used!r}" if used else "this run uses another"
+        return f"the {plugins.kind} {entry.name!r} is not used ({this})"
+    if selector == "gin.macro":
+        return "no binding refers to this macro"
+    return "nothing in this run calls it"
+
+
+def _query(selector: str, default=None):
+    try:
+        return gin.query_parameter(selector)
+    except ValueError:
+        return default
+
+
+def unused_bindings(method=None) -> list[str]:
+    """Bound gin parameters nothing in this process used, each with why.
+
+    Compares the bindings parsed (gin's config) with the values the called
+    configurables took (gin's operative config). A binding is used when a call
+    of its configurable in its scope (or a scope below it) took it, and a
+    more specific scoped binding did not replace it. Unused: a configurable
+    the run never calls (another method's, backbone's or augmentation
+    stack's, `ViewSpec` bound where the method builds its own views), a scope
+    no reference enters, a parameter the caller passes itself
+    (`learning_rate_schedule.total_steps` comes from `keras_ssl.train`), a
+    macro nothing refers to.
+
+    Args:
+      method: The run's built method, to name its augmentation stack.
+
+    Returns:
+      One `"binding: why"` string per unused binding, sorted.
+    """
+    from gin import config as gin_config
+
+    bound = dict(gin_config._CONFIG)  # pylint: disable=protected-access
+    operative = dict(gin_config._OPERATIVE_CONFIG)  # pylint: disable=protected-access
+    unused = []
+    for (scope, selector), parameters in bound.items():
+        if selector in CONSULTED_AFTER_THE_CHECK:
+            continue
+        calls = {active: taken for (active, called), taken in operative.items() if called == selector}
+        for parameter in parameters:
+            within = [active for active in calls if _scope_within(scope, active)]
+            if any(parameter in calls[active] and not _replaced(scope, active, selector, parameter, bound)
+                   for active in within):
+                continue
+            if not calls:
+                why = _never_called(selector, method)
+            elif not within:
+                why = (f"scope {scope!r} is never entered (it is called in scope "
+                       f"{', '.join(repr(active) for active in sorted(calls))})")
+            elif any(parameter in calls[active] for active in within):
+                why = "a more specific scoped binding replaces it in every call"
+            else:
+                instead = _SET_BY_THE_CALLER.get((selector, parameter))
+                why = "keras-ssl passes this parameter itself" + (
+                    f" (bind {instead} instead)" if instead else "")
+            unused.append(f"{_binding_name(scope, selector, parameter)}: {why}")
+    return sorted(unused)
+
+
+def refuse_unused_bindings(method=None) -> None:
+    """Refuses the run when a bound gin parameter went unused (`unused_bindings`).
+
+    `keras_ssl.train` calls it once the method, data and optimizer are built,
+    before the run directory exists, so no binding is silently ignored.
+
+    Raises:
+      ConfigError: One line listing the unused bindings and why.
+    """
+    unused = unused_bindings(method)
+    if unused:
+        raise ConfigError(
+            f"{len(unused)} gin binding{'s' if len(unused) > 1 else ''} would have no effect on "
+            f"this run: {'; '.join(unused)}. Remove {'them' if len(unused) > 1 else 'it'} "
+            f"(or bind what the run uses).")

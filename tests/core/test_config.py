@@ -1,9 +1,11 @@
 """keras_ssl.config: strict gin bindings, refused in one line when the config is parsed."""
 
+import glob
 import os
 import subprocess
 import sys
 
+import gin
 import keras
 import pytest
 
@@ -144,3 +146,102 @@ def test_a_missing_include_names_the_include_and_the_including_file(tmp_path):
     assert "\n" not in message
     assert "'gin_configs/backbones/resnet_v7.gin'" in message
     assert f"{own}\", line 2" in message and "does not exist" in message
+
+
+# ---------------------------------------------------------------- unused bindings
+@gin.configurable(module="test_config")
+def _step_size(base=1.0, scale=1.0, total=10):
+    return base * scale / total
+
+
+@gin.configurable(module="test_config")
+def _uses_step(step=None, unused_default=0):
+    return step
+
+
+def _unused(text, call):
+    gin.clear_config()
+    gin.parse_config(text)
+    call()
+    return [line.split(":")[0] for line in config.unused_bindings()]
+
+
+def test_unused_bindings_follow_gins_scopes_callers_and_macros():
+    # A scoped call takes the global binding unless a scoped one replaces it.
+    text = ("RATE = 2.0\n_step_size.base = %RATE\n_step_size.scale = 3.0\n"
+            "fast/_step_size.scale = 5.0\n_uses_step.step = @fast/_step_size()\n")
+    assert _unused(text, _uses_step) == ["_step_size.scale"]
+    # Called globally too: every binding acts.
+    assert _unused(text, lambda: (_uses_step(), _step_size())) == []
+    # A scope nothing enters, a macro nothing refers to, a configurable never called,
+    # a parameter the caller passes itself.
+    text = ("UNUSED = 1\nslow/_step_size.base = 4.0\n_step_size.total = 20\n_uses_step.step = 1\n")
+    assert _unused(text, lambda: _step_size(total=5)) == [
+        "UNUSED", "_step_size.total", "_uses_step.step", "slow/_step_size.base"]
+    gin.clear_config()
+
+
+def test_a_bound_but_unused_parameter_is_refused_before_the_run_directory_exists(data_dir, tmp_path):
+    from keras_ssl import training
+    from keras_ssl.cli_errors import one_line
+    from tests.helpers.tiny_run import tiny_run_bindings, tiny_shapes_name
+
+    config.parse_gin(bindings=tiny_run_bindings(data_dir, tiny_shapes_name()) + [
+        "moco.queue_size = 16",  # another method's parameter
+        "keras_ssl.learning_rate_schedule.total_steps = 3",  # train passes train_steps
+    ])
+    model_dir = tmp_path / "run"
+    with pytest.raises(config.ConfigError) as refused:
+        training.train(str(model_dir))
+    message = one_line(refused.value)  # as keras-ssl-train prints it, without gin's call note
+    assert message.startswith("2 gin bindings would have no effect")
+    assert "; moco.queue_size: the method 'moco' is not used (this run's is 'rotation')" in message
+    assert ("run: learning_rate_schedule.total_steps: keras-ssl passes this parameter itself "
+            "(bind keras_ssl.train.train_steps instead)") in message
+    assert not model_dir.exists()
+
+
+# Every method config under gin_configs/ (not the shared backbone and optimizer files).
+METHOD_CONFIGS = sorted(
+    os.path.relpath(path, REPO) for path in glob.glob(os.path.join(REPO, "gin_configs", "*", "*.gin"))
+    if os.path.basename(os.path.dirname(path)) not in ("backbones", "optimizers")
+) + ["gin_configs/quickstart.gin"]
+# Checked in every test run; the rest (tens of seconds each at ImageNet sizes) are slow.
+QUICK_CONFIGS = ("gin_configs/quickstart.gin", "gin_configs/dino/synthetic_shapes.gin",
+                 "gin_configs/simsiam/synthetic_shapes.gin")
+
+
+class _RunDirectoryReached(Exception):
+    pass
+
+
+@pytest.mark.parametrize("path", [
+    path if path in QUICK_CONFIGS else pytest.param(path, marks=pytest.mark.slow)
+    for path in METHOD_CONFIGS
+])
+def test_every_shipped_config_uses_every_binding(path, data_dir, monkeypatch):
+    """Trains each config up to its run directory, on the tiny dataset at the config's image size."""
+    from keras_ssl import run_dir, training
+    from tests.helpers.tiny_run import tiny_shapes_name
+
+    def reached(self):
+        raise _RunDirectoryReached
+
+    monkeypatch.setattr(run_dir.RunDirectory, "create", reached)
+    config.parse_gin([os.path.join(REPO, path)])
+    # Bindings that only replace the config's own (or set what train uses anyway), so
+    # the run builds fast: the tiny dataset, one-wide backbones, a small kNN subset.
+    backbone = gin.query_parameter("keras_ssl.build_method.backbone")
+    small = [f"keras_ssl.train.dataset = '{tiny_shapes_name()}'",
+             f"keras_ssl.train.data_dir = '{data_dir}'", "keras_ssl.train.deterministic = False"]
+    if "widening_factor" in (registry.accepted_parameters(registry.BACKBONES.get(backbone)) or ()):
+        small.append(f"{backbone}.widening_factor = 1")
+    try:
+        monitored = gin.query_parameter("keras_ssl.knn_monitor.every_steps") is not None
+    except ValueError:  # not bound: the monitor is off
+        monitored = False
+    if monitored:
+        small.append("keras_ssl.knn_monitor.num_examples = 40")
+    config.parse_gin([os.path.join(REPO, path)], small)
+    with pytest.raises(_RunDirectoryReached):
+        training.train("/nonexistent/never_created")

@@ -37,9 +37,23 @@ POOLINGS = ("adaptive", "vissl")
 UTILITY_TASKS = ("classification", "segmentation")
 
 
-def _flat(default, name: str):
-    """A field whose flat name (flag, grid key) is `name` rather than the field's own."""
-    return dataclasses.field(default=default, metadata={"flat": name})
+def setting(default, help_text: str, *, flat: str | None = None, lower=None, upper=None,
+            choices=None, flag: str | None = None, unit: float | None = None):
+    """A settings field with what its flag needs, in its metadata.
+
+    Args:
+        default: The default.
+        help_text: The flag's help.
+        flat: The flat name (flag, sweep key) when not the field's own name.
+        lower, upper: Bounds the flag enforces.
+        choices: The values a string flag accepts.
+        flag, unit: A flag under another name whose value is the setting in
+            `unit`s (``--cache_max_gb`` for ``cache_max_bytes``; 0 is None).
+    """
+    metadata = {"help": help_text, "flat": flat, "lower": lower, "upper": upper,
+                "choices": choices, "flag": flag, "unit": unit}
+    return dataclasses.field(default=default,
+                             metadata={k: v for k, v in metadata.items() if v is not None})
 
 
 def _tuple(settings, *names) -> None:
@@ -74,17 +88,30 @@ class DataSettings:
             are deleted past it (None: unbounded).
     """
 
-    data_dir: str | None = None
-    train_split: str = "train"
-    test_split: str = "test"
-    layers: tuple[str, ...] | None = None
-    batch_size: int = 64
-    max_train_examples: int | None = None
-    max_test_examples: int | None = None
-    seed: int = 0
-    pooling: str = "adaptive"
-    cache_dir: str | None = None
-    cache_max_bytes: int | None = 10 * 2**30
+    data_dir: str | None = setting(None, "TFDS data directory (TFDS default if unset).")
+    train_split: str = setting("train", "Split the probe is trained on.")
+    test_split: str = setting("test", "Split the probe is tested on.")
+    layers: tuple[str, ...] | None = setting(
+        None, "Comma-separated end-points, e.g. block2,block3,pre_logits (default: all "
+        "end-points of each model).")
+    batch_size: int = setting(64, "Images per forward pass.", lower=1)
+    max_train_examples: int | None = setting(
+        None, "Use this many training images (a seeded random subset; for TFDS the first "
+        "ones after a seeded shuffle of the shards).", lower=1)
+    max_test_examples: int | None = setting(
+        None, "The same as --max_train_examples for the test split.", lower=1)
+    seed: int = setting(0, "Seed of the subsets, the probe's hold-out split, the draws, the "
+                        "heads and fine-tuning.")
+    pooling: str = setting(
+        "adaptive", "Pooling of feature maps: Kolesnikov adaptive max, or VISSL's fixed pools "
+        "(ResNet-50 224 px; other maps fall back to adaptive).", choices=POOLINGS)
+    cache_dir: str | None = setting(
+        None, "Feature cache directory (default: ~/.cache/keras_ssl_eval); empty disables "
+        "the cache.")
+    cache_max_bytes: int | None = setting(
+        10 * 2**30, "Size bound of the feature cache in GB (2^30 bytes): least recently used "
+        "entries are deleted past it; 0 = unbounded.", lower=0, flag="cache_max_gb",
+        unit=2**30)
 
     # Where features are cached does not change the results: not in the report.
     _NOT_RECORDED = ("cache_dir", "cache_max_bytes")
@@ -103,8 +130,11 @@ class LinearSettings:
         validation_fraction: Share of the training set held out to choose L2.
     """
 
-    l2_grid: tuple[float, ...] = (1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1)
-    validation_fraction: float = 0.2
+    l2_grid: tuple[float, ...] = setting(
+        (1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1),
+        "L2 strengths the probe chooses from by hold-out accuracy.")
+    validation_fraction: float = setting(
+        0.2, "Share of the training set the probe holds out to choose L2.", lower=0, upper=1)
 
     def __post_init__(self):
         _tuple(self, "l2_grid")
@@ -124,11 +154,12 @@ class GridSettings:
         mlp_hidden: MLP hidden width.
     """
 
-    heads: tuple[str, ...] = HEADS
-    solver: str = "fast"
-    epochs: int = 70
-    sgd_batch_size: int = 256
-    mlp_hidden: int = 1000
+    heads: tuple[str, ...] = setting(HEADS, f"grid: heads, any of {', '.join(HEADS)}.")
+    solver: str = setting("fast", "grid: solver of the linear head (fast = Newton-CG to the "
+                          "optimum, sgd = the paper's schedule).", choices=SOLVERS)
+    epochs: int = setting(70, "grid: SGD epochs (lr x0.1 at 30/70 and 50/70).", lower=1)
+    sgd_batch_size: int = setting(256, "grid: SGD batch size.", lower=1)
+    mlp_hidden: int = setting(1000, "grid: MLP hidden width.", lower=1)
 
     def __post_init__(self):
         _tuple(self, "heads")
@@ -147,8 +178,8 @@ class KnnSettings:
         temperature: Votes are ``exp(cosine / temperature)``.
     """
 
-    k: int = _flat(200, "knn_k")
-    temperature: float = _flat(0.1, "knn_temperature")
+    k: int = setting(200, "knn: neighbours.", flat="knn_k", lower=1)
+    temperature: float = setting(0.1, "knn: vote temperature.", flat="knn_temperature")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -160,8 +191,9 @@ class LowShotSettings:
         draws: Seeded draws per k.
     """
 
-    shots: tuple[int, ...] = (1, 2, 4, 8, 16, 32, 64, 96)
-    draws: int = 5
+    shots: tuple[int, ...] = setting((1, 2, 4, 8, 16, 32, 64, 96),
+                                     "lowshot: examples per class.")
+    draws: int = setting(5, "lowshot: seeded draws per k.", lower=1)
 
     def __post_init__(self):
         _tuple(self, "shots")
@@ -184,13 +216,19 @@ class UtilitySettings:
             1/4 of the input size, see `default_dense_layer`).
     """
 
-    scratch_model: str | None = None
-    budgets: tuple[int, ...] = (10, 100, 1000)
-    finetune_steps: int = 100
-    finetune_batch_size: int = 32
-    finetune_learning_rate: float = 0.01
-    task: str = _flat("classification", "utility_task")
-    layer: str | None = _flat(None, "utility_layer")
+    scratch_model: str | None = setting(None, "utility: step-0 export trained from scratch.")
+    budgets: tuple[int, ...] = setting((10, 100, 1000), "utility: label budgets n.")
+    finetune_steps: int = setting(100, "utility: steps per budget.", lower=1)
+    finetune_batch_size: int = setting(32, "utility: batch size.", lower=1)
+    finetune_learning_rate: float = setting(0.01, "utility: SGD learning rate.")
+    task: str = setting(
+        "classification", "utility: the fine-tuning task: classification (accuracy, linear "
+        "head on the pre-logits) or segmentation (mean IoU, per-pixel linear head on "
+        "--utility_layer; needs segmentation masks, e.g. synthetic_shapes).",
+        flat="utility_task", choices=UTILITY_TASKS)
+    layer: str | None = setting(
+        None, "utility: end-point under the segmentation head (default: the deepest at "
+        "least 1/4 of the input size).", flat="utility_layer")
 
     def __post_init__(self):
         _tuple(self, "budgets")
@@ -208,33 +246,81 @@ class UnknownSettingError(ValueError):
         self.key = key
 
 
-@dataclasses.dataclass(frozen=True)
 class EvaluationSettings:
-    """All settings of an evaluation; its fields are `evaluate`'s keyword arguments.
+    """All settings of an evaluation: `data`, and one section per registered protocol.
+
+    Its sections are `evaluate`'s keyword arguments. Built from the protocol
+    registry (`keras_ssl_eval.protocols.base`): a protocol's section is named
+    as the protocol and holds its settings dataclass, so a registered protocol
+    has its section, flat names and flags without a change here. Frozen,
+    compared by value; `replace` gives a copy with sections replaced.
 
     Example:
         >>> settings = EvaluationSettings(knn=KnnSettings(k=20))
+        >>> settings.knn.k
+        20
         >>> report = evaluate(models, "cifar10", protocols=["knn"], **settings.sections())
     """
 
-    data: DataSettings = DataSettings()
-    linear: LinearSettings = LinearSettings()
-    grid: GridSettings = GridSettings()
-    knn: KnnSettings = KnnSettings()
-    lowshot: LowShotSettings = LowShotSettings()
-    utility: UtilitySettings = UtilitySettings()
+    def __init__(self, data: DataSettings | None = None, **protocols):
+        """Takes `data` and any protocol's settings by the protocol's name (others: defaults).
+
+        Raises:
+            TypeError: A section that no protocol has, or settings of the
+                wrong class.
+        """
+        classes = _section_classes()
+        unknown = [name for name in protocols if name not in classes]
+        if unknown:
+            raise TypeError(f"Unknown settings section(s) {unknown}; the sections are "
+                            f"{', '.join(classes)}.")
+        given = {"data": data, **protocols}
+        sections = {}
+        for name, cls in classes.items():
+            value = given.get(name)
+            if value is None:
+                value = cls()
+            elif not isinstance(value, cls):
+                raise TypeError(f"Settings section {name!r} must be a {cls.__name__}, got "
+                                f"{type(value).__name__}.")
+            sections[name] = value
+        object.__setattr__(self, "_sections", sections)
+
+    def __getattr__(self, name):
+        sections = self.__dict__.get("_sections", {})
+        if name in sections:
+            return sections[name]
+        raise AttributeError(f"EvaluationSettings has no section {name!r}")
+
+    def __setattr__(self, name, value):
+        raise dataclasses.FrozenInstanceError(f"cannot assign to {name!r}: the settings are "
+                                              f"frozen; use replace()")
+
+    def __eq__(self, other):
+        return isinstance(other, EvaluationSettings) and self._sections == other._sections
+
+    def __hash__(self):
+        return hash(tuple(self._sections.items()))
+
+    def __repr__(self):
+        return ("EvaluationSettings("
+                + ", ".join(f"{k}={v!r}" for k, v in self._sections.items()) + ")")
 
     def sections(self) -> dict[str, Any]:
         """``{section name: settings object}``: keyword arguments of `evaluate`."""
-        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        return dict(self._sections)
+
+    def replace(self, **sections) -> EvaluationSettings:
+        """A copy with the given sections replaced (as `dataclasses.replace`)."""
+        return EvaluationSettings(**{**self._sections, **sections})
 
     @classmethod
     def flat_names(cls) -> dict[str, tuple[str, str]]:
         """``{flat name: (section, field)}`` of every setting, in declaration order."""
         names = {}
-        for section in dataclasses.fields(cls):
-            for f in dataclasses.fields(section.default):
-                names[f.metadata.get("flat", f.name)] = (section.name, f.name)
+        for section, settings_class in _section_classes().items():
+            for f in dataclasses.fields(settings_class):
+                names[f.metadata.get("flat", f.name)] = (section, f.name)
         return names
 
     @classmethod
@@ -247,14 +333,22 @@ class EvaluationSettings:
             ValueError: A value a settings class refuses.
         """
         names = cls.flat_names()
-        values = {section.name: {} for section in dataclasses.fields(cls)}
+        classes = _section_classes()
+        values = {section: {} for section in classes}
         for key, value in mapping.items():
             if key not in names:
                 raise UnknownSettingError(key, names)
             section, name = names[key]
             values[section][name] = value
-        return cls(**{section.name: type(section.default)(**values[section.name])
-                      for section in dataclasses.fields(cls)})
+        return cls(**{section: classes[section](**values[section]) for section in classes})
+
+
+def _section_classes() -> dict[str, type]:
+    """``{section: settings dataclass}``: `DataSettings`, then each registered protocol's."""
+    from keras_ssl_eval.protocols.base import registered  # pylint: disable=import-outside-toplevel
+
+    return {"data": DataSettings,
+            **{name: protocol.settings for name, protocol in registered().items()}}
 
 
 def record(settings) -> dict:

@@ -83,7 +83,7 @@ def evaluation_arguments(evaluation: dict):
       keras_ssl_eval.settings.UnknownSettingError: A key that is no setting.
       ValueError: A value the settings refuse.
     """
-    from keras_ssl_eval.protocols.evaluate import PROTOCOLS
+    from keras_ssl_eval.protocols.base import protocol_names
     from keras_ssl_eval.settings import EvaluationSettings
 
     flat = dict(evaluation)
@@ -91,7 +91,7 @@ def evaluation_arguments(evaluation: dict):
     protocols = flat.pop("protocols", ["linear"])
     protocols = [protocols] if isinstance(protocols, str) else list(protocols)
     if "all" in protocols:
-        protocols = list(PROTOCOLS)
+        protocols = list(protocol_names())
     return dataset, protocols, EvaluationSettings.from_flat(flat)
 
 
@@ -125,7 +125,7 @@ def evaluate_exports(initial: str, final: str, evaluation: dict) -> tuple[dict, 
         print(f"evaluating utility on {dataset} (scratch baseline: the step-0 export)", flush=True)
         utility = dataclasses.replace(settings.utility, scratch_model=initial)
         report = evaluate([final], dataset, protocols=[_UTILITY],
-                          **dataclasses.replace(settings, utility=utility).sections())
+                          **settings.replace(utility=utility).sections())
         results[1]["utility"] = report["models"][0]["utility"]
         report_settings = {**report["settings"], **report_settings,
                            "utility": report["settings"]["utility"]}

@@ -71,7 +71,7 @@ def check_evaluation(grid: Grid) -> None:
     Raises:
       GridError: Naming the line and the closest valid key.
     """
-    from keras_ssl_eval.protocols.evaluate import PROTOCOLS
+    from keras_ssl_eval.protocols.base import protocol_names
     from keras_ssl_eval.settings import EvaluationSettings, UnknownSettingError
 
     from keras_ssl.sweep.cell import evaluation_arguments
@@ -82,12 +82,13 @@ def check_evaluation(grid: Grid) -> None:
         if key not in accepted:
             raise GridError(f"{grid.path} line {grid.evaluation_lines.get(key, 0)}: "
                             f"{UnknownSettingError(key, accepted)}")
+    known = protocol_names()
     protocols = grid.evaluation.get("protocols", ["linear"])
     protocols = [protocols] if isinstance(protocols, str) else list(protocols)
     for protocol in protocols:
-        if protocol not in PROTOCOLS + ("all",):
+        if protocol not in known + ("all",):
             raise GridError(f"{grid.path} line {grid.evaluation_lines.get('protocols', 0)}: "
-                            f"unknown protocol {protocol!r}; use any of {', '.join(PROTOCOLS)} "
+                            f"unknown protocol {protocol!r}; use any of {', '.join(known)} "
                             f"or all.")
     for key, value in grid.evaluation.items():
         try:

@@ -5,7 +5,8 @@ Columns: `cell`, `status`, one column per grid axis, then `ROW_COLUMNS`:
 - `model`: `step_0` (the random initialisation) or `final`; `step` its step;
 - `layer`: the end-point;
 - `protocol`: `linear`, `grid_linear`, `grid_mlp`, `knn`, `lowshot_svm`,
-  `lowshot_linear` or `utility`;
+  `lowshot_linear`, `utility`, or what another registered protocol names
+  (each protocol's `rows`, `keras_ssl_eval.protocols.base`);
 - `labels`: low-shot: labelled examples per class k; utility: the label
   budget n; empty otherwise;
 - `metric` and `value`: `test_accuracy` (a fraction; the low-shot mean over
@@ -32,8 +33,6 @@ ROW_COLUMNS = ("cell", "status", "model", "step", "layer", "protocol", "labels",
                "value", "test_count", "ci95_low", "ci95_high", "bound", "reason")
 # Shown inside the value's cell in markdown, not as columns of their own.
 _INTERVAL_COLUMNS = ("ci95_low", "ci95_high")
-# keras_ssl_eval.utility's flags of a clipped n_hat, as bounds on U(n).
-_UTILITY_BOUNDS = {"above_scratch": "lower", "below_scratch": "upper"}
 RESULTS_CSV = "results.csv"
 RESULTS_MD = "results.md"
 
@@ -41,53 +40,27 @@ RESULTS_MD = "results.md"
 def model_rows(role: str, step: int, results: dict) -> list[dict]:
     """Rows of one evaluated model (an entry of a keras_ssl_eval report's `models`).
 
+    Each registered evaluation protocol makes the rows of its own results
+    (`keras_ssl_eval.protocols.base.Protocol.rows`), in registry order; results
+    stored before the protocols had one layout (the linear probe's under
+    `layers`) are read too.
+
     Args:
       role: `step_0` or `final`.
       step: The model's training step.
-      results: The report entry (`layers`, `grid`, `knn`, `lowshot`, `utility`).
+      results: The report entry (`linear`, `grid`, `knn`, `lowshot`, `utility`, ...).
 
     Returns:
       Dicts with the keys `model`, `step`, `layer`, `protocol`, `labels`,
       `metric`, `value`, `test_count`, `ci95_low`, `ci95_high`, `bound`.
     """
+    from keras_ssl_eval.protocols.base import registered
+
     rows = []
-
-    def add(layer, protocol, value, labels="", metric="test_accuracy", bound="", source=None,
-            ci=None):
-        source = source or {}
-        ci = ci or source.get("ci95") or [None, None]
-        rows.append(dict(model=role, step=step, layer=layer, protocol=protocol, labels=labels,
-                         metric=metric, value=value, test_count=source.get("test_count"),
-                         ci95_low=ci[0], ci95_high=ci[1], bound=bound))
-
-    for layer, result in results.get("layers", {}).items():
-        add(layer, "linear", result["test_accuracy"], source=result)
-    for layer, heads in results.get("grid", {}).items():
-        for head, result in heads.items():
-            add(layer, f"grid_{head}", result["test_accuracy"], source=result)
-    for layer, result in results.get("knn", {}).items():
-        add(layer, "knn", result["test_accuracy"], source=result)
-    for layer, heads in results.get("lowshot", {}).items():
-        for head, by_k in heads.items():
-            if head == "skipped":
-                continue
-            for k in sorted(by_k, key=int):
-                add(layer, f"lowshot_{head}", by_k[k]["mean"], labels=int(k), source=by_k[k])
-    utility = results.get("utility")
-    if utility:
-        layer = utility.get("layer") or "pre_logits"
-        count = {"test_count": utility.get("test_count")}
-        finetuned_ci = utility.get("finetuned_ci95") or [None] * len(utility["budgets"])
-        by_budget = dict(zip(utility["budgets"], finetuned_ci))
-        for row in utility["curve"]:
-            add(layer, "utility", row["utility"], labels=row["n"], metric="utility",
-                bound=_UTILITY_BOUNDS.get(row.get("flag"), ""))
-            add(layer, "utility", row["finetuned_accuracy"], labels=row["n"],
-                metric="finetuned_accuracy", source=count, ci=by_budget.get(row["n"]))
-        scratch_ci = utility.get("scratch_ci95") or [None] * len(utility["budgets"])
-        for n, accuracy, ci in zip(utility["budgets"], utility["scratch_accuracy"], scratch_ci):
-            add(layer, "utility", accuracy, labels=n, metric="scratch_accuracy", source=count,
-                ci=ci)
+    for protocol in registered().values():
+        found = protocol.results(results)
+        if found:
+            rows += [dict(model=role, step=step, **row) for row in protocol.rows(found)]
     return rows
 
 

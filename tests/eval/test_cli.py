@@ -52,11 +52,11 @@ def test_cli_writes_results(workspace, tmp_path, capsys):
     assert results["dataset"]["train"]["num_examples"] == 12
     assert results["dataset"]["test"]["num_examples"] == 8
     assert [m["name"] for m in results["models"]] == ["toy_a", "second_model"]
-    layer = results["models"][0]["layers"]["pre_logits"]
+    layer = results["models"][0]["linear"]["pre_logits"]
     assert set(layer) >= {"test_accuracy", "train_accuracy", "l2", "iterations", "converged",
                           "grad_norm", "feature_dim", "endpoint_shape"}
     assert layer["test_accuracy"] >= 0.75  # The classes differ in mean colour.
-    assert results["models"][1]["layers"]["pre_logits"]["feature_dim"] == 8
+    assert results["models"][1]["linear"]["pre_logits"]["feature_dim"] == 8
     assert (out / "results.md").read_text() == printed
 
 
@@ -90,6 +90,7 @@ def test_unlabelled_dataset_is_an_error(workspace, tmp_path):
 
 
 def test_markdown_table_layout():
+    # A report of schema version 1 (the linear probe under "layers") is read as well.
     fake = {"dataset": {"name": "cifar10"}, "models": [
         {"name": "rot|ation", "layers": {"block3": {"test_accuracy": 0.5},
                                          "pre_logits": {"test_accuracy": 0.554}}},

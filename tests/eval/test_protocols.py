@@ -95,7 +95,7 @@ def test_grid_knn_lowshot_report_and_cache(workspace, tmp_path):
                       protocols=["grid", "knn", "lowshot"], **kwargs)
     assert result["protocol"] == "grid+knn+lowshot"
     model = result["models"][0]
-    assert "layers" not in model and set(model["grid"]) == {"after_root", "pre_logits"}
+    assert "linear" not in model and set(model["grid"]) == {"after_root", "pre_logits"}
     assert set(model["grid"]["pre_logits"]) == {"linear", "mlp"}
     assert model["grid"]["pre_logits"]["linear"]["solver"] == "fast"
     assert model["knn"]["pre_logits"]["k"] == 5
@@ -105,8 +105,8 @@ def test_grid_knn_lowshot_report_and_cache(workspace, tmp_path):
     assert "Kolesnikov grid" in table and "kNN test accuracy" in table and "± " in table
     # A second protocol on the same models reads the cached features.
     linear = evaluate(workspace["models"], workspace["dataset"], protocols="linear", **kwargs)
-    assert set(linear["models"][1]["layers"]) == {"after_root", "pre_logits"}
-    assert linear["models"][1]["layers"]["after_root"]["endpoint_shape"] == [8, 8, 4]
+    assert set(linear["models"][1]["linear"]) == {"after_root", "pre_logits"}
+    assert linear["models"][1]["linear"]["after_root"]["endpoint_shape"] == [8, 8, 4]
 
     # Every test accuracy carries the test count (10 images) and its Wilson interval.
     def check(entry, key="test_accuracy"):
@@ -122,10 +122,10 @@ def test_grid_knn_lowshot_report_and_cache(workspace, tmp_path):
                 for k in ("1", "2"):
                     check(model["lowshot"][layer][head][k], "mean")
     for model in linear["models"]:
-        for entry in model["layers"].values():
+        for entry in model["linear"].values():
             check(entry)
     # The tables print them: "50.0 [23.7, 76.3]", the count in the caption.
-    entry = linear["models"][0]["layers"]["pre_logits"]
+    entry = linear["models"][0]["linear"]["pre_logits"]
     low, high = entry["ci95"]
     assert (f"| pre_logits | {100 * entry['test_accuracy']:.1f} [{100 * low:.1f}, "
             f"{100 * high:.1f}] |") in report.markdown_table(linear)
@@ -173,7 +173,8 @@ def test_compare_renames_duplicates():
 
 
 def test_compare_gives_older_reports_their_intervals():
-    """A results.json from before the intervals: compare fills them from its test size."""
+    """A results.json from before the intervals and the one layout: compare fills the
+    intervals from its test size and moves the linear probe's results to "linear"."""
     old = {"protocol": "linear_probe", "settings": {},
            "dataset": {"name": "d", "test": {"split": "test", "num_examples": 100}},
            "models": [{"name": "m", "path": "/x/m", "metadata": {},
@@ -181,8 +182,9 @@ def test_compare_gives_older_reports_their_intervals():
                        "knn": {"pre_logits": {"test_accuracy": 0.0, "k": 5}}}]}
     merged = compare.compare_reports([old])
     model = merged["models"][0]
-    assert model["layers"]["pre_logits"]["test_count"] == 100
-    assert model["layers"]["pre_logits"]["ci95"] == pytest.approx([0.4038, 0.5962], abs=1e-4)
+    assert "layers" not in model and merged["schema_version"] == 2
+    assert model["linear"]["pre_logits"]["test_count"] == 100
+    assert model["linear"]["pre_logits"]["ci95"] == pytest.approx([0.4038, 0.5962], abs=1e-4)
     assert model["knn"]["pre_logits"]["ci95"][0] == 0.0
     assert "| pre_logits | 50.0 [40.4, 59.6] |" in report.markdown_report(merged)
 

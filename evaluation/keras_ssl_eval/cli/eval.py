@@ -15,164 +15,132 @@ accuracies); ``--verbosity=0`` shows TensorFlow's and absl's logs as well.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import sys
+import types
+import typing
 
 from absl import app, flags
 
 from keras_ssl_eval import quiet
-from keras_ssl_eval.extraction.cache import DEFAULT_CACHE_DIR
-from keras_ssl_eval.protocols.evaluate import PROTOCOLS, evaluate
+from keras_ssl_eval.protocols.base import protocol_names
+from keras_ssl_eval.protocols.evaluate import evaluate
 from keras_ssl_eval.reporting.compare import compare_reports, load_reports
 from keras_ssl_eval.reporting.plots import write_plots
 from keras_ssl_eval.reporting.report import markdown_report, write_report
-from keras_ssl_eval.settings import (HEADS, POOLINGS, SOLVERS, UTILITY_TASKS, DataSettings,
-                                     GridSettings, KnnSettings, LinearSettings, LowShotSettings,
-                                     UtilitySettings)
+from keras_ssl_eval.settings import EvaluationSettings
 
-__all__ = ["main", "run"]
+__all__ = ["define_setting_flags", "main", "run", "settings_from_flags"]
 
 _log = logging.getLogger("keras_ssl_eval")
-_GB = 2**30
 
 
-def _strings(values):
-    return [f"{v:g}" if isinstance(v, float) else str(v) for v in values]
+def _setting_fields():
+    """Yields ``(flat name, field, type)`` of every setting: `DataSettings`, then each protocol's."""
+    classes = {}
+    for flat, (section, name) in EvaluationSettings.flat_names().items():
+        cls = type(getattr(EvaluationSettings(), section))
+        if cls not in classes:
+            classes[cls] = (typing.get_type_hints(cls), {f.name: f for f in dataclasses.fields(cls)})
+        hints, fields = classes[cls]
+        yield flat, fields[name], hints[name]
 
 
-# Every flag's default is read from the settings dataclasses (keras_ssl_eval.settings).
+def _kind(hint):
+    """``(kind, element type)`` of a field's type: ``(list, int)`` for ``tuple[int, ...] | None``."""
+    if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
+        hint = next(arg for arg in typing.get_args(hint) if arg is not type(None))
+    if typing.get_origin(hint) is tuple:
+        return list, typing.get_args(hint)[0]
+    return hint, None
+
+
+def _flag_name(flat, field):
+    return field.metadata.get("flag", flat)
+
+
+def _text(value):
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def define_setting_flags(flag_values=flags.FLAGS) -> None:
+    """Defines one flag per setting of `EvaluationSettings` (data and every registered protocol).
+
+    A flag is named as the setting's flat name (or its metadata ``flag``),
+    has its default and its metadata's ``help``, bounds and choices; a tuple
+    setting is a comma-separated list.
+    """
+    for flat, field, hint in _setting_fields():
+        meta, default = field.metadata, field.default
+        name, help_text = _flag_name(flat, field), meta.get("help", flat)
+        kind, _ = _kind(hint)
+        bounds = {k: meta[m] for k, m in (("lower_bound", "lower"), ("upper_bound", "upper"))
+                  if m in meta}
+        if "unit" in meta:
+            flags.DEFINE_float(name, default / meta["unit"] if default else 0, help_text,
+                               flag_values=flag_values, **bounds)
+        elif kind is list:
+            flags.DEFINE_list(name, None if default is None else [_text(v) for v in default],
+                              help_text, flag_values=flag_values)
+        elif "choices" in meta:
+            flags.DEFINE_enum(name, default, list(meta["choices"]), help_text,
+                              flag_values=flag_values)
+        elif kind is bool:
+            flags.DEFINE_bool(name, default, help_text, flag_values=flag_values)
+        elif kind is int:
+            flags.DEFINE_integer(name, default, help_text, flag_values=flag_values, **bounds)
+        elif kind is float:
+            flags.DEFINE_float(name, default, help_text, flag_values=flag_values, **bounds)
+        else:
+            flags.DEFINE_string(name, default, help_text, flag_values=flag_values)
+
+
+def settings_from_flags(flag_values=flags.FLAGS) -> EvaluationSettings:
+    """The `EvaluationSettings` the flags of `define_setting_flags` describe.
+
+    Raises:
+        absl.app.UsageError: A list flag whose items are not numbers where
+            numbers are needed.
+        ValueError: A value a settings class refuses.
+    """
+    values = {}
+    for flat, field, hint in _setting_fields():
+        name = _flag_name(flat, field)
+        value = flag_values[name].value
+        kind, element = _kind(hint)
+        if "unit" in field.metadata:
+            value = int(value * field.metadata["unit"]) if value else None
+        elif kind is list and value is not None and element in (int, float):
+            try:
+                value = [element(v) for v in value]
+            except ValueError as e:
+                what = "integers" if element is int else "numbers"
+                raise app.UsageError(f"--{name} must be {what}: {e}") from e
+        values[flat] = value
+    return EvaluationSettings.from_flat(values)
+
+
+# The settings' flags, from the settings dataclasses (keras_ssl_eval.settings)
+# and the protocol registry; then those of the binary itself.
+define_setting_flags()
 _SAVED_MODEL = flags.DEFINE_multi_string(
     "saved_model", None, "SavedModel directory following the keras-ssl contract. "
     "Repeat the flag to evaluate several models side by side.")
 _DATASET = flags.DEFINE_string(
     "dataset", None, "TFDS name (e.g. cifar10, synthetic_shapes/TCVL) or "
     "folder:/path/to/images (one sub-folder per class).")
-_DATA_DIR = flags.DEFINE_string(
-    "data_dir", DataSettings.data_dir, "TFDS data directory (TFDS default if unset).")
-_TRAIN_SPLIT = flags.DEFINE_string(
-    "train_split", DataSettings.train_split, "Split the probe is trained on.")
-_TEST_SPLIT = flags.DEFINE_string(
-    "test_split", DataSettings.test_split, "Split the probe is tested on.")
-_LAYERS = flags.DEFINE_list(
-    "layers", DataSettings.layers, "Comma-separated end-points, e.g. block2,block3,pre_logits "
-    "(default: all end-points of each model).")
 _OUTPUT = flags.DEFINE_string(
     "output", None, "Directory for results.json and results.md.")
-_BATCH_SIZE = flags.DEFINE_integer(
-    "batch_size", DataSettings.batch_size, "Images per forward pass.", lower_bound=1)
-_MAX_TRAIN_EXAMPLES = flags.DEFINE_integer(
-    "max_train_examples", DataSettings.max_train_examples,
-    "Use this many training images (a seeded random subset; for TFDS the first ones "
-    "after a seeded shuffle of the shards).", lower_bound=1)
-_MAX_TEST_EXAMPLES = flags.DEFINE_integer(
-    "max_test_examples", DataSettings.max_test_examples,
-    "The same as --max_train_examples for the test split.", lower_bound=1)
-_L2_GRID = flags.DEFINE_list(
-    "l2_grid", _strings(LinearSettings.l2_grid),
-    "L2 strengths the probe chooses from by hold-out accuracy.")
-_VALIDATION_FRACTION = flags.DEFINE_float(
-    "validation_fraction", LinearSettings.validation_fraction,
-    "Share of the training set the probe holds out to choose L2.", lower_bound=0,
-    upper_bound=1)
-_SEED = flags.DEFINE_integer(
-    "seed", DataSettings.seed, "Seed of the subsets, the probe's hold-out split, the "
-    "draws, the heads and fine-tuning.")
 _PROTOCOL = flags.DEFINE_list(
-    "protocol", ["linear"], f"Protocols: any of {', '.join(PROTOCOLS)}, or "
+    "protocol", ["linear"], f"Protocols: any of {', '.join(protocol_names())}, or "
     "all (utility only with --scratch_model).")
-_CACHE_DIR = flags.DEFINE_string(
-    "cache_dir", DEFAULT_CACHE_DIR, "Feature cache directory; empty "
-    "disables the cache.")
-_CACHE_MAX_GB = flags.DEFINE_float(
-    "cache_max_gb", DataSettings.cache_max_bytes / _GB, "Size bound of the feature cache "
-    "in GB (2^30 bytes): least recently used entries are deleted past it; 0 = "
-    "unbounded.", lower_bound=0)
-_POOLING = flags.DEFINE_enum(
-    "pooling", DataSettings.pooling, list(POOLINGS), "Pooling of feature maps: "
-    "Kolesnikov adaptive max, or VISSL's fixed pools (ResNet-50 224 px; "
-    "other maps fall back to adaptive).")
 _PROGRESS = flags.DEFINE_bool(
     "progress", True, "Show a progress bar while extracting.")
 _PLOTS = flags.DEFINE_bool(
     "plots", True, "Write PNG plots next to the results.")
-_HEADS = flags.DEFINE_list(
-    "heads", list(GridSettings.heads), f"grid: heads, any of {', '.join(HEADS)}.")
-_SOLVER = flags.DEFINE_enum(
-    "solver", GridSettings.solver, list(SOLVERS), "grid: solver of the linear head "
-    "(fast = Newton-CG to the optimum, sgd = the paper's schedule).")
-_EPOCHS = flags.DEFINE_integer(
-    "epochs", GridSettings.epochs, "grid: SGD epochs (lr x0.1 at 30/70 and 50/70).",
-    lower_bound=1)
-_SGD_BATCH_SIZE = flags.DEFINE_integer(
-    "sgd_batch_size", GridSettings.sgd_batch_size, "grid: SGD batch size.", lower_bound=1)
-_MLP_HIDDEN = flags.DEFINE_integer(
-    "mlp_hidden", GridSettings.mlp_hidden, "grid: MLP hidden width.", lower_bound=1)
-_KNN_K = flags.DEFINE_integer(
-    "knn_k", KnnSettings.k, "knn: neighbours.", lower_bound=1)
-_KNN_TEMPERATURE = flags.DEFINE_float(
-    "knn_temperature", KnnSettings.temperature, "knn: vote temperature.")
-_SHOTS = flags.DEFINE_list(
-    "shots", _strings(LowShotSettings.shots), "lowshot: examples per class.")
-_DRAWS = flags.DEFINE_integer(
-    "draws", LowShotSettings.draws, "lowshot: seeded draws per k.", lower_bound=1)
-_SCRATCH_MODEL = flags.DEFINE_string(
-    "scratch_model", UtilitySettings.scratch_model,
-    "utility: step-0 export trained from scratch.")
-_BUDGETS = flags.DEFINE_list(
-    "budgets", _strings(UtilitySettings.budgets), "utility: label budgets n.")
-_FINETUNE_STEPS = flags.DEFINE_integer(
-    "finetune_steps", UtilitySettings.finetune_steps, "utility: steps per budget.",
-    lower_bound=1)
-_FINETUNE_BATCH_SIZE = flags.DEFINE_integer(
-    "finetune_batch_size", UtilitySettings.finetune_batch_size, "utility: batch size.",
-    lower_bound=1)
-_FINETUNE_LEARNING_RATE = flags.DEFINE_float(
-    "finetune_learning_rate", UtilitySettings.finetune_learning_rate,
-    "utility: SGD learning rate.")
-_UTILITY_TASK = flags.DEFINE_enum(
-    "utility_task", UtilitySettings.task, list(UTILITY_TASKS),
-    "utility: the fine-tuning task: classification (accuracy, linear head "
-    "on the pre-logits) or segmentation (mean IoU, per-pixel linear head on "
-    "--utility_layer; needs segmentation masks, e.g. synthetic_shapes).")
-_UTILITY_LAYER = flags.DEFINE_string(
-    "utility_layer", UtilitySettings.layer, "utility: end-point under the segmentation "
-    "head (default: the deepest at least 1/4 of the input size).")
 _RESULTS = flags.DEFINE_list(
     "results", None, "compare: results.json files to put side by side.")
-
-
-def _ints(values, name):
-    try:
-        return [int(v) for v in values]
-    except ValueError as e:
-        raise app.UsageError(f"--{name} must be integers: {e}") from e
-
-
-def _settings() -> dict:
-    """The settings objects of `evaluate`, from the flags."""
-    try:
-        l2_grid = [float(v) for v in _L2_GRID.value]
-    except ValueError as e:
-        raise app.UsageError(f"--l2_grid must be numbers: {e}") from e
-    return dict(
-        data=DataSettings(
-            data_dir=_DATA_DIR.value, train_split=_TRAIN_SPLIT.value,
-            test_split=_TEST_SPLIT.value, layers=_LAYERS.value, batch_size=_BATCH_SIZE.value,
-            max_train_examples=_MAX_TRAIN_EXAMPLES.value,
-            max_test_examples=_MAX_TEST_EXAMPLES.value, seed=_SEED.value,
-            pooling=_POOLING.value, cache_dir=_CACHE_DIR.value,
-            cache_max_bytes=int(_CACHE_MAX_GB.value * _GB) if _CACHE_MAX_GB.value else None),
-        linear=LinearSettings(l2_grid=l2_grid, validation_fraction=_VALIDATION_FRACTION.value),
-        grid=GridSettings(heads=_HEADS.value, solver=_SOLVER.value, epochs=_EPOCHS.value,
-                          sgd_batch_size=_SGD_BATCH_SIZE.value, mlp_hidden=_MLP_HIDDEN.value),
-        knn=KnnSettings(k=_KNN_K.value, temperature=_KNN_TEMPERATURE.value),
-        lowshot=LowShotSettings(shots=_ints(_SHOTS.value, "shots"), draws=_DRAWS.value),
-        utility=UtilitySettings(
-            scratch_model=_SCRATCH_MODEL.value, budgets=_ints(_BUDGETS.value, "budgets"),
-            finetune_steps=_FINETUNE_STEPS.value,
-            finetune_batch_size=_FINETUNE_BATCH_SIZE.value,
-            finetune_learning_rate=_FINETUNE_LEARNING_RATE.value, task=_UTILITY_TASK.value,
-            layer=_UTILITY_LAYER.value))
 
 
 def main(argv):
@@ -199,7 +167,7 @@ def main(argv):
         if missing:
             raise app.UsageError("Missing flag(s): " + ", ".join(f"--{n}" for n in missing))
         report = evaluate(_SAVED_MODEL.value, _DATASET.value, protocols=_PROTOCOL.value,
-                          progress=_PROGRESS.value, **_settings())
+                          progress=_PROGRESS.value, **settings_from_flags().sections())
     json_path, md_path = write_report(report, _OUTPUT.value)
     written = [json_path, md_path]
     if _PLOTS.value:

@@ -7,18 +7,26 @@ on l2-normalised features, and the linear head (`keras_ssl_eval.probes.linear`);
 test on the whole test set; report mean and std over the draws, and the
 test count with the 95% Wilson interval at the mean (the test set's sampling
 noise, shared by all draws; the draws' own spread is the std).
+
+The ``lowshot`` protocol runs it on every layer: results per layer
+``{head: {str(k): {"mean", "std", "accuracies", "num_train", "test_count",
+"ci95"}}, "skipped": [k...]}``; its plot is ``lowshot.png``.
 """
 
 from __future__ import annotations
+
+import os
 
 import numpy as np
 
 from keras_ssl_eval.probes.linear import DEFAULT_L2_GRID, fit_linear_probe
 from keras_ssl_eval.probes.svm import DEFAULT_COSTS, fit_svm_cv
+from keras_ssl_eval.protocols.base import LayerInput, Protocol, register, result_row
+from keras_ssl_eval.reporting.tables import count_note, interval_text, table, union
 from keras_ssl_eval.settings import LowShotSettings
 from keras_ssl_eval.statistics import accuracy_interval
 
-__all__ = ["DEFAULT_SHOTS", "sample_per_class", "low_shot"]
+__all__ = ["DEFAULT_SHOTS", "LowShotProtocol", "low_shot", "run_lowshot", "sample_per_class"]
 
 DEFAULT_SHOTS = LowShotSettings.shots
 
@@ -96,3 +104,112 @@ def low_shot(train_features, train_labels, test_features, test_labels, *,
                                      "accuracies": values.tolist(), "num_train": len(idx),
                                      **accuracy_interval(float(values.mean()), len(yt))}
     return results
+
+
+def run_lowshot(x, y, xt, yt, settings: LowShotSettings = LowShotSettings(), *,
+                seed: int = 0, heads=("svm", "linear")) -> dict:
+    """Low-shot SVM and linear head on one layer; see `low_shot`.
+
+    Args:
+        x, y, xt, yt: Train pool and test features and labels.
+        settings: Examples per class and seeded draws per k.
+        seed: Base seed.
+        heads: ``"svm"`` and/or ``"linear"``.
+
+    Returns:
+        ``{head: {str(k): {"mean", "std", "accuracies", "num_train", "test_count",
+        "ci95"}}, "skipped": [...]}``.
+    """
+    return low_shot(x, y, xt, yt, shots=settings.shots, draws=settings.draws, seed=seed,
+                    heads=heads)
+
+
+def _heads(layer_results: dict) -> dict:
+    """``{head: {k: entry}}`` of one layer's results (without ``skipped``)."""
+    return {head: by_k for head, by_k in layer_results.items() if head != "skipped"}
+
+
+class LowShotProtocol(Protocol):
+    """Goyal's low-shot SVMs and linear head per layer."""
+
+    name = "lowshot"
+    settings = LowShotSettings
+    order = 40
+    method = ("svm", "one-vs-rest squared hinge, C by 3-fold CV, l2-normalised")
+
+    def run_layer(self, data: LayerInput, settings, evaluation) -> dict:
+        return run_lowshot(data.x, data.y, data.xt, data.yt, settings, seed=evaluation.data.seed)
+
+    def accuracy_entries(self, results):
+        for layer_results in (results or {}).values():
+            for by_k in _heads(layer_results).values():
+                for entry in by_k.values():
+                    yield entry, "mean"
+
+    def rows(self, results):
+        return [result_row(layer, f"lowshot_{head}", by_k[k]["mean"], labels=int(k),
+                           source=by_k[k])
+                for layer, layer_results in (results or {}).items()
+                for head, by_k in _heads(layer_results).items()
+                for k in sorted(by_k, key=int)]
+
+    def markdown(self, report, models):
+        results = [self.results(m) for m in models]
+        note, per_cell = count_note([e for r in results for e, _ in self.accuracy_entries(r)])
+        rows = []
+        for layer in union(results, lambda r: r):
+            for head in union(results, lambda r, l=layer: _heads(r.get(l, {}))):
+                for k in union(results, lambda r, l=layer, h=head: r.get(l, {}).get(h, {})):
+                    cells = []
+                    for r in results:
+                        entry = r.get(layer, {}).get(head, {}).get(k)
+                        cells.append("-" if entry is None else
+                                     f"{100 * entry['mean']:.1f} ± {100 * entry['std']:.1f}"
+                                     + interval_text(entry, per_cell))
+                    rows.append([layer, head, k, *cells])
+        note = note.replace("95% Wilson interval", "95% Wilson interval of the mean")
+        return table(f"Low-shot test accuracy (%), mean ± std over draws, on "
+                     f"{report['dataset'].get('name', '')}{note}",
+                     ["layer", "head", "k", *[m["name"] for m in models]], rows, 2)
+
+    def plots(self, report, output_dir):
+        """``lowshot.png``: accuracy vs. k (log x), bars the 95% intervals, band ± std."""
+        from keras_ssl_eval.reporting import plots  # pylint: disable=import-outside-toplevel
+
+        fig, ax = plots.plt.subplots(figsize=(6, 4))
+        drawn, ticks = False, set()
+        for index, model in enumerate(report["models"]):
+            for layer_index, (layer, layer_results) in enumerate(
+                    (self.results(model) or {}).items()):
+                for head, by_k in _heads(layer_results).items():
+                    if not by_k:
+                        continue
+                    ks = sorted(by_k, key=int)
+                    x, means = [int(k) for k in ks], [by_k[k]["mean"] for k in ks]
+                    stds = [by_k[k]["std"] for k in ks]
+                    color = f"C{index % 10}"
+                    # Reports from before the intervals: the std as the bars, as then.
+                    yerr = (plots.interval_error(means, [by_k[k].get("ci95") for k in ks])
+                            or [100 * s for s in stds])
+                    ax.errorbar(x, [100 * m for m in means], yerr=yerr, capsize=3,
+                                marker="o" if head == "svm" else "s", color=color,
+                                linestyle=plots.line_style(layer_index),
+                                label=f"{model['name']} {layer} {head}")
+                    ax.fill_between(x, [100 * (m - s) for m, s in zip(means, stds)],
+                                    [100 * (m + s) for m, s in zip(means, stds)], color=color,
+                                    alpha=0.15, linewidth=0)
+                    ticks.update(int(k) for k in ks)
+                    drawn = True
+        if not drawn:
+            plots.plt.close(fig)
+            return []
+        ax.set_xscale("log")
+        ax.set_xticks(sorted(ticks), [str(k) for k in sorted(ticks)])
+        ax.minorticks_off()
+        ax.set_xlabel("labelled examples per class k")
+        ax.set_ylabel("test accuracy (%)")
+        ax.set_title("Low-shot accuracy: mean over draws, bars 95% intervals, band ± std")
+        return [plots.save_figure(fig, ax, os.path.join(output_dir, "lowshot.png"))]
+
+
+LOWSHOT = register(LowShotProtocol())

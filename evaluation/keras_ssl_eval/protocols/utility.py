@@ -14,15 +14,33 @@ when ``a_ft(n)`` exceeds the best scratch accuracy (``n_hat`` is the largest
 scratch budget, so U is a lower bound), ``"below_scratch"`` when it is under
 the scratch accuracy at the smallest budget (``n_hat`` is that budget, an
 upper bound).
+
+The ``utility`` protocol fine-tunes each model and the scratch model
+(``UtilitySettings.scratch_model``) at every label budget and reports U(n):
+results per model ``{"scratch_model", "budgets", "task", "metric",
+"skipped_budgets", "finetuned_accuracy", "scratch_accuracy", "curve"}`` plus,
+for classification, ``test_count``, ``finetuned_ci95`` and ``scratch_ci95``
+(segmentation: ``layer`` and ``num_classes``); its plot is ``utility.png``.
 """
 
 from __future__ import annotations
 
 import math
+import os
 
 import numpy as np
 
-__all__ = ["labels_needed", "utility_curve"]
+from keras_ssl_eval.probes.finetune import (default_dense_layer, finetune_curve, load_arrays,
+                                            segmentation_curve)
+from keras_ssl_eval.protocols.base import ModelInput, Protocol, register, result_row
+from keras_ssl_eval.reporting.tables import count_note, format_accuracy, table, union
+from keras_ssl_eval.settings import UtilitySettings
+from keras_ssl_eval.statistics import accuracy_interval
+
+__all__ = ["UtilityProtocol", "labels_needed", "utility_curve"]
+
+# A clipped n_hat as a bound on U(n), for the sweep's table.
+_BOUNDS = {"above_scratch": "lower", "below_scratch": "upper"}
 
 
 def labels_needed(target: float, scratch_budgets, scratch_accuracies, n: float | None = None):
@@ -107,3 +125,160 @@ def utility_curve(budgets, finetuned_accuracies, scratch_budgets,
                      "envelope_accuracy": float(target), "n_hat": n_hat,
                      "utility": n_hat / float(n) - 1.0, "flag": flag})
     return rows
+
+
+def _endpoint_shapes(model, images) -> dict:
+    """Per-image end-point shapes in network order (signature outputs have none)."""
+    outputs = model.endpoints(images)
+    return {name: list(outputs[name].shape[1:]) for name in model.endpoint_names}
+
+
+class UtilityProtocol(Protocol):
+    """Newell & Deng's utility of pretraining, per model, against a scratch model."""
+
+    name = "utility"
+    settings = UtilitySettings
+    order = 50
+    per_layer = False
+
+    def check(self, settings):
+        if not settings.scratch_model:
+            raise ValueError("The utility protocol needs scratch_model (--scratch_model): the "
+                             "step-0 export of the same architecture, trained from scratch.")
+
+    def in_all(self, settings):
+        return bool(settings.scratch_model)
+
+    def run_model(self, data: ModelInput, settings, evaluation) -> dict:
+        model, path, common = data.model, data.path, evaluation.data
+        if model.patch_spec is not None:
+            raise ValueError(f"The utility protocol fine-tunes image models; {path!r} is "
+                             f"patch-based.")
+        dense = settings.task == "segmentation"
+        limits = {common.train_split: common.max_train_examples,
+                  common.test_split: common.max_test_examples}
+        arrays = [load_arrays(data.dataset, split, model.input_size, data_dir=common.data_dir,
+                              limit=limits[split], seed=common.seed, segmentation=dense)
+                  for split in (common.train_split, common.test_split)]
+        usable = [int(n) for n in settings.budgets if n <= len(arrays[0][1])]
+        tune = dict(steps=settings.finetune_steps, batch_size=settings.finetune_batch_size,
+                    learning_rate=settings.finetune_learning_rate, seed=common.seed)
+        if dense:
+            (images, labels, maps), (test_images, _, test_maps) = arrays
+            layer = settings.layer or default_dense_layer(
+                _endpoint_shapes(model, images[:1]), images.shape[1])
+            tune.update(layer=layer, num_classes=int(max(maps.max(), test_maps.max())) + 1)
+
+            def curve(model_path):
+                return segmentation_curve(model_path, images, labels, maps, test_images,
+                                          test_maps, usable, **tune)
+        else:
+            def curve(model_path):
+                return finetune_curve(model_path, *arrays[0], *arrays[1], usable, **tune)
+        # The scratch curve is the same for every model of the evaluation.
+        if "scratch_curve" not in data.shared:
+            data.shared["scratch_curve"] = curve(settings.scratch_model)
+        scratch_curve = data.shared["scratch_curve"]
+        finetuned = curve(path)
+        result = {
+            "scratch_model": settings.scratch_model, "budgets": usable, "task": settings.task,
+            "metric": "mean_iou" if dense else "accuracy",
+            "skipped_budgets": [int(n) for n in settings.budgets if n > len(arrays[0][1])],
+            "finetuned_accuracy": finetuned, "scratch_accuracy": scratch_curve,
+            "curve": utility_curve(usable, finetuned, usable, scratch_curve)}
+        if dense:
+            result.update(layer=tune["layer"], num_classes=tune["num_classes"])
+        else:  # Pixels of one image are not independent: no binomial interval for IoU.
+            test_count = len(arrays[1][1])
+            result.update(
+                test_count=test_count,
+                finetuned_ci95=[accuracy_interval(a, test_count)["ci95"] for a in finetuned],
+                scratch_ci95=[accuracy_interval(a, test_count)["ci95"] for a in scratch_curve])
+        return result
+
+    def accuracy_entries(self, results):
+        return iter(())  # Its intervals are lists beside the accuracies (``*_ci95``).
+
+    def rows(self, results):
+        if not results:
+            return []
+        layer = results.get("layer") or "pre_logits"
+        count = {"test_count": results.get("test_count")}
+        finetuned_ci = results.get("finetuned_ci95") or [None] * len(results["budgets"])
+        by_budget = dict(zip(results["budgets"], finetuned_ci))
+        rows = []
+        for row in results["curve"]:
+            rows.append(result_row(layer, self.name, row["utility"], labels=row["n"],
+                                   metric="utility", bound=_BOUNDS.get(row.get("flag"), "")))
+            rows.append(result_row(layer, self.name, row["finetuned_accuracy"], labels=row["n"],
+                                   metric="finetuned_accuracy", source=count,
+                                   ci=by_budget.get(row["n"])))
+        scratch_ci = results.get("scratch_ci95") or [None] * len(results["budgets"])
+        for n, accuracy, ci in zip(results["budgets"], results["scratch_accuracy"], scratch_ci):
+            rows.append(result_row(layer, self.name, accuracy, labels=n,
+                                   metric="scratch_accuracy", source=count, ci=ci))
+        return rows
+
+    def markdown(self, report, models):
+        results = [self.results(m) for m in models]
+        rows = []
+        for n in union(results, lambda r: r["budgets"]):
+            cells = []
+            for r in results:
+                row = next((c for c in r["curve"] if c["n"] == n), None)
+                cells.append("-" if row is None else f"{row['utility']:.2f}"
+                             + (f" ({row['flag']})" if row["flag"] else ""))
+            rows.append([str(n), *cells])
+        task = results[0].get("task", "classification") if results else "classification"
+        metric = results[0].get("metric", "accuracy") if results else "accuracy"
+        tables = [table(f"Utility U(n) = n_hat / n - 1 of fine-tuning vs. training from "
+                        f"scratch ({task}, {metric})",
+                        ["labels n", *[m["name"] for m in models]], rows)]
+        with_counts = [(m, r) for m, r in zip(models, results) if r.get("test_count")]
+        if with_counts:
+            tables.append(_accuracy_table(with_counts))
+        return "\n".join(tables)
+
+    def plots(self, report, output_dir):
+        """``utility.png``: U(n) vs. label budget n (log x), per model; clipped points marked x."""
+        models = [(m, self.results(m)) for m in report["models"]]
+        models = [(m, r) for m, r in models if r and r.get("curve")]
+        if not models:
+            return []
+        from keras_ssl_eval.reporting import plots  # pylint: disable=import-outside-toplevel
+
+        fig, ax = plots.plt.subplots(figsize=(6, 4))
+        for model, results in models:
+            curve = results["curve"]
+            ax.plot([r["n"] for r in curve], [r["utility"] for r in curve], marker="o",
+                    label=model["name"])
+            flagged = [r for r in curve if r["flag"]]
+            ax.scatter([r["n"] for r in flagged], [r["utility"] for r in flagged], marker="x",
+                       color="k", zorder=3)
+        ax.axhline(0, color="grey", lw=0.8)
+        ax.set_xscale("log")
+        budgets = sorted({r["n"] for _, results in models for r in results["curve"]})
+        ax.set_xticks(budgets, [str(n) for n in budgets])
+        ax.minorticks_off()
+        ax.set_xlabel("labels n")
+        ax.set_ylabel("utility U(n) = n_hat / n - 1")
+        task = models[0][1].get("task", "classification")
+        ax.set_title(f"Utility of pretraining, {task} (x: clipped at the scratch curve)")
+        return [plots.save_figure(fig, ax, os.path.join(output_dir, "utility.png"))]
+
+
+def _accuracy_table(models):
+    """The accuracies behind U(n): fine-tuned and from scratch, with their intervals."""
+    def entries(u, which):
+        return {n: {"test_accuracy": a, "ci95": ci, "test_count": u["test_count"]}
+                for n, a, ci in zip(u["budgets"], u[f"{which}_accuracy"], u[f"{which}_ci95"])}
+    columns = [(m, r, which) for m, r in models for which in ("finetuned", "scratch")]
+    by_column = [entries(r, which) for _, r, which in columns]
+    note, per_cell = count_note([e for c in by_column for e in c.values()])
+    rows = [[str(n), *[format_accuracy(c.get(n), with_count=per_cell) for c in by_column]]
+            for n in union([r for _, r in models], lambda r: r["budgets"])]
+    return table(f"Test accuracy (%) behind U(n): fine-tuned and from scratch{note}",
+                 ["labels n", *[f"{m['name']} {which}" for m, _, which in columns]], rows)
+
+
+UTILITY = register(UtilityProtocol())

@@ -6,7 +6,9 @@ unique (``#2``). Runs on different datasets or protocol settings can be
 merged, with a warning, since their numbers are then not comparable. Reports
 written before test counts and intervals existed get them from their own test
 split's size (`keras_ssl_eval.reporting.report.add_missing_intervals`), so every
-accuracy of the merged report has its interval.
+accuracy of the merged report has its interval, and their results move to the
+current layout (`keras_ssl_eval.reporting.report.upgrade_report`: the linear
+probe's from ``layers`` to ``linear``).
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from __future__ import annotations
 import json
 import logging
 
-from keras_ssl_eval.reporting.report import add_missing_intervals, build_report
+from keras_ssl_eval.reporting.report import add_missing_intervals, build_report, upgrade_report
 
 __all__ = ["compare_reports", "load_reports"]
 
@@ -52,7 +54,7 @@ def compare_reports(reports, sources=None) -> dict:
     Raises:
         ValueError: No reports.
     """
-    reports = [add_missing_intervals(report) for report in reports]
+    reports = [add_missing_intervals(upgrade_report(report)) for report in reports]
     if not reports:
         raise ValueError("Pass at least one results.json to compare.")
     sources = list(sources or [f"#{i}" for i in range(len(reports))])

@@ -13,9 +13,13 @@ Example:
 
 The package follows the data path: `reading` (SavedModels, images), `extraction`
 (features, pooling, the cache), `probes` (linear, heads, SVM, kNN, fine-tuning),
-`protocols` (per-layer protocols, low-shot, utility, `evaluate`) and `reporting`
-(report, plots, compare); `settings` holds every protocol's settings,
-`contract` the SavedModel contract shared with keras_ssl's exporter.
+`protocols` (the protocol registry, one module per protocol: linear, grid,
+kNN, low-shot, utility; `evaluate`) and `reporting` (report, plots, compare);
+`settings` holds the settings dataclasses, `contract` the SavedModel contract
+shared with keras_ssl's exporter. A new protocol is a
+`keras_ssl_eval.protocols.base.Protocol` registered with
+`keras_ssl_eval.protocols.base.register` (docs/evaluation.md, "Adding a
+protocol").
 """
 
 # First: run as a binary, TensorFlow's C++ start-up logs are hidden before
@@ -39,6 +43,7 @@ from keras_ssl_eval.probes.heads import HeadResult, train_head
 from keras_ssl_eval.probes.knn import knn_accuracy, knn_classify
 from keras_ssl_eval.probes.linear import DEFAULT_L2_GRID, LinearProbeResult, fit_linear_probe
 from keras_ssl_eval.probes.svm import LinearSVM, fit_svm, fit_svm_cv
+from keras_ssl_eval.protocols.base import Protocol, get_protocol, protocol_names
 from keras_ssl_eval.protocols.evaluate import PROTOCOLS, evaluate, evaluate_linear
 from keras_ssl_eval.protocols.lowshot import DEFAULT_SHOTS, low_shot, sample_per_class
 from keras_ssl_eval.protocols.utility import labels_needed, utility_curve
@@ -57,9 +62,11 @@ __all__ = [
     "DEFAULT_CACHE_DIR", "DEFAULT_L2_GRID", "DEFAULT_SHOTS", "FOLDER_PREFIX",
     "MAX_FEATURE_VALUES", "PROTOCOLS", "DataSettings", "DatasetInfo", "EvaluationSettings",
     "FeatureCache", "GridSettings", "HeadResult", "KnnSettings", "LinearProbeResult",
-    "LinearSettings", "LowShotSettings", "UtilitySettings", "LinearSVM", "PatchSpec", "RepresentationModel", "adaptive_max_pool",
+    "LinearSettings", "LowShotSettings", "UtilitySettings", "LinearSVM", "PatchSpec", "Protocol",
+    "RepresentationModel", "adaptive_max_pool",
     "avg_pool", "build_report", "compare_reports", "cut_patches", "evaluate",
     "evaluate_linear", "fit_linear_probe", "fit_svm", "fit_svm_cv", "flatten_features",
+    "get_protocol", "protocol_names",
     "knn_accuracy", "knn_classify", "labels_needed", "load_images", "load_reports",
     "load_representation_model", "low_shot", "markdown_report", "markdown_table",
     "pooled_grid", "sample_per_class", "split_features", "to_rgb_float", "train_head",

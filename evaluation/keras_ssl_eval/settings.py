@@ -1,17 +1,24 @@
 """The settings of an evaluation: one frozen dataclass per protocol, every default declared once.
 
 `keras_ssl_eval.protocols.evaluate.evaluate` takes them as keyword arguments
-(``data=DataSettings(...)``, ``knn=KnnSettings(...)``, ...); the functions under
-it (`keras_ssl_eval.probes.knn.knn_accuracy`, `keras_ssl_eval.protocols.per_layer.run_knn`,
-...) take their defaults from the same fields, and the report records them with
-`dataclasses.asdict` (see `record`).
+named as the protocols (``data=DataSettings(...)``, ``knn=KnnSettings(...)``,
+...); the probes under them (`keras_ssl_eval.probes.knn.knn_accuracy`,
+`keras_ssl_eval.protocols.knn.run_knn`, ...) take their defaults from the same
+fields, and the report records them with `dataclasses.asdict` (see `record`).
+The built-in protocols' settings live here, below the probes that share their
+defaults; each protocol names its settings class
+(`keras_ssl_eval.protocols.base.Protocol.settings`), and a new protocol may
+declare its own in its own module.
 
-Every field also has a *flat name*: the field's own name, or the one given in its
-metadata where a bare name would be ambiguous (`KnnSettings.k` is ``knn_k``,
-`UtilitySettings.task` is ``utility_task``). The flat names are the flags of the
-``keras-ssl-eval`` binary and the keys of a sweep grid's ``evaluation:`` mapping;
-`EvaluationSettings.from_flat` turns such a mapping into the settings objects and
-refuses an unknown key.
+Every field is declared with `setting`: its default, its flag's help and
+bounds, and its *flat name*: the field's own name, or the one given where a
+bare name would be ambiguous (`KnnSettings.k` is ``knn_k``,
+`UtilitySettings.task` is ``utility_task``). The flat names are the flags of
+the ``keras-ssl-eval`` binary (`keras_ssl_eval.cli.eval.define_setting_flags`)
+and the keys of a sweep grid's ``evaluation:`` mapping;
+`EvaluationSettings` has one section per registered protocol, and
+`EvaluationSettings.from_flat` turns such a mapping into the settings objects
+and refuses an unknown key.
 
 Example:
     >>> settings = EvaluationSettings.from_flat({"knn_k": 20, "max_train_examples": 1000})
@@ -28,7 +35,7 @@ from typing import Any
 __all__ = [
     "HEADS", "POOLINGS", "SOLVERS", "UTILITY_TASKS", "DataSettings", "EvaluationSettings",
     "GridSettings", "KnnSettings", "LinearSettings", "LowShotSettings", "UnknownSettingError",
-    "UtilitySettings", "record",
+    "UtilitySettings", "record", "setting",
 ]
 
 HEADS = ("linear", "mlp")
@@ -142,7 +149,7 @@ class LinearSettings:
 
 @dataclasses.dataclass(frozen=True)
 class GridSettings:
-    """Kolesnikov's heads (`keras_ssl_eval.protocols.per_layer.run_grid`).
+    """Kolesnikov's heads (`keras_ssl_eval.protocols.grid.run_grid`).
 
     Attributes:
         heads: Any of `HEADS`.

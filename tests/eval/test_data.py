@@ -317,3 +317,46 @@ def test_tfds_unknown_split(prepared_dir):
     with pytest.raises(ValueError, match="no split 'test'.*train"):
         data.load_images("tiny_prepared/small", "test", data_dir=prepared_dir)
 
+
+
+# ------------------------------------------------- reading by index (training)
+
+
+def _read(access, indices):
+    """`access.read` of `indices`: the examples, keyed by their extra field ``order``."""
+    ds = tf.data.Dataset.from_tensor_slices(
+        {"index": tf.constant(indices, tf.int64), "order": tf.range(len(indices))})
+    return _collect(access.read(ds))
+
+
+def _assert_read_by_index_like_stored_order(stored, access, indices):
+    by_index = {int(e["index"]): e for e in stored}
+    read = _read(access, indices)
+    assert [int(e["index"]) for e in read] == indices
+    assert [int(e["order"]) for e in read] == list(range(len(indices)))
+    for e in read:
+        np.testing.assert_array_equal(e["image"], by_index[int(e["index"])]["image"])
+        assert e["label"] == by_index[int(e["index"])]["label"]
+
+
+def test_folder_read_by_index_decodes_like_load_images(tmp_path):
+    write_image_folder(str(tmp_path / "pets"), {"cat": 3, "dog": 3}, size=10)
+    name = f"folder:{tmp_path / 'pets'}"
+    stored, info, access = data.load_for_training(name, "train", image_size=8)
+    assert info.num_examples == 6 and "6 image files read by index" in access.description
+    _assert_read_by_index_like_stored_order(_collect(stored), access, [5, 0, 3, 3, 1])
+    evaluated, _ = data.load_images(name, "train", image_size=8)
+    _assert_read_by_index_like_stored_order(_collect(evaluated), access, [2, 4])
+
+
+def test_tfds_split_held_in_memory_within_the_budget_only(prepared_dir):
+    stored, info, access = data.load_for_training(
+        "tiny_prepared/small", "train", data_dir=prepared_dir, memory_bytes=2**20)
+    assert info.num_examples == 12 and "12 encoded images" in access.description
+    _assert_read_by_index_like_stored_order(_collect(stored), access, [11, 0, 7, 7, 2])
+    # The generator wrote pixel value 10 * i and label i % 2 for example i.
+    for e in _collect(stored):
+        assert e["label"] == round(float(e["image"][0, 0, 0]) * 255) // 10 % 2
+    _, _, refused = data.load_for_training(
+        "tiny_prepared/small", "train", data_dir=prepared_dir, memory_bytes=10)
+    assert refused.read is None and "exceed the memory budget" in refused.description

@@ -85,7 +85,8 @@ from keras_ssl.heads import uses_synchronized_bn
 from keras_ssl.metrics import normalized_embedding_std
 from keras_ssl.normalization import BatchNormalization
 from keras_ssl.random import step_seed
-from keras_ssl_methods._contrastive import ContrastiveMethod
+from keras_ssl.toolkit import ContrastiveMethod
+from keras_ssl.toolkit import require_endpoint
 
 # Fill of the positives among the negatives: far below any clipped score.
 _MASKED = -1e9
@@ -230,12 +231,12 @@ class AMDIM(ContrastiveMethod):
             raise ValueError(f"amdim: score_penalty must be non-negative (the paper's 0.05), "
                              f"got {score_penalty}.")
         outputs = backbone.output
-        self.global_endpoint = self._check_endpoint(outputs, "global_endpoint",
-                                                    global_endpoint, spatial=False)
-        self.local_endpoint_5x5 = self._check_endpoint(outputs, "local_endpoint_5x5",
-                                                       local_endpoint_5x5, spatial=True)
-        self.local_endpoint_7x7 = self._check_endpoint(outputs, "local_endpoint_7x7",
-                                                       local_endpoint_7x7, spatial=True)
+        self.global_endpoint = require_endpoint(backbone, global_endpoint,
+                                                "amdim.global_endpoint", spatial=False)
+        self.local_endpoint_5x5 = require_endpoint(backbone, local_endpoint_5x5,
+                                                   "amdim.local_endpoint_5x5", spatial=True)
+        self.local_endpoint_7x7 = require_endpoint(backbone, local_endpoint_7x7,
+                                                   "amdim.local_endpoint_7x7", spatial=True)
         self.embedding_dim = int(embedding_dim)
         self.score_clip = float(score_clip)
         self.score_penalty = float(score_penalty)
@@ -250,26 +251,6 @@ class AMDIM(ContrastiveMethod):
         self.global_head = head(self.global_endpoint, False, "amdim_global_head")
         self.head_5x5 = head(self.local_endpoint_5x5, True, "amdim_head_5x5")
         self.head_7x7 = head(self.local_endpoint_7x7, True, "amdim_head_7x7")
-
-    @staticmethod
-    def _check_endpoint(outputs, setting, name, spatial):
-        available = ", ".join(outputs)
-        if name not in outputs:
-            raise ValueError(
-                f"amdim.{setting}: the backbone has no end-point {name!r}; choose one of "
-                f"{available}.")
-        rank = len(outputs[name].shape)
-        if spatial and rank != 4:
-            maps = ", ".join(n for n, t in outputs.items() if len(t.shape) == 4)
-            raise ValueError(
-                f"amdim.{setting}: end-point {name!r} is not a spatial feature map (shape "
-                f"{outputs[name].shape}); a local feature needs [batch, height, width, "
-                f"channels]: choose one of {maps}.")
-        if rank not in (2, 4):
-            raise ValueError(
-                f"amdim.{setting}: end-point {name!r} has shape {outputs[name].shape}; it "
-                f"must be [batch, D] or a [batch, height, width, channels] map.")
-        return name
 
     def check_training_setup(self, global_batch_size, image_size):
         if global_batch_size < 2:

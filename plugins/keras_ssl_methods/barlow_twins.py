@@ -17,7 +17,7 @@ from keras_ssl.heads import projection_head, uses_synchronized_bn
 from keras_ssl.losses import barlow_twins_loss
 from keras_ssl.metrics import normalized_embedding_std
 from keras_ssl.views import BYOL_VIEWS
-from keras_ssl_methods._contrastive import MultiViewMethod
+from keras_ssl.toolkit import MultiViewMethod
 
 
 class BarlowTwins(MultiViewMethod):

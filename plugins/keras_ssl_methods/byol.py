@@ -21,7 +21,7 @@ from keras_ssl.losses import negative_cosine_similarity
 from keras_ssl.metrics import normalized_embedding_std
 from keras_ssl.schedules import cosine_momentum
 from keras_ssl.views import BYOL_VIEWS
-from keras_ssl_methods._contrastive import MultiViewMethod
+from keras_ssl.toolkit import MultiViewMethod
 
 
 class BYOL(MultiViewMethod):

@@ -7,7 +7,7 @@ backbone, one on L and one on ab) maps its view to a 128-d feature
 `z = l2norm(W h)`, a linear projection of that half's pre-logits.
 
 Each view has a memory bank, one l2-normalised feature per training image, as
-NPID's (`keras_ssl_methods.npid`). With N noise images j drawn uniformly from
+NPID's (`keras_ssl.toolkit.memory_bank`). With N noise images j drawn uniformly from
 the banks (the same j for both directions) and tau the temperature, the loss
 in each direction is the softmax cross-entropy of the image's own row of the
 other view's bank among the noise rows,
@@ -40,10 +40,11 @@ import tensorflow as tf
 from keras_ssl import cross_replica
 from keras_ssl.heads import projection_head
 from keras_ssl.metrics import normalized_embedding_std
-from keras_ssl_methods._contrastive import ContrastiveMethod
-from keras_ssl_methods._per_example import checked_index, required_num_examples
+from keras_ssl.toolkit import (
+    ContrastiveMethod, add_memory_bank, bank_rows, bank_scores, checked_index, move_bank_rows,
+    noise_index, required_num_examples,
+)
 from keras_ssl_methods._two_halves import HALVES, LabHalvesMethod
-from keras_ssl_methods.npid import bank_scores, move_bank_rows, noise_index, unit_rows
 
 
 def memory_bank_info_nce(features, positives, noise, temperature):
@@ -158,8 +159,7 @@ class CMC(LabHalvesMethod, ContrastiveMethod):
         if negatives == "memory_bank":
             self.num_examples = required_num_examples(num_examples, self.setting_prefix, "memory banks")
             self.l_memory_bank, self.ab_memory_bank = (
-                self.add_weight(shape=(self.num_examples, projection_dim), initializer=unit_rows,
-                                trainable=False, name=f"{prefix}_memory_bank")
+                add_memory_bank(self, self.num_examples, projection_dim, f"{prefix}_memory_bank")
                 for prefix, _ in HALVES)
 
     def preprocess(self, example):
@@ -182,8 +182,7 @@ class CMC(LabHalvesMethod, ContrastiveMethod):
                                 self.noise_seed)
 
             def rows(bank):
-                return (tf.stop_gradient(tf.gather(bank.value, index)),
-                        tf.stop_gradient(tf.gather(bank.value, noise)))
+                return bank_rows(bank, index), bank_rows(bank, noise)
 
             l_to_ab, l_positive = memory_bank_info_nce(z_l, *rows(self.ab_memory_bank),
                                                        self.temperature)

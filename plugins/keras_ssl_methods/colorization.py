@@ -35,6 +35,7 @@ import numpy as np
 import tensorflow as tf
 
 from keras_ssl import Method
+from keras_ssl.toolkit import require_endpoint
 from keras_ssl_methods import _lab
 from keras_ssl_methods._image_ops import area_downsample
 
@@ -89,7 +90,7 @@ class Colorization(Method):
         **kwargs,
     ):
         super().__init__(backbone, augmentation=augmentation, **kwargs)
-        self.endpoint = endpoint
+        self.endpoint = require_endpoint(backbone, endpoint, "colorization.endpoint", spatial=True)
         bins = _load_array(bins, "bins")
         self.bins = _lab.in_gamut_bins(bin_step) if bins is None else bins.reshape(-1, 2)
         self.num_bins = len(self.bins)
@@ -164,8 +165,6 @@ class Colorization(Method):
 
     def logits(self, images, training):
         features = self.backbone(self.export_input_transform(images), training=training)
-        if self.endpoint not in features or len(features[self.endpoint].shape) != 4:
-            raise ValueError(f"colorization: end-point {self.endpoint!r} is not a spatial end-point.")
         return tf.cast(self.head(features[self.endpoint], training=training), tf.float32)
 
     def compute_pretext_loss(self, batch, training):

@@ -49,7 +49,7 @@ from keras_ssl import Method, cross_replica
 from keras_ssl.backbones import output_dim
 from keras_ssl.clustering import DatasetFeatures, kmeans, pca_whitening
 from keras_ssl.random import example_seed
-from keras_ssl_methods._per_example import checked_index, required_num_examples
+from keras_ssl.toolkit import checked_index, required_num_examples
 
 # Keys that keep the k-means and classifier draws apart from each other and from other seeds.
 _KMEANS_KEY = 101

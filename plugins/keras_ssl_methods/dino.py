@@ -24,7 +24,7 @@ from keras_ssl.losses import dino_loss
 from keras_ssl.metrics import normalized_embedding_std
 from keras_ssl.schedules import cosine_momentum, linear_warmup
 from keras_ssl.views import multi_crop
-from keras_ssl_methods._contrastive import MultiViewMethod
+from keras_ssl.toolkit import MultiViewMethod
 
 
 def dino_head(input_dim, hidden_dim, bottleneck_dim, num_outputs, num_layers, synchronized_bn,

@@ -23,11 +23,8 @@ import keras
 import tensorflow as tf
 
 import keras_ssl.random
-
+from keras_ssl.toolkit import PatchGridMethod, embed_patches, fc_head
 from keras_ssl_methods._image_ops import maybe_grayscale
-from keras_ssl_methods._patches import (
-    PatchGridMethod, embed_patches, fc_head,
-)
 from keras_ssl_methods._permutations import permutation_set
 
 

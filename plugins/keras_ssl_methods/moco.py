@@ -4,7 +4,8 @@ A query encoder (backbone + MLP head, trained by gradients) and a key
 encoder (a copy of both, never trained by gradients: after each optimizer
 step its weights move to `m * key + (1 - m) * query`). The two views of an
 image give a query and its positive key; the negatives are a FIFO queue of
-the keys of earlier batches (a non-trainable variable saved in checkpoints).
+the keys of earlier batches (a non-trainable variable saved in checkpoints;
+`keras_ssl.toolkit.queue`).
 Keys carry no gradient. InfoNCE with tau = 0.2 and the MLP head.
 
 Batch norm: when a query and its key are normalised with statistics of the
@@ -31,7 +32,7 @@ from keras_ssl.backbones import output_dim
 from keras_ssl.heads import projection_head, uses_synchronized_bn
 from keras_ssl.losses import info_nce_loss
 from keras_ssl.random import step_seed
-from keras_ssl_methods._contrastive import ContrastiveMethod
+from keras_ssl.toolkit import ContrastiveMethod, add_queue, enqueue
 
 
 class MoCoV2(ContrastiveMethod):
@@ -103,14 +104,8 @@ class MoCoV2(ContrastiveMethod):
         # statistics as the queries are; the optimizer never sees them.
         self.key_backbone = self.momentum_copy(backbone)
         self.key_head = self.momentum_copy(self.head)
-        self.queue = self.add_weight(
-            shape=(queue_size, projection_dim),
-            initializer=keras.initializers.RandomNormal(stddev=1.0),
-            trainable=False,
-            name="queue",
-        )
-        self.queue_pointer = self.add_weight(
-            shape=(), initializer="zeros", dtype="int32", trainable=False, name="queue_pointer"
+        self.queue, self.queue_pointer = add_queue(
+            self, queue_size, projection_dim, keras.initializers.RandomNormal(stddev=1.0)
         )
 
     def preprocess(self, example):
@@ -185,9 +180,4 @@ class MoCoV2(ContrastiveMethod):
         if "keys" not in saved:
             return
         self.update_momentum_copies(self.momentum)
-        all_keys = cross_replica.gather(saved["keys"])  # the same on every replica
-        count = tf.shape(all_keys)[0]
-        pointer = tf.convert_to_tensor(self.queue_pointer)
-        rows = (pointer + tf.range(count)) % self.queue_size
-        cross_replica.scatter(self.queue, rows, all_keys)
-        cross_replica.assign([(self.queue_pointer, (pointer + count) % self.queue_size)])
+        enqueue(self.queue, self.queue_pointer, saved["keys"])

@@ -24,16 +24,16 @@ on one device with the concatenated batch, so the two give the same update
 
 from __future__ import annotations
 
-import keras
 import tensorflow as tf
 
 from keras_ssl import cross_replica
 from keras_ssl.backbones import output_dim
 from keras_ssl.heads import projection_head
 from keras_ssl.losses import nce_loss
-from keras_ssl.random import step_seed
-from keras_ssl_methods._contrastive import ContrastiveMethod
-from keras_ssl_methods._per_example import checked_index, required_num_examples
+from keras_ssl.toolkit import (
+    ContrastiveMethod, add_memory_bank, bank_rows, bank_scores, checked_index, move_bank_rows,
+    noise_index, required_num_examples,
+)
 
 
 class NPID(ContrastiveMethod):
@@ -88,12 +88,7 @@ class NPID(ContrastiveMethod):
             output_dim(backbone), projection_dim, projection_dim, num_layers=1,
             batch_norm=False, name="npid_projection",
         )
-        self.memory_bank = self.add_weight(
-            shape=(self.num_examples, projection_dim),
-            initializer=unit_rows,
-            trainable=False,
-            name="memory_bank",
-        )
+        self.memory_bank = add_memory_bank(self, self.num_examples, projection_dim)
         # Z of the NCE approximation: estimated on the first step, then fixed.
         self.normalization_constant = self.add_weight(
             shape=(), initializer="zeros", trainable=False, name="normalization_constant"
@@ -128,10 +123,9 @@ class NPID(ContrastiveMethod):
 
     def bank_rows(self, index):
         """`(positives [B, D], noise [B, K, D])`: the bank rows of `index` and this step's noise."""
-        bank = self.memory_bank.value  # gathered row by row, never copied whole
-        positives = tf.stop_gradient(tf.gather(bank, index))
-        noise = tf.stop_gradient(tf.gather(bank, self._noise_index(tf.shape(index)[0])))
-        return positives, noise
+        noise = noise_index(self, tf.shape(index)[0], self.num_negatives, self.num_examples,
+                            self.noise_seed)
+        return bank_rows(self.memory_bank, index), bank_rows(self.memory_bank, noise)
 
     def normalization(self, noise_scores):
         """Z of this step: the stored one, or this global batch's estimate (see `fix_normalization`)."""
@@ -143,52 +137,9 @@ class NPID(ContrastiveMethod):
         estimate = tf.reduce_mean(cross_replica.gather(estimate[None]))
         return tf.where(z > 0, z, estimate) if self.fix_normalization else estimate
 
-    def _noise_index(self, batch_size):
-        return noise_index(self, batch_size, self.num_negatives, self.num_examples, self.noise_seed)
-
     def after_update(self, saved):
         """Moves the bank rows of this step's examples towards their new features."""
         if "features" not in saved:
             return
         move_bank_rows(self.memory_bank, saved["index"], saved["features"], self.bank_momentum)
         cross_replica.assign([(self.normalization_constant, saved["z"])])
-
-
-def bank_scores(features, positives, noise):
-    """`([B] features . positives, [B, K] features . noise)` of `NPID.bank_rows`' rows."""
-    return tf.reduce_sum(features * positives, axis=-1), tf.einsum("bd,bkd->bk", features, noise)
-
-
-def unit_rows(shape, dtype=None):
-    """Initializer of a memory bank: random rows of unit length."""
-    rows = keras.random.normal(shape, dtype=dtype or "float32")
-    return rows / keras.ops.sqrt(keras.ops.sum(rows * rows, axis=-1, keepdims=True))
-
-
-def move_bank_rows(bank, index, features, momentum) -> None:
-    """`bank[i] <- l2norm(momentum bank[i] + (1 - momentum) f_i)` for the global batch's rows.
-
-    Call it from `after_update` with this replica's `index` `[B]` and features
-    `[B, D]`: both are gathered across replicas, so every replica writes the
-    same rows.
-    """
-    index = cross_replica.gather(index)
-    old = tf.gather(bank.value, index)
-    new = momentum * old + (1.0 - momentum) * cross_replica.gather(features)
-    cross_replica.scatter(bank, index, tf.math.l2_normalize(new, axis=-1))
-
-
-def noise_index(method, batch_size, num_negatives: int, num_examples: int, noise_seed: int):
-    """`[batch_size, num_negatives]` uniform bank rows for this replica's examples.
-
-    Drawn for the whole global batch from a seed keyed by `method`'s optimizer
-    step (`keras_ssl.random.step_seed`); each replica takes its own rows, so
-    R replicas draw exactly what one device draws for the concatenated batch.
-    """
-    replicas, replica = cross_replica.replica_position()
-    draw = tf.random.stateless_uniform(
-        [batch_size * replicas, num_negatives], step_seed(method, noise_seed),
-        0, num_examples, tf.int32,
-    )
-    start = tf.cast(replica, tf.int32) * batch_size
-    return draw[start:start + batch_size]

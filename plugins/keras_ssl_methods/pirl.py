@@ -6,11 +6,11 @@ share the backbone:
 
 - f(v_I): the augmented image -> pre-logits -> linear 128-d, l2-normalised;
 - g(v_I^t): nine tiles of a 3x3 grid (the Jigsaw geometry of
-  `keras_ssl_methods._patches`), in a random order, each -> pre-logits ->
+  `keras_ssl.toolkit.patches`), in a random order, each -> pre-logits ->
   linear 128-d, the nine concatenated -> linear 128-d, l2-normalised.
 
 A memory bank holds m_I, a moving average (momentum 0.5) of f(v_I) for every
-training image, as NPID's does (`keras_ssl_methods.npid`). With
+training image, as NPID's does (`keras_ssl.toolkit.memory_bank`). With
 h(u, v) = exp(u . v / tau) / (exp(u . v / tau) + N / n), N noise images
 drawn from the bank and n its size,
 
@@ -35,8 +35,8 @@ import tensorflow as tf
 from keras_ssl import random
 from keras_ssl.losses import nce_loss
 from keras_ssl.metrics import normalized_embedding_std
-from keras_ssl_methods._patches import GRID, cut_grid, grid_cell, random_crop_resized
-from keras_ssl_methods.npid import NPID, bank_scores
+from keras_ssl.toolkit import GRID, bank_scores, cut_grid, grid_cell, random_crop_resized
+from keras_ssl_methods.npid import NPID
 
 
 class PIRL(NPID):

@@ -34,10 +34,7 @@ import tensorflow as tf
 
 import keras_ssl.random
 from keras_ssl.augment import to_grayscale
-
-from keras_ssl_methods._patches import (
-    GRID, PatchGridMethod, embed_patches, fc_head,
-)
+from keras_ssl.toolkit import GRID, PatchGridMethod, embed_patches, fc_head
 
 CENTRE = 4
 NEIGHBOURS = (0, 1, 2, 3, 5, 6, 7, 8)

@@ -17,7 +17,7 @@ import tensorflow as tf
 from keras_ssl.backbones import output_dim
 from keras_ssl.heads import projection_head, uses_synchronized_bn
 from keras_ssl.losses import nt_xent_loss
-from keras_ssl_methods._contrastive import ContrastiveMethod
+from keras_ssl.toolkit import ContrastiveMethod
 
 
 class SimCLR(ContrastiveMethod):

@@ -15,7 +15,7 @@ from keras_ssl.heads import projection_head, uses_synchronized_bn
 from keras_ssl.losses import negative_cosine_similarity
 from keras_ssl.metrics import normalized_embedding_std
 from keras_ssl.views import ViewSpec
-from keras_ssl_methods._contrastive import MultiViewMethod
+from keras_ssl.toolkit import MultiViewMethod
 
 # SimSiam's views (the MoCo v2 stack): jitter (0.4, 0.4, 0.4, 0.1) p 0.8,
 # grayscale p 0.2, blur p 0.5, crop area from 0.2.

@@ -26,6 +26,7 @@ from __future__ import annotations
 import keras
 import tensorflow as tf
 
+from keras_ssl.toolkit import require_endpoint
 from keras_ssl_methods import _lab
 from keras_ssl_methods._image_ops import area_downsample
 from keras_ssl_methods._two_halves import LabHalvesMethod
@@ -78,14 +79,9 @@ class SplitBrain(LabHalvesMethod):
         augmentation="flip",
         **kwargs,
     ):
+        # Each half is a copy of the bound backbone: it has the same end-points.
+        require_endpoint(backbone, endpoint, "split_brain.endpoint", spatial=True)
         super().__init__(backbone, augmentation=augmentation, **kwargs)
-        outputs = self.backbone.output
-        spatial = [n[2:] for n in self.backbone.endpoint_names
-                   if n.startswith("l_") and len(outputs[n].shape) == 4]
-        if endpoint not in spatial:
-            raise ValueError(
-                f"split_brain: endpoint must be a spatial end-point of the backbone, one of "
-                f"{spatial}; got {endpoint!r}.")
         if lightness_bins < 2:
             raise ValueError(f"split_brain: lightness_bins must be >= 2, got {lightness_bins}.")
         self.endpoint = endpoint

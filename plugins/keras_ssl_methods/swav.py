@@ -20,7 +20,7 @@ from keras_ssl.heads import NormalizedDense, projection_head, uses_synchronized_
 from keras_ssl.losses import sinkhorn_knopp, swapped_prediction_loss
 from keras_ssl.metrics import normalized_embedding_std
 from keras_ssl.views import ViewSpec, multi_crop
-from keras_ssl_methods._contrastive import MultiViewMethod
+from keras_ssl.toolkit import MultiViewMethod, add_queue, enqueue, oldest_first
 
 # SwAV's view: jitter strength 1 (0.8, 0.8, 0.8, 0.2) p 0.8, grayscale p 0.2, blur p 0.5.
 SWAV_VIEW = ViewSpec(jitter=(0.8, 0.8, 0.8, 0.2), blur_probability=0.5)
@@ -87,9 +87,9 @@ class SwAV(MultiViewMethod):
         self.prototypes = NormalizedDense(num_prototypes, name="swav_prototypes")
         self.prototypes.build((None, projection_dim))
         if self.queue_length:
-            self.queue = self.add_weight(
-                shape=(num_global_views, self.queue_length, projection_dim),
-                initializer="zeros", trainable=False, name="queue",
+            # Row i: the embeddings of one image's global views, [num_global_views, D].
+            self.queue, self.queue_pointer = add_queue(
+                self, self.queue_length, (num_global_views, projection_dim)
             )
             self.queue_filled = self.add_weight(
                 shape=(), initializer="zeros", dtype="int32", trainable=False, name="queue_filled"
@@ -118,7 +118,7 @@ class SwAV(MultiViewMethod):
         if not self.queue_length:
             return sinkhorn_knopp(scores, self.sinkhorn_epsilon, self.sinkhorn_iterations)
         # This replica's share of the queue: over all replicas, each queued row once.
-        queued = cross_replica.replica_rows(tf.convert_to_tensor(self.queue)[view_index])
+        queued = cross_replica.replica_rows(self._queued(view_index, scores))
         queued_scores = tf.matmul(queued, tf.stop_gradient(self.prototypes.normalized_kernel()))
         with_queue = sinkhorn_knopp(
             tf.concat([queued_scores, scores], 0), self.sinkhorn_epsilon, self.sinkhorn_iterations
@@ -128,6 +128,18 @@ class SwAV(MultiViewMethod):
             lambda: with_queue,
             lambda: sinkhorn_knopp(scores, self.sinkhorn_epsilon, self.sinkhorn_iterations),
         )
+
+    def _queued(self, view_index, scores):
+        """The queued embeddings of global view `view_index`, `[queue_length, D]`.
+
+        Whole global batches from the newest back, each batch's rows in order.
+        The row order fixes the order of Sinkhorn-Knopp's float sums; this is
+        the order SwAV's recorded figures were computed with.
+        """
+        batch = scores.shape[0] or tf.shape(scores)[0]
+        rows = oldest_first(self.queue, self.queue_pointer)[:, view_index]
+        batches = tf.reshape(rows, [-1, batch * cross_replica.num_replicas(), rows.shape[-1]])
+        return tf.reshape(tf.reverse(batches, [0]), [self.queue_length, rows.shape[-1]])
 
     def compute_pretext_loss(self, batch, training):
         pre_logits = self.encode_views(self.backbone, self.view_batches(batch), training)
@@ -139,7 +151,7 @@ class SwAV(MultiViewMethod):
         codes = {i: self._codes(i, scores[i]) for i in range(self.num_global_views)}
         loss = swapped_prediction_loss(scores, codes, self.temperature)
         if self.queue_length:
-            self.save_for_update(embeddings=tf.stack(embeddings[:self.num_global_views]))
+            self.save_for_update(embeddings=tf.stack(embeddings[:self.num_global_views], 1))
         probe, probe_metrics = self.probe_loss(pre_logits[0], batch["label"])
         chosen = tf.argmax(cross_replica.gather(codes[0]), -1)
         used = tf.reduce_sum(tf.one_hot(chosen, tf.shape(codes[0])[1]), 0)
@@ -156,16 +168,8 @@ class SwAV(MultiViewMethod):
         """Pushes the global views' embeddings of the whole batch into the queue."""
         if "embeddings" not in saved:
             return
-        new = tf.concat(
-            [cross_replica.gather(saved["embeddings"][i])[None]
-             for i in range(self.num_global_views)], 0
-        )  # [views, global batch, D], the same on every replica
-        queue = tf.convert_to_tensor(self.queue)
-        shifted = tf.concat([new, queue[:, :self.queue_length - tf.shape(new)[1]]], axis=1)
         started = tf.cast(self._step(), tf.int64) >= self.queue_start_step
-        cross_replica.assign([
-            (self.queue, tf.where(started, shifted, queue)),
-            (self.queue_filled, tf.where(
-                started, tf.minimum(self.queue_filled + tf.shape(new)[1], self.queue_length),
-                self.queue_filled)),
-        ])
+        enqueue(self.queue, self.queue_pointer, saved["embeddings"], when=started)
+        count = tf.shape(saved["embeddings"])[0] * cross_replica.num_replicas()
+        cross_replica.assign([(self.queue_filled, tf.where(
+            started, tf.minimum(self.queue_filled + count, self.queue_length), self.queue_filled))])

@@ -262,12 +262,12 @@ def test_swav_queue_fills_with_the_global_views_and_then_joins_the_codes():
     _compiled(method)
     assert int(method.queue_filled.numpy()) == 0
     method.train_step(batch)
-    assert int(method.queue_filled.numpy()) == 4
-    queue = method.queue.numpy()
-    np.testing.assert_allclose(np.linalg.norm(queue[:, :4], axis=-1), 1.0, rtol=1e-5)
-    assert np.all(queue[:, 4:] == 0)
+    assert int(method.queue_filled.numpy()) == 4 and int(method.queue_pointer.numpy()) == 4
+    queue = method.queue.numpy()  # [queue_length, global views, D]
+    np.testing.assert_allclose(np.linalg.norm(queue[:4], axis=-1), 1.0, rtol=1e-5)
+    assert np.all(queue[4:] == 0)
     method.train_step(batch)
-    assert int(method.queue_filled.numpy()) == 8
+    assert int(method.queue_filled.numpy()) == 8 and int(method.queue_pointer.numpy()) == 0
 
 
 def test_swav_prototypes_get_no_gradient_while_frozen():

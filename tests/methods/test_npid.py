@@ -54,7 +54,7 @@ def test_loss_equals_numpy_nce(fix_normalization, stored_z, uses_stored_z, monke
     # Fixed noise rows (with repeats and the positives' own rows), so the
     # reference sees exactly the bank entries the method uses.
     noise_index = np.random.RandomState(0).randint(0, n, size=(4, k)).astype(np.int32)
-    monkeypatch.setattr(method, "_noise_index", lambda batch_size: tf.constant(noise_index))
+    monkeypatch.setattr("keras_ssl_methods.npid.noise_index", lambda *args: tf.constant(noise_index))
 
     loss, metrics = method.compute_pretext_loss(batch, training=False)
 

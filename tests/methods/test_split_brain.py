@@ -94,8 +94,11 @@ def test_export_end_points_are_the_concatenation_and_both_halves():
 
 
 @pytest.mark.parametrize("kwargs,message", [
-    ({"endpoint": "pre_logits"}, "endpoint must be a spatial end-point.*block3"),
-    ({"endpoint": "block9"}, "endpoint must be a spatial end-point"),
+    ({"endpoint": "pre_logits"}, r"split_brain.endpoint: end-point 'pre_logits' is not a "
+                                 r"spatial feature map.*choose one of after_root, block1, "
+                                 r"block2, block3, block4\."),
+    ({"endpoint": "block9"}, r"split_brain.endpoint: the backbone has no end-point 'block9'; "
+                             r"choose one of after_root, .*pre_logits\."),
     ({"lightness_bins": 1}, "lightness_bins must be >= 2"),
 ])
 def test_bad_settings_are_refused(kwargs, message):

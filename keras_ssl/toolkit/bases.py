@@ -1,9 +1,10 @@
-"""`ContrastiveMethod`: a `keras_ssl.Method` with an optional online linear probe.
+"""The bases of the joint-embedding methods: an online probe, and several views per image.
 
-The base of SimCLR, MoCo v2, NPID and the non-contrastive methods (BYOL,
-SimSiam, Barlow Twins, VICReg, DINO, SwAV). Everything else they share is
-public toolkit in `keras_ssl` (`Method.after_update`, `Method.momentum_copy`,
-`keras_ssl.heads`, `keras_ssl.cross_replica`, `keras_ssl.views`).
+`ContrastiveMethod` (a `keras_ssl.Method` with an optional online linear probe
+and `two_views`) is the base of SimCLR, MoCo v2, NPID, PIRL, CMC and AMDIM;
+`MultiViewMethod` (views drawn from `keras_ssl.views.ViewSpec`s and encoded
+one backbone call per view size) is the base of BYOL, SimSiam, Barlow Twins,
+VICReg, DINO and SwAV. A plugin subclasses them as the first-party methods do.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Patch grids and the shared patch head of Jigsaw and Relative Patch Location (private).
+"""The 3x3 patch grid of Jigsaw, Relative Patch Location and PIRL, and their shared patch head.
 
 Geometry (Noroozi & Favaro 2016; Kolesnikov et al. 2019): the image is resized
 to `resize`, a random `crop` x `crop` window is taken, cut into a `grid` x

@@ -1,11 +1,11 @@
-"""State kept per training example, indexed by the example's `index` (private).
+"""State kept per training example, indexed by the example's `index`.
 
-NPID's and PIRL's memory banks, CMC's two banks and DeepCluster's
-assignments hold one row per training example. Their size N must be known
-when the method is built (to create the variable and restore it from a
-checkpoint), so it is a required constructor argument bound by gin, and an
-example whose `index` does not fit stops the input pipeline with the binding
-to fix.
+NPID's and PIRL's memory banks, CMC's two banks (`keras_ssl.toolkit.memory_bank`)
+and DeepCluster's assignments hold one row per training example. Their size N
+must be known when the method is built (to create the variable and restore it
+from a checkpoint), so it is a required constructor argument bound by gin, and
+an example whose `index` does not fit stops the input pipeline with the
+binding to fix.
 """
 
 from __future__ import annotations

@@ -33,28 +33,52 @@ if _quiet.started_as_binary() and not _quiet.verbosity_given():
     _os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     _quiet.hide_library_warnings()
 
-from keras_ssl_eval.contract import FOLDER_PREFIX
-from keras_ssl_eval.extraction.cache import DEFAULT_CACHE_DIR, FeatureCache
-from keras_ssl_eval.extraction.features import split_features
-from keras_ssl_eval.extraction.patches import PatchSpec, cut_patches
-from keras_ssl_eval.extraction.pooling import (MAX_FEATURE_VALUES, adaptive_max_pool, avg_pool,
-                                               flatten_features, pooled_grid)
-from keras_ssl_eval.probes.heads import HeadResult, train_head
-from keras_ssl_eval.probes.knn import knn_accuracy, knn_classify
-from keras_ssl_eval.probes.linear import DEFAULT_L2_GRID, LinearProbeResult, fit_linear_probe
-from keras_ssl_eval.probes.svm import LinearSVM, fit_svm, fit_svm_cv
-from keras_ssl_eval.protocols.base import Protocol, get_protocol, protocol_names
-from keras_ssl_eval.protocols.evaluate import PROTOCOLS, evaluate, evaluate_linear
-from keras_ssl_eval.protocols.lowshot import DEFAULT_SHOTS, low_shot, sample_per_class
-from keras_ssl_eval.protocols.utility import labels_needed, utility_curve
-from keras_ssl_eval.reading.data import DatasetInfo, load_images, to_rgb_float
-from keras_ssl_eval.reading.savedmodel import RepresentationModel, load_representation_model
-from keras_ssl_eval.reporting.compare import compare_reports, load_reports
-from keras_ssl_eval.reporting.plots import write_plots
-from keras_ssl_eval.reporting.report import (build_report, markdown_report, markdown_table,
-                                             write_report)
-from keras_ssl_eval.settings import (DataSettings, EvaluationSettings, GridSettings, KnnSettings,
-                                     LinearSettings, LowShotSettings, UtilitySettings)
+# The public names, each imported from its module on first use (PEP 562): so
+# `import keras_ssl_eval` (which keras_ssl does, for the quiet start above)
+# loads neither TensorFlow's readers nor the probes, nor matplotlib, until a
+# name is used. {name: module}.
+_EXPORTS = {
+    **dict.fromkeys(["FOLDER_PREFIX"], "contract"),
+    **dict.fromkeys(["DEFAULT_CACHE_DIR", "FeatureCache"], "extraction.cache"),
+    **dict.fromkeys(["split_features"], "extraction.features"),
+    **dict.fromkeys(["PatchSpec", "cut_patches"], "extraction.patches"),
+    **dict.fromkeys(["MAX_FEATURE_VALUES", "adaptive_max_pool", "avg_pool", "flatten_features",
+                     "pooled_grid"], "extraction.pooling"),
+    **dict.fromkeys(["HeadResult", "train_head"], "probes.heads"),
+    **dict.fromkeys(["knn_accuracy", "knn_classify"], "probes.knn"),
+    **dict.fromkeys(["DEFAULT_L2_GRID", "LinearProbeResult", "fit_linear_probe"],
+                    "probes.linear"),
+    **dict.fromkeys(["LinearSVM", "fit_svm", "fit_svm_cv"], "probes.svm"),
+    **dict.fromkeys(["Protocol", "get_protocol", "protocol_names"], "protocols.base"),
+    **dict.fromkeys(["PROTOCOLS", "evaluate", "evaluate_linear"], "protocols.evaluate"),
+    **dict.fromkeys(["DEFAULT_SHOTS", "low_shot", "sample_per_class"], "protocols.lowshot"),
+    **dict.fromkeys(["labels_needed", "utility_curve"], "protocols.utility"),
+    **dict.fromkeys(["DatasetInfo", "load_images", "to_rgb_float"], "reading.data"),
+    **dict.fromkeys(["RepresentationModel", "load_representation_model"],
+                    "reading.savedmodel"),
+    **dict.fromkeys(["compare_reports", "load_reports"], "reporting.compare"),
+    **dict.fromkeys(["write_plots"], "reporting.plots"),
+    **dict.fromkeys(["build_report", "markdown_report", "markdown_table", "write_report"],
+                    "reporting.report"),
+    **dict.fromkeys(["DataSettings", "EvaluationSettings", "GridSettings", "KnnSettings",
+                     "LinearSettings", "LowShotSettings", "UtilitySettings"], "settings"),
+}
+
+
+def __getattr__(name):
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'keras_ssl_eval' has no attribute {name!r}")
+    import importlib  # pylint: disable=import-outside-toplevel
+
+    value = getattr(importlib.import_module(f"keras_ssl_eval.{module}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_EXPORTS))
+
 
 __version__ = "0.1.0"
 

@@ -218,16 +218,19 @@ def register(protocol: Protocol) -> Protocol:
     """Adds `protocol` to the registry; returns it.
 
     Raises:
-        ValueError: No name or settings dataclass, a name already registered,
-            or a settings field whose flat name another protocol (or
+        ValueError: No name or settings dataclass, a name already registered
+            (or ``all``, ``data``, a method of `EvaluationSettings`), or a settings field whose flat name another protocol (or
             `DataSettings`) has.
     """
-    from keras_ssl_eval.settings import DataSettings  # pylint: disable=import-outside-toplevel
+    # pylint: disable-next=import-outside-toplevel
+    from keras_ssl_eval.settings import DataSettings, EvaluationSettings
 
     if not protocol.name or not dataclasses.is_dataclass(protocol.settings):
         raise ValueError(f"A protocol needs a name and a settings dataclass; got "
                          f"{protocol.name!r}, {protocol.settings!r}.")
-    if protocol.name in _REGISTRY or protocol.name in ("all", "data"):
+    # "all" is the --protocol value; the settings' own names would hide its section.
+    if (protocol.name in _REGISTRY or protocol.name in ("all", "data")
+            or hasattr(EvaluationSettings, protocol.name)):
         raise ValueError(f"Protocol name {protocol.name!r} is taken; choose another.")
     taken = {name: "DataSettings" for name in _flat_names_of(DataSettings)}
     for other in _REGISTRY.values():

@@ -222,7 +222,7 @@ class _RunDirectoryReached(Exception):
 def test_every_shipped_config_uses_every_binding(path, data_dir, monkeypatch):
     """Trains each config up to its run directory, on the tiny dataset at the config's image size."""
     from keras_ssl import run_dir, training
-    from tests.helpers.tiny_run import tiny_shapes_name
+    from tests.helpers.tiny_run import TINY_SHAPES, tiny_shapes_name
 
     def reached(self):
         raise _RunDirectoryReached
@@ -236,6 +236,13 @@ def test_every_shipped_config_uses_every_binding(path, data_dir, monkeypatch):
              f"keras_ssl.train.data_dir = '{data_dir}'", "keras_ssl.train.deterministic = False"]
     if "widening_factor" in (registry.accepted_parameters(registry.BACKBONES.get(backbone)) or ()):
         small.append(f"{backbone}.widening_factor = 1")
+    method = gin.query_parameter("keras_ssl.build_method.method")
+    for parameter, value in (("num_examples", TINY_SHAPES["train_size"]), ("num_clusters", 8)):
+        try:  # sized to the dataset (NPID's bank, DeepCluster's k-means)
+            gin.query_parameter(f"{method}.{parameter}")
+            small.append(f"{method}.{parameter} = {value}")
+        except ValueError:
+            pass
     try:
         monitored = gin.query_parameter("keras_ssl.knn_monitor.every_steps") is not None
     except ValueError:  # not bound: the monitor is off

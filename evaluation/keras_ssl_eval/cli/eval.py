@@ -8,7 +8,13 @@ Usage:
     keras-ssl-eval compare --results=/tmp/a/results.json,/tmp/b/results.json --output=/tmp/ab
 
 Writes ``results.json``, ``results.md`` and plots to ``--output`` and prints
-the markdown tables (rows = layers, columns = models). While it works it
+the markdown tables (rows = layers, columns = models). The flags of the
+settings (``--layers``, ``--knn_k``, ``--shots``, ...) are made from the
+settings dataclasses of `DataSettings` and every registered protocol
+(`define_setting_flags`: a field's flat name, default, help and bounds), so a
+protocol's settings are flags without a change here; the binary's own flags
+(``--saved_model``, ``--dataset``, ``--output``, ``--protocol``, ...) are
+holders as in every binary. While it works it
 prints one plain line per step on stderr (features extracted, probe
 accuracies); ``--verbosity=0`` shows TensorFlow's and absl's logs as well.
 """
@@ -38,9 +44,9 @@ _log = logging.getLogger("keras_ssl_eval")
 
 def _setting_fields():
     """Yields ``(flat name, field, type)`` of every setting: `DataSettings`, then each protocol's."""
-    classes = {}
+    classes, defaults = {}, EvaluationSettings()
     for flat, (section, name) in EvaluationSettings.flat_names().items():
-        cls = type(getattr(EvaluationSettings(), section))
+        cls = type(getattr(defaults, section))
         if cls not in classes:
             classes[cls] = (typing.get_type_hints(cls), {f.name: f for f in dataclasses.fields(cls)})
         hints, fields = classes[cls]

@@ -225,6 +225,7 @@ def register(protocol: Protocol) -> Protocol:
     # pylint: disable-next=import-outside-toplevel
     from keras_ssl_eval.settings import DataSettings, EvaluationSettings
 
+    _load_builtins()  # So that another package's protocol cannot take a built-in's name.
     if not protocol.name or not dataclasses.is_dataclass(protocol.settings):
         raise ValueError(f"A protocol needs a name and a settings dataclass; got "
                          f"{protocol.name!r}, {protocol.settings!r}.")

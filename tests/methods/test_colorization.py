@@ -137,6 +137,17 @@ def test_loss_against_hand_computation():
     assert float(metrics["bin_accuracy"]) == pytest.approx((logits.argmax(-1) == d2.argmin(-1)).mean())
 
 
+@pytest.mark.parametrize("endpoint,message", [
+    ("block5", r"colorization.endpoint: the backbone has no end-point 'block5'; choose one of "
+               r"after_root, block1, block2, block3, block4, pre_logits\."),
+    ("pre_logits", r"colorization.endpoint: end-point 'pre_logits' is not a spatial feature "
+                   r"map.*choose one of after_root, block1, block2, block3, block4\."),
+])
+def test_an_end_point_the_backbone_lacks_is_refused_at_build_time(endpoint, message):
+    with pytest.raises(ValueError, match=message):
+        _method(endpoint=endpoint)
+
+
 def test_backbone_sees_only_the_lightness():
     method = _method()
     gray = method.export_input_transform(tf.constant([[[[1.0, 0.0, 0.0]]]])).numpy()

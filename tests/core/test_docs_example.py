@@ -1,4 +1,4 @@
-"""The plugin of docs/writing_a_method.md (BYOL on the public toolkit), installed with pip and trained."""
+"""The code of docs/writing_a_method.md: the BYOL plugin installed with pip and trained, the NNCLR sketch trained."""
 
 import os
 import re
@@ -14,13 +14,61 @@ from tests.helpers.tiny_run import tiny_run_bindings, tiny_shapes_name
 DOC = os.path.join(REPO, "docs", "writing_a_method.md")
 
 
-def _doc_files():
+def _doc_blocks(kind):
     text = open(DOC).read()
-    return dict(re.findall(r"<!-- file: (\S+) -->\n```\w*\n(.*?)```", text, re.S))
+    return dict(re.findall(rf"<!-- {kind}: (\S+) -->\n```\w*\n(.*?)```", text, re.S))
+
+
+def _doc_files():
+    return _doc_blocks("file")
+
+
+def _doc_classes(block, source):
+    namespace = {"__name__": f"docs_{block}"}
+    exec(compile(source, f"docs/writing_a_method.md:{block}", "exec"), namespace)
+    return namespace
+
+
+def _two_steps(method):
+    import keras
+
+    from tests.helpers.contrastive_training import random_examples
+
+    batch = next(iter(method.make_dataset(random_examples(4), 4)))
+    method.build_from_batch(batch)
+    method.compile(optimizer=keras.optimizers.SGD(0.01))
+    return [method.train_step(batch) for _ in range(2)]
 
 
 def test_doc_declares_a_complete_package():
     assert set(_doc_files()) == {"setup.cfg", "pyproject.toml", "my_byol.py"}
+
+
+def test_documented_byol_trains_its_online_probe_from_the_public_bases():
+    from tests.helpers.tiny import tiny_backbone
+
+    MyBYOL = _doc_classes("my_byol", _doc_files()["my_byol.py"])["MyBYOL"]
+    method = MyBYOL(tiny_backbone(), projection_dim=8, hidden_dim=16, num_classes=3)
+    metrics = _two_steps(method)[-1]
+    assert {"loss", "embedding_std", "probe_loss", "probe_accuracy"} <= set(metrics)
+
+
+def test_documented_nnclr_sketch_fills_its_support_queue_and_trains():
+    import numpy as np
+
+    from keras_ssl.views import ViewSpec
+    from tests.helpers.tiny import tiny_backbone
+
+    NNCLR = _doc_classes("nnclr", _doc_blocks("snippet")["nnclr"])["NNCLR"]
+    method = NNCLR(tiny_backbone(), views=[ViewSpec(size=16)] * 2, support_size=8,
+                   projection_dim=8)
+    before = method.support.numpy()
+    metrics = _two_steps(method)[-1]
+    assert np.isfinite(float(metrics["nnclr_loss"]))
+    assert int(method.support_pointer.numpy()) == 0  # 2 steps x 4 embeddings in 8 rows
+    support = method.support.numpy()
+    assert not np.any(support == before)
+    np.testing.assert_allclose(np.linalg.norm(support, axis=1), 1.0, rtol=1e-5)
 
 
 @pytest.mark.slow

@@ -1,0 +1,217 @@
+"""keras-ssl's SimCLR against LightlySSL's on Fashion-MNIST, scored by one evaluation.
+
+Three steps (docs/results/fashion_mnist_parity.md has the commands and the results):
+
+    # 1. the evaluation images, read by keras-ssl's reader (32 px, grey to RGB)
+    python -m benchmarks.fashion_mnist_parity.parity arrays --data_dir=DATA --output=DIR/arrays.npz
+    # 2. features of a keras-ssl run's exports at step 0 and at the end (the lightly
+    #    side writes the same file itself: lightly_simclr.py)
+    python -m benchmarks.fashion_mnist_parity.parity features --model_dir=RUN \
+        --arrays=DIR/arrays.npz --output=DIR/keras_ssl_s0.npz
+    # 3. kNN and linear probe on every feature file, seeds aggregated per library
+    python -m benchmarks.fashion_mnist_parity.parity evaluate --features='DIR/*.npz' \
+        --output=benchmarks/results/fashion_mnist_parity
+
+Both libraries' features are scored by the same code: keras-ssl-eval's kNN (k = 200,
+temperature 0.1, cosine similarity) and its linear probe (L2 chosen on a hold-out of
+the training features), trained on the 60,000 training images and tested on the
+10,000 test images, each accuracy with its 95% Wilson interval.
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import os
+
+import numpy as np
+
+from keras_ssl_eval.probes.knn import knn_accuracy
+from keras_ssl_eval.probes.linear import fit_linear_probe
+from keras_ssl_eval.statistics import wilson_interval
+
+_IMAGE_SIZE = 32
+_STAGES = (("step0", "random initialisation"), ("", "trained"))
+
+
+def _split_arrays(dataset, split, data_dir, image_size):
+    from keras_ssl_eval.reading.data import load_images
+
+    images, _ = load_images(dataset, split, data_dir=data_dir, image_size=image_size)
+    xs, ys = [], []
+    for batch in images.batch(2048).as_numpy_iterator():
+        xs.append(batch["image"])
+        ys.append(batch["label"])
+    return np.concatenate(xs), np.concatenate(ys).astype(np.int64)
+
+
+def write_arrays(dataset, data_dir, output):
+    """Writes the training and test images at 32 px and the raw training pixels."""
+    train, train_labels = _split_arrays(dataset, "train", data_dir, _IMAGE_SIZE)
+    test, test_labels = _split_arrays(dataset, "test", data_dir, _IMAGE_SIZE)
+    raw, _ = _split_arrays(dataset, "train", data_dir, None)
+    np.savez(output, train=train, test=test, train_labels=train_labels, test_labels=test_labels,
+             train_raw=np.round(raw[..., 0] * 255).astype(np.uint8))
+    print(f"wrote {output}: {len(train)} training and {len(test)} test images")
+
+
+def write_features(model_dir, arrays_path, output):
+    """Writes the pre-logits of a run's step-0 and final exports on the arrays."""
+    from keras_ssl_eval.reading.savedmodel import load_representation_model
+
+    arrays = np.load(arrays_path)
+    exports = sorted(glob.glob(os.path.join(model_dir, "export", "step_*")),
+                     key=lambda path: int(path.rsplit("_", 1)[1]))
+    if len(exports) < 2 or not exports[0].endswith("step_0"):
+        raise SystemExit(f"{model_dir}: needs export/step_0 and a final export "
+                         f"(keras-ssl-export --model_dir={model_dir} --step=0); found {exports}")
+    out = {}
+    for suffix, path in (("_step0", exports[0]), ("", exports[-1])):
+        model = load_representation_model(path)
+        for split in ("train", "test"):
+            out[split + suffix] = model.extract(arrays[split], ["pre_logits"],
+                                                batch_size=1000)["pre_logits"]
+    with open(os.path.join(model_dir, "run.json")) as f:
+        run = json.load(f)
+    info = dict(library="keras-ssl", steps=run["train_steps"], seed=run["seed"],
+                batch_size=run["batch_size"], model_dir=model_dir)
+    np.savez(output, **out, train_labels=arrays["train_labels"],
+             test_labels=arrays["test_labels"], info=json.dumps(info))
+    print(f"wrote {output}")
+
+
+def _scored(accuracy, n):
+    low, high = wilson_interval(round(accuracy * n), n)
+    return {"accuracy": 100 * accuracy, "ci95": [100 * low, 100 * high], "test_count": n}
+
+
+def write_pixels(arrays_path, output):
+    """Writes the raw pixels (one channel of the 32-px images) as a feature file."""
+    arrays = np.load(arrays_path)
+    flat = {split: arrays[split][..., 0].reshape(len(arrays[split]), -1)
+            for split in ("train", "test")}
+    np.savez(output, **flat, train_labels=arrays["train_labels"],
+             test_labels=arrays["test_labels"],
+             info=json.dumps(dict(library="raw pixels", steps=0, seed=0)))
+    print(f"wrote {output}")
+
+
+def score(path):
+    """kNN and linear-probe accuracies of one feature file, at step 0 and trained."""
+    data = np.load(path)
+    info = json.loads(str(data["info"]))
+    result = dict(info, file=os.path.basename(path))
+    for stage, _ in _STAGES:
+        suffix = f"_{stage}" if stage else ""
+        if "train" + suffix not in data:
+            continue
+        train, test = data["train" + suffix], data["test" + suffix]
+        yt, ye = data["train_labels"], data["test_labels"]
+        knn = knn_accuracy(train, yt, test, ye, k=200, temperature=0.1)
+        linear = fit_linear_probe(train, yt, test, ye)
+        result[stage or "trained"] = {
+            "knn": _scored(knn["test_accuracy"], len(ye)),
+            "linear": {**_scored(linear.test_accuracy, len(ye)), "l2": linear.l2},
+        }
+        print(f"{result['file']} {stage or 'trained'}: kNN {100 * knn['test_accuracy']:.2f} "
+              f"linear {100 * linear.test_accuracy:.2f}", flush=True)
+    return result
+
+
+def _summary(values):
+    values = np.asarray(values, float)
+    std = float(values.std(ddof=1)) if len(values) > 1 else float("nan")
+    return {"mean": float(values.mean()), "std": std, "n": len(values),
+            "min": float(values.min()), "max": float(values.max())}
+
+
+def aggregate(results):
+    """Mean, std (ddof 1), min and max over seeds per (library, steps, stage, protocol)."""
+    groups = {}
+    for r in results:
+        groups.setdefault((r["library"], r["steps"]), []).append(r)
+    rows = []
+    for (library, steps), runs in sorted(groups.items(), key=lambda kv: (kv[0][1], kv[0][0])):
+        for stage, label in _STAGES:
+            key = stage or "trained"
+            if key not in runs[0]:
+                continue
+            rows.append(dict(
+                library=library, steps=steps, stage="-" if library == "raw pixels" else label,
+                seeds=sorted(r["seed"] for r in runs),
+                **{p: _summary([r[key][p]["accuracy"] for r in runs]) for p in ("knn", "linear")},
+            ))
+    return rows
+
+
+def _cell(s):
+    spread = f" ± {s['std']:.1f}" if s["n"] > 1 else ""
+    return f"{s['mean']:.1f}{spread} ({s['min']:.1f}-{s['max']:.1f})"
+
+
+def write_report(results, output, command):
+    rows = aggregate(results)
+    with open(output + ".json", "w") as f:
+        json.dump({"command": command, "runs": results, "summary": rows}, f, indent=1)
+    lines = [
+        "| library | steps | model | seeds | kNN (k=200) | linear probe |",
+        "| --- | ---: | --- | ---: | ---: | ---: |",
+    ]
+    for row in rows:
+        lines.append(f"| {row['library']} | {row['steps']} | {row['stage']} | {row['seeds']} | "
+                     f"{_cell(row['knn'])} | {_cell(row['linear'])} |")
+    lines += ["", "Each cell: mean ± std over seeds (min-max), test accuracy in % on the 10,000 "
+              "test images. One run's 95% Wilson interval is about ±0.9 points at 75%.", "",
+              "Per run:", "", "| file | stage | kNN [95% CI] | linear [95% CI] |",
+              "| --- | --- | ---: | ---: |"]
+    for r in results:
+        for stage in ("step0", "trained"):
+            if stage not in r:
+                continue
+            s = r[stage]
+            lines.append(f"| {r['file']} | {stage} | "
+                         + " | ".join(f"{s[p]['accuracy']:.2f} [{s[p]['ci95'][0]:.1f}, "
+                                      f"{s[p]['ci95'][1]:.1f}]" for p in ("knn", "linear"))
+                         + " |")
+    lines += ["", f"Command: `{command}`"]
+    with open(output + ".md", "w") as f:
+        f.write("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    arrays = sub.add_parser("arrays", help="write the evaluation images")
+    arrays.add_argument("--dataset", default="fashion_mnist")
+    arrays.add_argument("--data_dir")
+    arrays.add_argument("--output", required=True)
+    features = sub.add_parser("features", help="features of a keras-ssl run")
+    features.add_argument("--model_dir", required=True)
+    features.add_argument("--arrays", required=True)
+    features.add_argument("--output", required=True)
+    pixels = sub.add_parser("pixels", help="the raw-pixel baseline as a feature file")
+    pixels.add_argument("--arrays", required=True)
+    pixels.add_argument("--output", required=True)
+    evaluate = sub.add_parser("evaluate", help="score feature files, aggregate seeds")
+    evaluate.add_argument("--features", required=True, help="a glob of .npz feature files")
+    evaluate.add_argument("--output", required=True, help="path prefix of the .json and .md")
+    args = parser.parse_args(argv)
+    if args.command == "arrays":
+        write_arrays(args.dataset, args.data_dir, args.output)
+    elif args.command == "features":
+        write_features(args.model_dir, args.arrays, args.output)
+    elif args.command == "pixels":
+        write_pixels(args.arrays, args.output)
+    else:
+        paths = sorted(glob.glob(args.features))
+        if not paths:
+            raise SystemExit(f"no feature files match {args.features!r}")
+        command = ("python -m benchmarks.fashion_mnist_parity.parity evaluate "
+                   f"--features='{args.features}' --output={args.output}")
+        write_report([score(p) for p in paths], args.output, command)
+
+
+if __name__ == "__main__":
+    main()

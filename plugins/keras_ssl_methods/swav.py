@@ -123,11 +123,10 @@ class SwAV(MultiViewMethod):
         with_queue = sinkhorn_knopp(
             tf.concat([queued_scores, scores], 0), self.sinkhorn_epsilon, self.sinkhorn_iterations
         )[tf.shape(queued_scores)[0]:]
-        return tf.cond(
-            self.queue_filled >= self.queue_length,
-            lambda: with_queue,
-            lambda: sinkhorn_knopp(scores, self.sinkhorn_epsilon, self.sinkhorn_iterations),
-        )
+        without_queue = sinkhorn_knopp(scores, self.sinkhorn_epsilon, self.sinkhorn_iterations)
+        # Both computed and one selected: Sinkhorn-Knopp's cross-replica sums inside a
+        # `tf.cond` branch stop a MirroredStrategy step (merge_call in control flow).
+        return tf.where(self.queue_filled >= self.queue_length, with_queue, without_queue)
 
     def _queued(self, view_index, scores):
         """The queued embeddings of global view `view_index`, `[queue_length, D]`.

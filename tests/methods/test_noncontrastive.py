@@ -302,6 +302,29 @@ def test_batch_statistics_methods_refuse_a_batch_of_one(name):
     method.check_training_setup(2, 16)
 
 
+def test_swav_queue_on_two_replicas_equals_one_device():
+    # Two steps of 8 images: the first fills the queue of 8, the second's codes use it.
+    # (Sinkhorn-Knopp's sums once stopped a replica step from inside a tf.cond.)
+    import json
+    import subprocess
+    import sys
+
+    from tests.helpers import HELPERS, REPO
+
+    overrides = {"swav": {"sinkhorn_epsilon": 0.5, "temperature": 0.5, "queue_length": 8}}
+    env = dict(os.environ, REGISTRY_STEPS="2", TF_CPP_MIN_LOG_LEVEL="2",
+               KERAS_SSL_TEST_OVERRIDES=json.dumps(overrides))
+    result = subprocess.run(
+        [sys.executable, os.path.join(HELPERS, "registry_steps.py"), "replicas", "swav"],
+        capture_output=True, text=True, env=env, cwd=REPO, timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(result.stdout.strip().splitlines()[-1])["swav"]
+    difference, variable = report["max_state_difference"]
+    assert difference < 1e-5, f"{variable} differs by {difference}"
+    assert report["max_metric_difference"] < 1e-5
+
+
 def test_swav_queue_must_hold_whole_batches():
     method = build_tiny_method("swav", queue_length=10)
     with pytest.raises(ValueError, match=r"swav.queue_length \(10\) must be a multiple"):

@@ -26,7 +26,6 @@ from collections.abc import Callable, Mapping, Sequence
 
 import gin
 import keras
-from absl import logging
 import numpy as np
 import orbit
 import tensorflow as tf
@@ -469,7 +468,7 @@ def train(
         print(describe(strategy, batch_size), flush=True)
         print(f"data order: {order.description}", flush=True)
         if order.warning:
-            logging.warning(order.warning)
+            print(f"warning: {order.warning}", flush=True)
         if start_step:
             print(f"resuming from the checkpoint of step {start_step}", flush=True)
         if monitor is not None:

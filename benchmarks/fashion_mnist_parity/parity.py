@@ -98,7 +98,15 @@ def write_pixels(arrays_path, output):
 
 
 def score(path):
-    """kNN and linear-probe accuracies of one feature file, at step 0 and trained."""
+    """kNN and linear-probe accuracies of one feature file, at step 0 and trained.
+
+    The scores are kept beside the file (`.scores.json`) and reused while the file is
+    unchanged, so adding a seed scores only the new file.
+    """
+    cached = path + ".scores.json"
+    if os.path.exists(cached) and os.path.getmtime(cached) >= os.path.getmtime(path):
+        with open(cached) as f:
+            return json.load(f)
     data = np.load(path)
     info = json.loads(str(data["info"]))
     result = dict(info, file=os.path.basename(path))
@@ -116,6 +124,8 @@ def score(path):
         }
         print(f"{result['file']} {stage or 'trained'}: kNN {100 * knn['test_accuracy']:.2f} "
               f"linear {100 * linear.test_accuracy:.2f}", flush=True)
+    with open(cached, "w") as f:
+        json.dump(result, f)
     return result
 
 

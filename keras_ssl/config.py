@@ -31,13 +31,22 @@ def _configurables() -> list[str]:
     )
 
 
-def parse_gin(files: Sequence[str] = (), bindings: Sequence[str] = (), *, reset: bool = True) -> None:
+def parse_gin(files: Sequence[str] = (), bindings: Sequence[str] = (), *, reset: bool = True,
+              skip_unknown: Sequence[str] = ()) -> None:
     """Registers every installed plugin with gin, then parses `files` and `bindings`.
+
+    The framework's own configurables are registered by importing the module
+    that declares each (`FRAMEWORK_CONFIGURABLES`): `keras_ssl.train` by
+    `keras_ssl.training`, for example, which the training binary imports. This
+    module imports none of them, so nothing above it imports back into it.
 
     Args:
       files: Paths of `.gin` files, applied in order.
       bindings: Extra bindings such as `"resnet_v2.depth = 18"`, applied last.
       reset: Clear previously parsed bindings first.
+      skip_unknown: Configurables whose bindings are skipped while nothing
+        has registered them (`keras_ssl.building.restore_method` skips the
+        training loop's); any other unknown configurable is refused.
 
     A file may `include 'gin_configs/backbones/resnet_v2.gin'` (the shared
     backbone and optimizer files, docs/training.md): such a path is looked up
@@ -56,9 +65,6 @@ def parse_gin(files: Sequence[str] = (), bindings: Sequence[str] = (), *, reset:
         a misspelling never reaches training.
     """
     registry.register_all_with_gin()
-    # Importing registers the framework's own configurables.
-    from keras_ssl import optimizers, training  # noqa: F401  pylint: disable=unused-import
-
     if reset:
         gin.clear_config()
     for path in files:
@@ -69,14 +75,15 @@ def parse_gin(files: Sequence[str] = (), bindings: Sequence[str] = (), *, reset:
         # which registers configurables on import) must still register.
         with _include_search_paths(files):
             gin.parse_config_files_and_bindings(
-                [os.path.abspath(path) for path in files], list(bindings), finalize_config=False)
+                [os.path.abspath(path) for path in files], list(bindings), finalize_config=False,
+                skip_unknown=list(skip_unknown) or False)
     except OSError as e:  # gin's IOError: an `include` it could not find.
         raise ConfigError(_missing_include_message(e)) from e
     except (ValueError, KeyError, SyntaxError, TypeError) as e:
         unknown = _GIN_UNKNOWN_PARAMETER.search(str(e))
         if unknown:
             raise ConfigError(_unknown_parameter_message(*unknown.groups(), _gin_location(e))) from e
-        renamed = _renamed_hint(str(e), end="\n")
+        renamed = _renamed_hint(str(e), end="\n") + _unimported_hint(str(e))
         raise ConfigError(
             f"Bad gin configuration: {e}\n{renamed}Configurables that exist: "
             f"{', '.join(_configurables())}.\nBind parameters as "
@@ -87,6 +94,28 @@ def parse_gin(files: Sequence[str] = (), bindings: Sequence[str] = (), *, reset:
 
 
 _CONFIGS_FOLDER = "gin_configs"
+
+# `{configurable: the module whose import registers it}` for keras-ssl's own
+# configurables (the plugins' register through `registry.register_all_with_gin`,
+# and with them `keras_ssl.views`, which the multi-view methods import).
+FRAMEWORK_CONFIGURABLES = {
+    "keras_ssl.build_method": "keras_ssl.building",
+    "keras_ssl.train": "keras_ssl.training",
+    "keras_ssl.build_optimizer": "keras_ssl.optimizers",
+    "keras_ssl.learning_rate_schedule": "keras_ssl.optimizers",
+    "keras_ssl.knn_monitor": "keras_ssl.monitor",
+}
+
+
+def _unimported_hint(gin_error: str) -> str:
+    """How to register keras-ssl's own configurables, if gin names one it does not know."""
+    for name in FRAMEWORK_CONFIGURABLES:
+        short = name.rsplit(".", 1)[-1]
+        if re.search(rf"No configurable matching '(keras_ssl\.)?{re.escape(short)}'", gin_error):
+            return (f"{name} is registered by importing {FRAMEWORK_CONFIGURABLES[name]}; "
+                    f"`import keras_ssl.training` before parsing registers all of "
+                    f"{', '.join(FRAMEWORK_CONFIGURABLES)}.\n")
+    return ""
 
 
 @contextlib.contextmanager

@@ -41,8 +41,9 @@ from keras_ssl_eval.contract import (
 
 import keras_ssl
 from keras_ssl.backbones import PRE_LOGITS, backbone_spec
+from keras_ssl.building import restore_method
 from keras_ssl.run_dir import (
-    CONFIG_FILE, available_steps, default_export_dir, read_config, read_run_file,
+    default_export_dir, read_config, read_run_file,
 )
 
 
@@ -227,23 +228,7 @@ def export_checkpoint(model_dir: str, step: int | None = None, export_dir: str |
 
     Raises:
       FileNotFoundError: No checkpoint for that step; the message lists the
-        steps available.
+        steps available (`keras_ssl.building.restore_method`).
     """
-    from keras_ssl.config import parse_gin
-    from keras_ssl.training import build_method, make_checkpoint
-
-    available = available_steps(model_dir)
-    if step is None:
-        if not available:
-            raise FileNotFoundError(f"No checkpoint in {model_dir!r}.")
-        step = max(available)
-    if step not in available:
-        raise FileNotFoundError(
-            f"No checkpoint for step {step} in {model_dir!r}; available steps: "
-            f"{sorted(available) or 'none'}."
-        )
-    parse_gin([os.path.join(model_dir, CONFIG_FILE)])
-    method = build_method()
-    path = available[step]
-    make_checkpoint(method).restore(path).expect_partial()
+    method, step = restore_method(model_dir, step)
     return export_method(method, model_dir, step, export_dir)

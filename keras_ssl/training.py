@@ -31,8 +31,9 @@ import orbit
 import tensorflow as tf
 
 from keras_ssl import config, registry
-from keras_ssl.backbones import build_backbone
+from keras_ssl.building import build_method, make_checkpoint
 from keras_ssl.datasets import load_training_split
+from keras_ssl.export import export_method
 from keras_ssl.distribute import check_global_batch, describe, get_strategy, sum_over_workers
 from keras_ssl.input_pipeline import distributed_batches, shuffle_order
 from keras_ssl.monitor import KnnMonitor, MonitorConfigError, knn_monitor
@@ -53,27 +54,6 @@ class NonFiniteLossError(RuntimeError):
 
 class TrainingConfigError(ValueError):
     """A training setting that cannot work (a policy, determinism, the loop sizes)."""
-
-
-@gin.configurable(module="keras_ssl")
-def build_method(method: str = gin.REQUIRED, backbone: str = "resnet_v2"):
-    """Builds the registered method `method` on the registered `backbone`.
-
-    Gin bindings of both apply (`rotation.num_rotations`, `resnet_v2.depth`).
-
-    Args:
-      method: A name from the `keras_ssl.methods` registry.
-      backbone: A name from the `keras_ssl.backbones` registry.
-
-    Returns:
-      The `keras_ssl.Method`.
-    """
-    method_cls = registry.METHODS.get(method)
-    net = build_backbone(backbone)
-    instance = method_cls(net)
-    instance.registry_name = method
-    instance.backbone_name = backbone
-    return instance
 
 
 class MethodTrainer(orbit.StandardTrainer):
@@ -221,16 +201,6 @@ def epoch_starts(step: int, global_batch_size: int, num_examples: int) -> bool:
     if step == 0:
         return True
     return step * global_batch_size // num_examples > (step - 1) * global_batch_size // num_examples
-
-
-def make_checkpoint(method, optimizer=None, global_step=None) -> tf.train.Checkpoint:
-    """The checkpoint layout shared by training and export."""
-    items = {"method": method}
-    if optimizer is not None:
-        items["optimizer"] = optimizer
-    if global_step is not None:
-        items["global_step"] = global_step
-    return tf.train.Checkpoint(**items)
 
 
 def example_batch(method, images: tf.data.Dataset, size: int = 2) -> dict:
@@ -520,8 +490,6 @@ def train(
     writer.flush()
     run.write_text(OPERATIVE_CONFIG_FILE, gin.operative_config_str())
     if export and run.is_chief:
-        from keras_ssl.export import export_method
-
         exported = _float32_twin(method, batch) if mixed_precision else method
         export_method(exported, model_dir, step, run.export_dir(step))
     # Workers wait for the chief's export: one leaving early looks like a

@@ -10,6 +10,7 @@ import keras
 import pytest
 
 from keras_ssl import Method, config, registry
+from keras_ssl import training  # registers keras_ssl.train, which these tests bind
 from tests.helpers import REPO
 
 
@@ -126,7 +127,7 @@ def test_an_include_that_loads_logs_no_error(tmp_path):
     own = tmp_path / "own.gin"
     own.write_text("include 'gin_configs/backbones/resnet10_v2_shapes.gin'\n")
     script = ("from absl import logging; logging.use_absl_handler(); import gin; "
-              "from keras_ssl import config; config.parse_gin(['own.gin']); "
+              "import keras_ssl.training; from keras_ssl import config; config.parse_gin(['own.gin']); "
               "print(gin.query_parameter('resnet_v2.depth'))")
     # From a directory without gin_configs: the current directory lacks the include,
     # the keras-ssl checkout has it.
@@ -182,7 +183,6 @@ def test_unused_bindings_follow_gins_scopes_callers_and_macros():
 
 
 def test_a_bound_but_unused_parameter_is_refused_before_the_run_directory_exists(data_dir, tmp_path):
-    from keras_ssl import training
     from keras_ssl.cli_errors import one_line
     from tests.helpers.tiny_run import tiny_run_bindings, tiny_shapes_name
 
@@ -221,7 +221,7 @@ class _RunDirectoryReached(Exception):
 ])
 def test_every_shipped_config_uses_every_binding(path, data_dir, monkeypatch):
     """Trains each config up to its run directory, on the tiny dataset at the config's image size."""
-    from keras_ssl import run_dir, training
+    from keras_ssl import run_dir
     from tests.helpers.tiny_run import TINY_SHAPES, tiny_shapes_name
 
     def reached(self):
@@ -252,3 +252,30 @@ def test_every_shipped_config_uses_every_binding(path, data_dir, monkeypatch):
     config.parse_gin([os.path.join(REPO, path)], small)
     with pytest.raises(_RunDirectoryReached):
         training.train("/nonexistent/never_created")
+
+
+def test_framework_configurables_are_registered_by_the_modules_named():
+    import importlib
+
+    from gin import config as gin_config
+
+    for name, module in config.FRAMEWORK_CONFIGURABLES.items():
+        registered = gin_config._REGISTRY.get_match(name)  # pylint: disable=protected-access
+        assert registered is not None, name
+        assert registered.wrapped.__module__ == importlib.import_module(module).__name__, name
+    # Every keras_ssl configurable outside the plugins' registration is in the table.
+    own = {selector for selector, _ in gin_config._REGISTRY.items()  # pylint: disable=protected-access
+           if selector.startswith("keras_ssl.") and selector.count(".") == 1
+           and not selector.startswith(("keras_ssl.methods", "keras_ssl.backbones"))}
+    assert own <= set(config.FRAMEWORK_CONFIGURABLES), own - set(config.FRAMEWORK_CONFIGURABLES)
+
+
+def test_a_framework_configurable_not_yet_imported_names_its_module():
+    # A fresh process that imports only keras_ssl.config: keras_ssl.train is unknown there.
+    code = ("from keras_ssl import config\n"
+            "try:\n    config.parse_gin(bindings=['keras_ssl.train.batch_size = 8'])\n"
+            "except config.ConfigError as e:\n    print(e)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO,
+                         env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}, timeout=300)
+    assert "keras_ssl.train is registered by importing keras_ssl.training" in out.stdout, (
+        out.stdout + out.stderr)

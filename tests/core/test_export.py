@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from keras_ssl import export, run_dir
+from keras_ssl import export
 from keras_ssl_eval import contract
 from tests.helpers import REPO
 from tests.helpers.forkserver import run_binary
@@ -19,14 +19,23 @@ ENDPOINTS = ["after_root", "block1", "block2", "block3", "block4", "pre_logits"]
 
 
 def _restored_backbone(model_dir, step):
-    from keras_ssl.config import parse_gin
-    from keras_ssl.training import build_method, make_checkpoint
+    from keras_ssl.building import restore_method
 
-    parse_gin([os.path.join(model_dir, "config.gin")])
-    method = build_method()
-    path = run_dir.available_steps(model_dir)[step]
-    make_checkpoint(method).restore(path).expect_partial()
+    method, _ = restore_method(model_dir, step)
     return method.backbone
+
+
+@pytest.mark.slow
+def test_a_run_is_restored_without_importing_the_training_loop(trained_run, tmp_path):
+    # What keras-ssl-export does in its own process: the run's config binds
+    # keras_ssl.train and the optimizer, which this process never registers.
+    code = ("import sys\nfrom keras_ssl import building\n"
+            f"method, step = building.restore_method({trained_run['model_dir']!r})\n"
+            "print(step, type(method).__name__, 'keras_ssl.training' in sys.modules)\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=300, cwd=REPO, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split()[-3:] == ["4", "Rotation", "False"], done.stdout
 
 
 @pytest.mark.slow

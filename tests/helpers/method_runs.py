@@ -78,15 +78,16 @@ def build_configured_method(config, bindings=()):
       bindings: gin bindings over the file's (narrow widths, so it builds in a test).
 
     Returns:
-      The method, as `keras_ssl.training.build_method` builds it.
+      The method, as `keras_ssl.building.build_method` builds it.
     """
     import gin
 
-    from keras_ssl import config as keras_ssl_config, training
+    from keras_ssl import building, config as keras_ssl_config
+    from keras_ssl import training  # noqa: F401  registers keras_ssl.train, which the configs bind
     from tests.helpers import REPO
 
     keras_ssl_config.parse_gin([os.path.join(REPO, "gin_configs", config)], list(bindings))
-    method = training.build_method()
+    method = building.build_method()
     assert method.registry_name == config.split("/")[0]
     method.check_training_setup(gin.query_parameter("keras_ssl.train.batch_size"),
                                 gin.query_parameter("keras_ssl.train.image_size"))

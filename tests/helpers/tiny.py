@@ -133,7 +133,7 @@ def build_tiny_method(name: str, backbone=None, **overrides):
 
     backbone = tiny_backbone() if backbone is None else backbone
     method = METHODS.get(name)(backbone, **{**tiny_method_settings(name), **overrides})
-    method.registry_name = name  # as keras_ssl.training.build_method sets it
+    method.registry_name = name  # as keras_ssl.building.build_method sets it
     return method
 
 

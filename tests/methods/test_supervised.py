@@ -86,6 +86,6 @@ def test_gin_configs_of_the_classic_methods_parse(name):
     method = name.split("/")[0]
     assert gin.query_parameter("keras_ssl.build_method.method") == method
     if name.endswith("synthetic_shapes"):  # small enough to build: every binding is checked
-        from keras_ssl.training import build_method
+        from keras_ssl.building import build_method
 
         assert type(build_method()).__name__ == METHODS.get(method).__name__

@@ -14,7 +14,7 @@ synthetic_shapes (`--image_size` px) and batch them:
 The two alternate in `--rounds` rounds of `--images` images each; the ratio is
 taken per round and the median reported, so load from other processes skews
 it less. `keras_ssl` is the path `Method.make_dataset` builds (parameters drawn
-per example, applied in groups of `keras_ssl.augment.batched.tf_data_group_size`,
+per example, applied in groups of `keras_ssl.augment.deferred.tf_data_group_size`,
 except the cheap `flip` and `crop_flip`, applied per image);
 `per_image` calls the stack on each image (what a method whose preprocess
 transforms the views further, e.g. Rotation, gets); with `--on_device`,
@@ -128,7 +128,7 @@ def measure(stacks, image_size=32, images=IMAGES, rounds=ROUNDS, batch_size=256,
       rounds: Alternating rounds per stack.
       batch_size: Images per batch.
       on_device: Also time drawing in tf.data + applying per batch
-        (`keras_ssl.augment.batched`), here on the CPU.
+        (`keras_ssl.augment.deferred`), here on the CPU.
 
     Returns:
       `{stack: {"keras_ssl": views/s, "plain": views/s, "ratio": median
@@ -137,7 +137,7 @@ def measure(stacks, image_size=32, images=IMAGES, rounds=ROUNDS, batch_size=256,
     import tensorflow as tf
 
     from keras_ssl import random
-    from keras_ssl.augment import batched
+    from keras_ssl.augment.deferred import DeferredViews
     from keras_ssl.datasets.shapes_render import render_split
     from keras_ssl.registry import AUGMENTATIONS
 
@@ -163,7 +163,7 @@ def measure(stacks, image_size=32, images=IMAGES, rounds=ROUNDS, batch_size=256,
             return examples.map(map_fn, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
 
         # What Method.make_dataset builds: draws per example, applied in small batches.
-        views = batched.DeferredViews(seeded_views, name)
+        views = DeferredViews(seeded_views, name)
         drawn = mapped(views)
         made = (views.apply_in_tf_data(drawn, batch_size).prefetch(2) if views.deferred
                 else batches(drawn))
@@ -171,7 +171,7 @@ def measure(stacks, image_size=32, images=IMAGES, rounds=ROUNDS, batch_size=256,
                      "per_image": batches(mapped(seeded_views))}
         if on_device and name not in ("none", "randaugment"):
             # With keras_ssl.train.augment_on_device, tf.data only draws.
-            pipelines["draw_only"] = batches(mapped(batched.DeferredViews(
+            pipelines["draw_only"] = batches(mapped(DeferredViews(
                 seeded_views, name, on_device=True)))
         series = {key: [] for key in pipelines}
         for _ in range(rounds):

@@ -20,7 +20,7 @@ tf.data. `randaugment` is the exception: it runs Model Garden's RandAugment,
 whose draws are stateful, so training with `keras_ssl.train.deterministic =
 True` refuses it.
 
-The other stacks are `keras_ssl.augment.batched.Stack`s: an image draws all
+The other stacks are `keras_ssl.augment.stacks.Stack`s: an image draws all
 its parameters first (two seeds: the crop box's, and one vector of uniform
 numbers for the rest, whatever is applied), then one branch-free batched
 function applies them -- to this one image here, or, with
@@ -30,6 +30,17 @@ with identity parameters rather than behind a `tf.cond`, which in tf.data
 costs more than the transform itself at small sizes. The per-image mirror of
 `flip` and `crop_flip` is the exception: there a branch costs less than a
 select broadcast over the image (benchmarks/augmentation.py).
+
+The modules of the package:
+
+- `ops`: the batched image ops, each image of a batch its own parameters;
+- `stacks`: the `Stack`s, their per-image draws and batched application;
+- `deferred`: the views drawn in tf.data and applied per group or on the
+  device (`DeferredViews`, what `Method.make_dataset` uses);
+- `view_specs`: `ViewSpec`, one view's settings, and multi-crop, for
+  methods with several differently drawn views (also importable as
+  `keras_ssl.views`);
+- `contact_sheet`: the views drawn side by side (`keras-ssl-show-views`).
 """
 
 from __future__ import annotations
@@ -37,7 +48,7 @@ from __future__ import annotations
 import tensorflow as tf
 
 from keras_ssl import random
-from keras_ssl.augment import batched
+from keras_ssl.augment import deferred, ops, stacks
 
 
 def identity(image: tf.Tensor) -> tf.Tensor:
@@ -54,7 +65,7 @@ def random_flip(image: tf.Tensor) -> tf.Tensor:
     Returns:
       The image, possibly mirrored.
     """
-    return batched.run(batched.FlipStack(), image)
+    return deferred.run(stacks.FlipStack(), image)
 
 
 def random_crop_flip(image: tf.Tensor, padding: int = 4) -> tf.Tensor:
@@ -75,7 +86,7 @@ def random_crop_flip(image: tf.Tensor, padding: int = 4) -> tf.Tensor:
     >>> out.shape
     TensorShape([32, 32, 3])
     """
-    return batched.run(batched.CropFlipStack(padding), image)
+    return deferred.run(stacks.CropFlipStack(padding), image)
 
 
 # ----------------------------------------------------------------- single ops
@@ -106,9 +117,9 @@ def inception_crop(
       float32 `[H, W, 3]` (or `[size, size, 3]`) in the input's range.
     """
     image = tf.convert_to_tensor(image, tf.float32)
-    box = batched.draw_crop_box(image.shape, area_range, aspect_ratio_range, max_attempts)
+    box = stacks.draw_crop_box(image.shape, area_range, aspect_ratio_range, max_attempts)
     output = None if size is None else (size, size)
-    view = batched.crop_resize(image[None], box[None], size=output)[0]
+    view = ops.crop_resize(image[None], box[None], size=output)[0]
     return tf.ensure_shape(view, image.shape if size is None else [size, size, image.shape[-1]])
 
 
@@ -121,7 +132,7 @@ def color_jitter(
     `[max(0, 1 - 0.8 s), 1 + 0.8 s]` and the hue shift from `[-0.2 s, 0.2 s]`
     (torchvision's `ColorJitter(0.8s, 0.8s, 0.8s, 0.2s)`). The four are
     linear maps of the colour, applied as one matrix and clipped once
-    (`keras_ssl.augment.batched.color_jitter`), so they commute. `factors`
+    (`keras_ssl.augment.ops.color_jitter`), so they commute. `factors`
     sets the four ranges directly (BYOL's and DINO's `(0.4, 0.4, 0.2, 0.1)`).
 
     Args:
@@ -143,12 +154,12 @@ def color_jitter(
         high = tf.constant([1.0 + b, 1.0 + c, 1.0 + s, h])
         drawn = low + (high - low) * random.uniform([4])
         image = tf.convert_to_tensor(image, tf.float32)
-        return batched.color_jitter(image[None], drawn[None])[0]
-    stack = batched.SimCLRStack(
+        return ops.color_jitter(image[None], drawn[None])[0]
+    stack = stacks.SimCLRStack(
         crop=False, flip=False, color_jitter_strength=strength, color_jitter_probability=1.0,
         grayscale_probability=0.0, blur_probability=0.0,
     )
-    return batched.apply_now(stack, image)
+    return stacks.apply_now(stack, image)
 
 
 def to_grayscale(image: tf.Tensor) -> tf.Tensor:
@@ -237,14 +248,14 @@ def simclr_augment(
     Returns:
       float32 `[H, W, 3]` in [0, 1].
     """
-    stack = batched.SimCLRStack(
+    stack = stacks.SimCLRStack(
         crop=crop, area_range=area_range, aspect_ratio_range=aspect_ratio_range, flip=flip,
         color_jitter_strength=color_jitter_strength,
         color_jitter_probability=color_jitter_probability,
         grayscale_probability=grayscale_probability, blur_probability=blur_probability,
         blur_sigma=blur_sigma,
     )
-    return batched.run(stack, image)
+    return deferred.run(stack, image)
 
 
 def simclr_cifar_augment(
@@ -328,7 +339,7 @@ def randaugment(
     if crop:
         image = inception_crop(image, area_range)
     # Applied here even when views are augmented on the device: RandAugment is not batched.
-    image = batched.apply_now(batched.FlipStack(), image)
+    image = stacks.apply_now(stacks.FlipStack(), image)
     quantised = tf.cast(tf.round(tf.clip_by_value(image, 0.0, 1.0) * 255.0), tf.uint8)
     scale = float(shape[0] or 224) / 224.0
     distorted = RandAugment(

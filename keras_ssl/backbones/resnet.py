@@ -32,10 +32,6 @@ from keras_ssl.backbones.common import (
     resnet_widths,
 )
 
-# Kept for code that imported the old private names.
-_DEPTHS = RESNET_DEPTHS
-_Layers = Layers
-
 
 def _unit_v2(layers: Layers, x, filters, stride, kind, name):
     """One pre-activation residual unit; `filters` is the unit's output width."""

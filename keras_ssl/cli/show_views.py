@@ -13,7 +13,7 @@ the global and the smaller local views of multi-crop (DINO, SwAV).
     keras-ssl-show-views --method=dino --gin_file=gin_configs/dino/synthetic_shapes.gin \\
         --dataset=synthetic_shapes/TCV- --image_size=32 --output=dino_views.png
 
-The drawing and the sheet are `keras_ssl.augment.show_views`.
+The drawing and the sheet are `keras_ssl.augment.contact_sheet`.
 """
 
 from __future__ import annotations
@@ -52,7 +52,7 @@ def main(argv):
     from PIL import Image
 
     from keras_ssl import config, registry
-    from keras_ssl.augment.show_views import contact_sheet, draw_method_views, draw_views
+    from keras_ssl.augment.contact_sheet import contact_sheet, draw_method_views, draw_stack_views
     from keras_ssl.datasets import load_dataset
 
     config.parse_gin(_GIN_FILE.value, _GIN_BINDINGS.value)
@@ -61,7 +61,7 @@ def main(argv):
     )
     images = np.stack([e["image"].numpy() for e in dataset.take(_NUM_IMAGES.value)])
     if _METHOD.value:
-        from keras_ssl.training import build_method
+        from keras_ssl.building import build_method
 
         method = build_method(method=_METHOD.value)
         method.check_training_setup(1 << 30, images.shape[1])
@@ -69,8 +69,8 @@ def main(argv):
         sizes = " ".join(f"{v.shape[0]}" for v in views[0])
         what = f"{len(views[0])} views of method {_METHOD.value!r} (sizes {sizes} px)"
     else:
-        views = draw_views(images, registry.AUGMENTATIONS.get(_STACK.value), _NUM_VIEWS.value,
-                           _SEED.value)
+        views = draw_stack_views(images, registry.AUGMENTATIONS.get(_STACK.value), _NUM_VIEWS.value,
+                                 _SEED.value)
         what = f"{_NUM_VIEWS.value} views of stack {_STACK.value!r}"
     Image.fromarray(contact_sheet(images, views, _CELL.value)).save(_OUTPUT.value)
     print(

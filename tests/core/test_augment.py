@@ -1,7 +1,5 @@
 """Augmentation stacks and ops: eagerly and inside tf.data, per-image randomness."""
 
-import os
-
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -119,28 +117,6 @@ def test_stack_parameters_are_gin_bindable():
         import gin
 
         gin.clear_config()
-
-
-@pytest.mark.slow
-def test_show_views_writes_a_contact_sheet(data_dir, tmp_path):
-    from PIL import Image
-
-    from tests.helpers.forkserver import run_binary
-    from tests.helpers.tiny_run import tiny_shapes_name
-
-    output = tmp_path / "views.png"
-    result = run_binary(
-        "keras-ssl-show-views",
-        # randaugment: Model Garden is imported after the gin config is locked.
-        "--stack=randaugment", f"--dataset={tiny_shapes_name()}", f"--data_dir={data_dir}",
-        "--num_images=3", "--num_views=2", "--cell=32", f"--output={output}",
-        timeout=300, env={**os.environ, "CUDA_VISIBLE_DEVICES": "-1"},
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    sheet = np.asarray(Image.open(output))
-    assert sheet.shape == (3 * 32 + 4 * 4, 3 * 32 + 5 * 4, 3)
-    assert "3 images x 2 views" in result.stdout
-    assert (sheet[4:36, 4] == (200, 30, 30)).all()  # the source is framed
 
 
 def test_the_former_name_of_the_imagenet_stack_names_the_present_one():

@@ -97,14 +97,9 @@ def test_only_binaries_define_flags_and_only_as_module_level_holders():
 
 
 def test_old_import_paths_of_the_library_functions_still_work():
-    from keras_ssl.augment.show_views import contact_sheet, draw_method_views, draw_views
     from keras_ssl.export import export_checkpoint, export_method
-    from keras_ssl_methods import colorize, colorize_cli
 
-    assert colorize_cli.colorize_files is colorize.colorize_files
-    assert colorize_cli.list_images is colorize.list_images
-    assert all(map(callable, (contact_sheet, draw_method_views, draw_views, export_checkpoint,
-                              export_method)))
+    assert all(map(callable, (export_checkpoint, export_method)))
 
 
 @pytest.mark.parametrize("argv, orig_argv, expected", [

@@ -1,9 +1,9 @@
-"""The drawing behind `keras-ssl-show-views`: an augmentation stack's or a method's views.
+"""A contact sheet of an augmentation stack's or a method's views (`keras-ssl-show-views`).
 
-`draw_views` applies a stack to each image as the training input pipeline
-would (per image, inside `tf.data`); `draw_method_views` draws the views a
-method's `preprocess` makes; `contact_sheet` puts them side by side, one row
-per source image. The binary is `keras_ssl.cli.show_views`.
+`draw_stack_views` applies a stack to each image as the training input
+pipeline would (per image, inside `tf.data`); `draw_method_views` draws the
+views a method's `preprocess` makes; `contact_sheet` puts them side by side,
+one row per source image. The binary is `keras_ssl.cli.show_views`.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 
-def draw_views(images: np.ndarray, stack, num_views: int, seed: int = 0) -> np.ndarray:
+def draw_stack_views(images: np.ndarray, stack, num_views: int, seed: int = 0) -> np.ndarray:
     """Applies `stack` `num_views` times to each image inside tf.data.
 
     Image i's views are seeded by `(seed, i)` as training seeds an example

@@ -60,7 +60,8 @@ import keras
 import tensorflow as tf
 
 from keras_ssl import cross_replica
-from keras_ssl.augment import batched, build_augmentation
+from keras_ssl.augment import build_augmentation
+from keras_ssl.augment.deferred import DeferredViews
 from keras_ssl.random import example_seed, seeded
 
 
@@ -133,7 +134,7 @@ class Method(keras.Model):
     supports_mixed_precision = True
     #: Set by training (`keras_ssl.train.augment_on_device`): `make_dataset`
     #: leaves the views un-augmented, with their parameters, and `train_step`
-    #: applies them to the batch on the device (`keras_ssl.augment.batched`).
+    #: applies them to the batch on the device (`keras_ssl.augment.deferred`).
     augment_on_device = False
 
     def __init__(self, backbone: keras.Model, augmentation="none", **kwargs):
@@ -245,6 +246,26 @@ class Method(keras.Model):
           image_size: The square size images are resized to (None: as stored).
         """
         del global_batch_size, image_size
+
+    @classmethod
+    def tiny_settings(cls) -> dict:
+        """Constructor arguments that make the method cheap at `keras_ssl.testing`'s tiny shapes.
+
+        `keras_ssl.testing.check_method` builds the method with them on its
+        tiny ResNet (`TINY_BACKBONE`), 16-px images (`TINY_IMAGE_SIZE`), batches
+        of `TINY_BATCH_SIZE` and `TINY_NUM_EXAMPLES` examples. Override to
+        narrow wide heads, size a queue or bank to those examples, fit a patch
+        grid in the images, or turn off dropout so a few steps show the loss
+        falling. Default: none.
+
+        Example:
+
+        >>> class MyMethod(Method):                           # doctest: +SKIP
+        ...     @classmethod
+        ...     def tiny_settings(cls):
+        ...         return {"projection_dim": 16}
+        """
+        return {}
 
     def adapt(self, examples: tf.data.Dataset) -> None:
         """Estimates statistics of the training data the method needs (default: none).
@@ -442,13 +463,13 @@ class Method(keras.Model):
             replica gets an equal share.
 
         Augmentation stacks draw per example and apply per batch
-        (`keras_ssl.augment.batched.DeferredViews`): in tf.data, or on the
+        (`keras_ssl.augment.deferred.DeferredViews`): in tf.data, or on the
         device in `train_step` when `augment_on_device` is set.
 
         Returns:
           A prefetched dataset of batched task inputs.
         """
-        views = batched.DeferredViews(
+        views = DeferredViews(
             self.seeded_preprocess, getattr(self, "registry_name", type(self).__name__),
             on_device=self.augment_on_device)
         dataset = images.map(views, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)

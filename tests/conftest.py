@@ -37,6 +37,22 @@ def skip_without_keras_ssl(why):
         pytest.skip(f"needs keras_ssl: {why}")
 
 
+def pytest_configure(config):
+    """Registers keras-ssl's own gin configurables, as the binaries do before parsing.
+
+    `keras_ssl.config` imports nothing above it (no import circle), so
+    `keras_ssl.train` and the optimizer's configurables exist once
+    `keras_ssl.training` is imported; every test may then parse a shipped
+    config, whatever ran before it in its worker. (A process that has not
+    imported it is tested in tests/core/test_config.py.)
+    """
+    del config
+    import importlib.util
+
+    if os.environ.get("KERAS_SSL_EVAL_ONLY") != "1" and importlib.util.find_spec("keras_ssl"):
+        import keras_ssl.training  # noqa: F401  pylint: disable=unused-import
+
+
 def built_once(tmp_path_factory, name, build):
     """`build(directory)` run once per test run, even across xdist workers.
 
@@ -122,7 +138,7 @@ def reference_run(data_dir, tmp_path_factory):
 # module starts when the others are done; the rest keep their order.
 LONGEST_MODULES = [
     "core/test_scaleout.py", "methods/test_method_contract.py", "core/test_reproducibility.py",
-    "core/test_binaries.py", "methods/test_moco.py", "core/test_docs_example.py",
+    "core/cli/test_bad_input.py", "methods/test_moco.py", "core/test_docs_writing_a_method.py",
 ]
 _TESTS = os.path.dirname(os.path.abspath(__file__))
 for _name in LONGEST_MODULES:  # A moved or renamed module must not drop out of the order.

@@ -1,7 +1,7 @@
 """Contrastive losses: NT-Xent (SimCLR), InfoNCE (MoCo), NCE (NPID).
 
 Each is written from its paper's formula and tested against a brute-force
-numpy version (tests/core/test_losses.py). They return the mean over this
+numpy version (tests/core/losses/test_losses.py). They return the mean over this
 replica's rows, the convention of `keras_ssl.Method.compute_pretext_loss`
 (the train step divides by the number of replicas). `nt_xent_loss` gathers
 the negatives of every replica (`keras_ssl.cross_replica.gather`, which is

@@ -2,7 +2,7 @@
 
 Keras 3 ships neither (TensorFlow Addons, which had both, does not import
 with Keras 3); each is written from its paper's formula and tested against
-a brute-force numpy version (tests/core/test_losses.py).
+a brute-force numpy version (tests/core/losses/test_losses.py).
 """
 
 from __future__ import annotations

@@ -14,7 +14,7 @@ import tensorflow as tf
 
 from keras_ssl import Method
 from keras_ssl.backbones import output_dim
-from keras_ssl.views import ViewSpec, check_views_fit, draw_views
+from keras_ssl.augment.view_specs import ViewSpec, check_views_fit, draw_views
 
 
 class ContrastiveMethod(Method):

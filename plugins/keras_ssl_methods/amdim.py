@@ -207,6 +207,11 @@ class AMDIM(ContrastiveMethod):
     TensorShape([32, 32, 3])
     """
 
+    @classmethod
+    def tiny_settings(cls):
+        # At 16 px block4 (the 5x5 role) is 2x2 and block3 (the 7x7 role) 4x4.
+        return dict(embedding_dim=16)
+
     def __init__(
         self,
         backbone,

@@ -16,7 +16,7 @@ from keras_ssl.backbones import output_dim
 from keras_ssl.heads import projection_head, uses_synchronized_bn
 from keras_ssl.losses import barlow_twins_loss
 from keras_ssl.metrics import normalized_embedding_std
-from keras_ssl.views import BYOL_VIEWS
+from keras_ssl.augment.view_specs import BYOL_VIEWS
 from keras_ssl.toolkit import MultiViewMethod
 
 
@@ -36,6 +36,10 @@ class BarlowTwins(MultiViewMethod):
     """
 
     min_global_batch = 2
+
+    @classmethod
+    def tiny_settings(cls):
+        return dict(projection_dim=16, redundancy_weight=0.05)
 
     def __init__(
         self,

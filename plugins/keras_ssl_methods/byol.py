@@ -20,7 +20,7 @@ from keras_ssl.heads import projection_head, uses_synchronized_bn
 from keras_ssl.losses import negative_cosine_similarity
 from keras_ssl.metrics import normalized_embedding_std
 from keras_ssl.schedules import cosine_momentum
-from keras_ssl.views import BYOL_VIEWS
+from keras_ssl.augment.view_specs import BYOL_VIEWS
 from keras_ssl.toolkit import MultiViewMethod
 
 
@@ -41,6 +41,10 @@ class BYOL(MultiViewMethod):
 
     >>> byol = BYOL(backbone, projection_dim=64, hidden_dim=256)   # doctest: +SKIP
     """
+
+    @classmethod
+    def tiny_settings(cls):
+        return dict(projection_dim=16, hidden_dim=32)
 
     def __init__(
         self,

@@ -44,6 +44,7 @@ from keras_ssl.toolkit import (
     ContrastiveMethod, add_memory_bank, bank_rows, bank_scores, checked_index, move_bank_rows,
     noise_index, required_num_examples,
 )
+from keras_ssl.testing.tiny import TINY_NUM_EXAMPLES
 from keras_ssl_methods._two_halves import HALVES, LabHalvesMethod
 
 
@@ -125,6 +126,10 @@ class CMC(LabHalvesMethod, ContrastiveMethod):
     """
 
     setting_prefix = "cmc"
+
+    @classmethod
+    def tiny_settings(cls):
+        return dict(num_examples=TINY_NUM_EXAMPLES, num_negatives=8, projection_dim=16)
 
     def __init__(
         self,

@@ -36,6 +36,7 @@ import tensorflow as tf
 
 from keras_ssl import Method
 from keras_ssl.toolkit import require_endpoint
+from keras_ssl.testing.tiny import TINY_NUM_EXAMPLES
 from keras_ssl_methods import _lab
 from keras_ssl_methods._image_ops import area_downsample
 
@@ -71,6 +72,12 @@ class Colorization(Method):
       augmentation: Stack applied per image (`flip` by default).
       **kwargs: Passed to `keras_ssl.Method`.
     """
+
+    @classmethod
+    def tiny_settings(cls):
+        # block4 rather than the default block3, so every backbone kernel feeds the loss
+        # (the contract checks that the gradient reaches each of them).
+        return dict(head_units=16, prior_images=TINY_NUM_EXAMPLES, endpoint="block4")
 
     def __init__(
         self,

@@ -28,6 +28,7 @@ import tensorflow as tf
 
 import keras_ssl.random
 from keras_ssl import Method, cross_replica
+from keras_ssl.testing.tiny import TINY_IMAGE_SIZE
 
 # The interpolations the downsampled view is drawn from.
 DOWNSAMPLING_METHODS = ("bilinear", "bicubic", "area", "lanczos3")
@@ -94,6 +95,11 @@ class Counting(Method):
     >>> inputs["tiles"].shape, inputs["downsampled"].shape
     (TensorShape([4, 8, 8, 3]), TensorShape([8, 8, 3]))
     """
+
+    @classmethod
+    def tiny_settings(cls):
+        # Tiles of half the tiny image.
+        return dict(tile_size=TINY_IMAGE_SIZE // 2, num_counts=16)
 
     def __init__(self, backbone, tile_size: int = 114, num_counts: int = 1000,
                  margin: float = 10.0, augmentation="none", **kwargs):

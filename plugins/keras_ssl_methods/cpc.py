@@ -211,6 +211,12 @@ class CPC(Method):
     TensorShape([9, 16, 16, 3])
     """
 
+    @classmethod
+    def tiny_settings(cls):
+        # A 3x3 grid of 8-px patches at stride 4 covers the 16-px images; K = 2 rows.
+        return dict(grid_size=3, patch_size=8, patch_stride=4, prediction_steps=2, context_width=16,
+                    context_blocks=1)
+
     def __init__(
         self,
         backbone,

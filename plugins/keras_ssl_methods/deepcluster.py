@@ -50,6 +50,7 @@ from keras_ssl.backbones import output_dim
 from keras_ssl.clustering import DatasetFeatures, kmeans, pca_whitening
 from keras_ssl.random import example_seed
 from keras_ssl.toolkit import checked_index, required_num_examples
+from keras_ssl.testing.tiny import TINY_NUM_EXAMPLES
 
 # Keys that keep the k-means and classifier draws apart from each other and from other seeds.
 _KMEANS_KEY = 101
@@ -96,6 +97,11 @@ class DeepCluster(Method):
     Example:
       >>> method = DeepCluster(backbone, num_examples=1281167, num_clusters=10000)
     """
+
+    @classmethod
+    def tiny_settings(cls):
+        return dict(num_examples=TINY_NUM_EXAMPLES, num_clusters=3, pca_dim=4, kmeans_iterations=3,
+                    feature_batch_size=4)
 
     def __init__(
         self,

@@ -23,8 +23,9 @@ from keras_ssl.heads import NormalizedDense, projection_head, uses_synchronized_
 from keras_ssl.losses import dino_loss
 from keras_ssl.metrics import normalized_embedding_std
 from keras_ssl.schedules import cosine_momentum, linear_warmup
-from keras_ssl.views import multi_crop
+from keras_ssl.augment.view_specs import multi_crop
 from keras_ssl.toolkit import MultiViewMethod
+from keras_ssl.testing.tiny import TINY_IMAGE_SIZE
 
 
 def dino_head(input_dim, hidden_dim, bottleneck_dim, num_outputs, num_layers, synchronized_bn,
@@ -65,6 +66,12 @@ class DINO(MultiViewMethod):
       num_classes: Train an online linear probe (see `ContrastiveMethod`).
       **kwargs: Passed to `keras_ssl.Method`.
     """
+
+    @classmethod
+    def tiny_settings(cls):
+        # Multi-crop with two local views of half the tiny image.
+        return dict(num_outputs=32, hidden_dim=32, bottleneck_dim=16,
+                    views=multi_crop(num_local_views=2, local_size=TINY_IMAGE_SIZE // 2))
 
     def __init__(
         self,

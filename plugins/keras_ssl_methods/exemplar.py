@@ -52,6 +52,10 @@ class Exemplar(Method):
     TensorShape([4, 16, 16, 3])
     """
 
+    @classmethod
+    def tiny_settings(cls):
+        return dict(num_copies=4, embedding_dim=32)
+
     def __init__(
         self,
         backbone,

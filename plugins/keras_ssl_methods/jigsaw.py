@@ -24,6 +24,7 @@ import tensorflow as tf
 
 import keras_ssl.random
 from keras_ssl.toolkit import PatchGridMethod, embed_patches, fc_head
+from keras_ssl.testing.tiny import TINY_PATCH_GRID
 from keras_ssl_methods._image_ops import maybe_grayscale
 from keras_ssl_methods._permutations import permutation_set
 
@@ -62,6 +63,12 @@ class Jigsaw(PatchGridMethod):
     >>> inputs["patches"].shape
     TensorShape([9, 12, 12, 3])
     """
+
+    @classmethod
+    def tiny_settings(cls):
+        # Dropout off, so a few steps on a fixed batch show the loss falling.
+        return dict(num_permutations=10, embedding_dim=16, hidden_units=32, dropout=0.0,
+                    **TINY_PATCH_GRID)
 
     def __init__(
         self,

@@ -33,6 +33,7 @@ from keras_ssl.heads import projection_head, uses_synchronized_bn
 from keras_ssl.losses import info_nce_loss
 from keras_ssl.random import step_seed
 from keras_ssl.toolkit import ContrastiveMethod, add_queue, enqueue
+from keras_ssl.testing.tiny import TINY_BATCH_SIZE
 
 
 class MoCoV2(ContrastiveMethod):
@@ -60,6 +61,14 @@ class MoCoV2(ContrastiveMethod):
     Example:
       >>> moco = MoCoV2(backbone, queue_size=4096, momentum=0.99, shuffle_bn_groups=2)
     """
+
+    @classmethod
+    def tiny_settings(cls):
+        # A queue of one batch: trained on two alternating batches, it holds the other
+        # batch's keys, never older keys of the same images (which would be negatives
+        # identical to the positives). m = 0.99: with m = 0.9 or 0 the keys drift with the
+        # weights and the loss rises on so few images (docs/contrastive.md).
+        return dict(queue_size=TINY_BATCH_SIZE, momentum=0.99, hidden_dim=32, projection_dim=16)
 
     def __init__(
         self,

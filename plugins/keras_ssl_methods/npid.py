@@ -34,6 +34,7 @@ from keras_ssl.toolkit import (
     ContrastiveMethod, add_memory_bank, bank_rows, bank_scores, checked_index, move_bank_rows,
     noise_index, required_num_examples,
 )
+from keras_ssl.testing.tiny import TINY_NUM_EXAMPLES
 
 
 class NPID(ContrastiveMethod):
@@ -62,6 +63,11 @@ class NPID(ContrastiveMethod):
 
     #: The gin name its errors tell the user to bind (`npid.num_examples`).
     setting_prefix = "npid"
+
+    @classmethod
+    def tiny_settings(cls):
+        return dict(num_examples=TINY_NUM_EXAMPLES, num_negatives=8, fix_normalization=False,
+                    projection_dim=16)
 
     def __init__(
         self,

@@ -36,6 +36,7 @@ from keras_ssl import random
 from keras_ssl.losses import nce_loss
 from keras_ssl.metrics import normalized_embedding_std
 from keras_ssl.toolkit import GRID, bank_scores, cut_grid, grid_cell, random_crop_resized
+from keras_ssl.testing.tiny import TINY_NUM_EXAMPLES, TINY_PATCH_GRID
 from keras_ssl_methods.npid import NPID
 
 
@@ -77,6 +78,11 @@ class PIRL(NPID):
     """
 
     setting_prefix = "pirl"
+
+    @classmethod
+    def tiny_settings(cls):
+        return dict(num_examples=TINY_NUM_EXAMPLES, num_negatives=8, fix_normalization=False,
+                    projection_dim=16, **TINY_PATCH_GRID)
 
     def __init__(
         self,

@@ -35,6 +35,7 @@ import tensorflow as tf
 import keras_ssl.random
 from keras_ssl.augment import to_grayscale
 from keras_ssl.toolkit import GRID, PatchGridMethod, embed_patches, fc_head
+from keras_ssl.testing.tiny import TINY_PATCH_GRID
 
 CENTRE = 4
 NEIGHBOURS = (0, 1, 2, 3, 5, 6, 7, 8)
@@ -67,6 +68,11 @@ class RelativePatchLocation(PatchGridMethod):
       augmentation: Stack applied to the image before the grid is cut.
       **kwargs: Passed to `keras_ssl.Method`.
     """
+
+    @classmethod
+    def tiny_settings(cls):
+        # Dropout off, so a few steps on a fixed batch show the loss falling.
+        return dict(jitter=1, embedding_dim=16, hidden_units=32, dropout=0.0, **TINY_PATCH_GRID)
 
     def __init__(
         self,

@@ -48,6 +48,10 @@ class SimCLR(ContrastiveMethod):
     TensorShape([16, 16, 3])
     """
 
+    @classmethod
+    def tiny_settings(cls):
+        return dict(augmentation="simclr_cifar", temperature=0.5, hidden_dim=32, projection_dim=16)
+
     def __init__(
         self,
         backbone,

@@ -14,7 +14,7 @@ from keras_ssl.backbones import output_dim
 from keras_ssl.heads import projection_head, uses_synchronized_bn
 from keras_ssl.losses import negative_cosine_similarity
 from keras_ssl.metrics import normalized_embedding_std
-from keras_ssl.views import ViewSpec
+from keras_ssl.augment.view_specs import ViewSpec
 from keras_ssl.toolkit import MultiViewMethod
 
 # SimSiam's views (the MoCo v2 stack): jitter (0.4, 0.4, 0.4, 0.1) p 0.8,
@@ -35,6 +35,10 @@ class SimSiam(MultiViewMethod):
       num_classes: Train an online linear probe (see `ContrastiveMethod`).
       **kwargs: Passed to `keras_ssl.Method`.
     """
+
+    @classmethod
+    def tiny_settings(cls):
+        return dict(projection_dim=16, predictor_hidden_dim=8)
 
     def __init__(
         self,

@@ -69,6 +69,11 @@ class SplitBrain(LabHalvesMethod):
     (TensorShape([2, 8, 8, 128]), TensorShape([2, 8, 8, 64]))
     """
 
+    @classmethod
+    def tiny_settings(cls):
+        # block4, so every kernel of both halves feeds a head (as colorization).
+        return dict(head_units=16, lightness_bins=10, endpoint="block4")
+
     def __init__(
         self,
         backbone,

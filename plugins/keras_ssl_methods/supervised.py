@@ -43,6 +43,10 @@ class Supervised(Method):
     3
     """
 
+    @classmethod
+    def tiny_settings(cls):
+        return dict(num_classes=3)
+
     def __init__(self, backbone, num_classes: int = 1000, augmentation="none", **kwargs):
         super().__init__(backbone, augmentation=augmentation, **kwargs)
         if int(num_classes) < 2:

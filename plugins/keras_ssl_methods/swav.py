@@ -19,8 +19,9 @@ from keras_ssl.backbones import output_dim
 from keras_ssl.heads import NormalizedDense, projection_head, uses_synchronized_bn
 from keras_ssl.losses import sinkhorn_knopp, swapped_prediction_loss
 from keras_ssl.metrics import normalized_embedding_std
-from keras_ssl.views import ViewSpec, multi_crop
+from keras_ssl.augment.view_specs import ViewSpec, multi_crop
 from keras_ssl.toolkit import MultiViewMethod, add_queue, enqueue, oldest_first
+from keras_ssl.testing.tiny import TINY_IMAGE_SIZE
 
 # SwAV's view: jitter strength 1 (0.8, 0.8, 0.8, 0.2) p 0.8, grayscale p 0.2, blur p 0.5.
 SWAV_VIEW = ViewSpec(jitter=(0.8, 0.8, 0.8, 0.2), blur_probability=0.5)
@@ -48,6 +49,12 @@ class SwAV(MultiViewMethod):
       num_classes: Train an online linear probe (see `ContrastiveMethod`).
       **kwargs: Passed to `keras_ssl.Method`.
     """
+
+    @classmethod
+    def tiny_settings(cls):
+        # Multi-crop with two local views of half the tiny image.
+        return dict(num_prototypes=16, projection_dim=16, hidden_dim=32,
+                    views=multi_crop(num_local_views=2, local_size=TINY_IMAGE_SIZE // 2))
 
     def __init__(
         self,

@@ -28,6 +28,7 @@ import tensorflow as tf
 
 from keras_ssl import Method, cross_replica
 from keras_ssl.random import step_seed
+from keras_ssl.testing.tiny import TINY_IMAGE_SIZE
 
 
 class VAE(Method):
@@ -56,6 +57,10 @@ class VAE(Method):
     >>> method.reconstruct(tf.zeros([2, 16, 16, 3]))["reconstruction"].shape
     TensorShape([2, 16, 16, 3])
     """
+
+    @classmethod
+    def tiny_settings(cls):
+        return dict(image_size=TINY_IMAGE_SIZE, latent_dim=8, decoder_width=16)
 
     def __init__(self, backbone, image_size: int = 32, latent_dim: int = 128,
                  decoder_width: int = 256, num_upsamplings: int = 3, kl_weight: float = 1.0,

@@ -13,7 +13,7 @@ from keras_ssl import export
 from keras_ssl_eval import contract
 from tests.helpers import REPO
 from tests.helpers.forkserver import run_binary
-from tests.helpers.tiny import tiny_backbone
+from keras_ssl.testing import tiny_backbone
 
 ENDPOINTS = ["after_root", "block1", "block2", "block3", "block4", "pre_logits"]
 

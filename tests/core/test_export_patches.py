@@ -6,7 +6,7 @@ import tensorflow as tf
 
 from keras_ssl import export
 from tests.helpers.classic_methods import train_tiny
-from tests.helpers.tiny import tiny_backbone
+from keras_ssl.testing import tiny_backbone
 
 JIGSAW_SMALL = {"jigsaw.num_permutations": 10, "jigsaw.resize": 48, "jigsaw.crop": 45,
                 "jigsaw.patch_size": 12, "jigsaw.embedding_dim": 16, "jigsaw.hidden_units": 32}

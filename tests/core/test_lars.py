@@ -8,7 +8,7 @@ import pytest
 import tensorflow as tf
 
 from keras_ssl.optimizers import LARS, build_optimizer, learning_rate_schedule
-from tests.helpers.tiny import tiny_backbone
+from keras_ssl.testing import tiny_backbone
 
 
 def numpy_lars(weights, grads_per_step, lr, momentum, wd, eta, excluded, nesterov=False):

@@ -9,7 +9,7 @@ from keras_ssl import config
 from keras_ssl.config import ConfigError
 from keras_ssl.optimizers import LARS, build_optimizer, decay_excluded
 from tests.core.test_lars import numpy_lars
-from tests.helpers.tiny import tiny_backbone
+from keras_ssl.testing import tiny_backbone
 
 LR = 0.1
 BETA_1, BETA_2, EPSILON = 0.9, 0.999, 1e-7  # Keras' Adam and Lamb defaults

@@ -3,8 +3,6 @@
 import json
 import os
 import signal
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -12,14 +10,14 @@ import tensorflow as tf
 
 from keras_ssl import config, cross_replica, distribute, training
 from keras_ssl.registry import METHODS
-from tests.helpers import HELPERS, REPO
+from keras_ssl.testing.replicas import assert_replica_report, assert_xla_report, replica_reports
+from tests.helpers import REPO
 from tests.helpers.forkserver import run_binary
 from tests.helpers.runs import (
     checkpoint_difference, checkpoint_steps, free_ports, kill, run_bindings, run_training,
     signal_at_step, start_training, training_env, train_command,
 )
 
-HELPER = os.path.join(HELPERS, "registry_steps.py")
 STEPS = 8  # the steps of conftest's `reference_run`
 # The patch heads' dropout is on here (the tiny settings turn it off), to check
 # its masks are drawn per global batch. Relative Patch Location's default
@@ -53,54 +51,30 @@ REPLICA_OVERRIDES = {
 }
 
 
-def _registry_report(mode):
-    """Runs the helper over the registry in two processes at once (tracing is single-threaded)."""
-    env = training_env(KERAS_SSL_TEST_OVERRIDES=json.dumps(REPLICA_OVERRIDES))
-    names = METHODS.names()
-    processes = [
-        subprocess.Popen([sys.executable, HELPER, mode, *half], stdout=subprocess.PIPE,
-                         stderr=subprocess.PIPE, text=True, env=env, cwd=REPO)
-        for half in (names[0::2], names[1::2]) if half
-    ]
-    report = {}
-    try:
-        for process in processes:
-            out, err = process.communicate(timeout=2400)  # 1200 s per mode, as when they ran apart
-            assert process.returncode == 0, out + err
-            report.update(json.loads(out.strip().splitlines()[-1]))
-    finally:
-        kill(*processes)
-    return report
-
-
 @pytest.fixture(scope="module")
 def registry_report():
     """`{method: {"replicas": report, "xla": report}}`: both checks in one start-up per process."""
-    return _registry_report("all")
+    return replica_reports(METHODS.names(), "all", processes=2, settings=REPLICA_OVERRIDES)
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", METHODS.names())
 def test_two_replicas_train_every_method_like_one_device(registry_report, name):
     """Two Orbit steps on 2 mirrored CPUs: weights, queues, banks, EMA and metrics as on one device."""
-    report = registry_report[name]["replicas"]
-    assert "error" not in report, report.get("error")
-    assert report["replicas"] == 2 and report["same_structure"]
-    assert report["backbone_change"] > 1e-3  # the steps really trained the backbone
-    difference, variable = report["max_state_difference"]
-    assert difference < 1e-5, f"{variable} differs by {difference}"
-    assert report["max_metric_difference"] < 1e-5
+    assert_replica_report(name, registry_report[name]["replicas"])
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", METHODS.names())
 def test_every_method_step_compiles_with_xla(registry_report, name):
     """TPU compatibility: the replica step lowers to XLA (static shapes, no host-side ops)."""
-    report = registry_report[name]["xla"]
-    assert "error" not in report, report.get("error")
-    assert report["hlo_bytes"] > 0
-    if name == "rotation":
-        assert report["jit_loss_finite"]
+    assert_xla_report(name, registry_report[name]["xla"])
+
+
+@pytest.mark.slow
+def test_a_step_jit_compiled_end_to_end_trains():
+    report = replica_reports(["rotation"], "jit", processes=1)["rotation"]["jit"]
+    assert report == {"jit_loss_finite": True}, report
 
 
 def _cluster_env(ports, index):

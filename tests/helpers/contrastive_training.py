@@ -5,7 +5,7 @@ import numpy as np
 import tensorflow as tf
 
 from keras_ssl.registry import METHODS
-from tests.helpers.tiny import tiny_backbone
+from keras_ssl.testing import tiny_backbone
 
 
 def tiny_method(name, **kwargs):

@@ -1,6 +1,6 @@
 """Losses written out in numpy from their formulas, the references of the loss tests.
 
-Shared by tests/core/test_losses.py and the methods' tests that use the same losses.
+Shared by tests/core/losses/test_losses.py and the methods' tests that use the same losses.
 """
 
 import numpy as np

@@ -10,7 +10,7 @@ from keras_ssl.registry import METHODS
 from keras_ssl_methods.amdim import global_local_nce
 from tests.helpers.classic_methods import fit_losses
 from tests.helpers.method_runs import build_configured_method
-from tests.helpers.tiny import tiny_backbone
+from keras_ssl.testing import tiny_backbone
 
 SIZE = 16
 

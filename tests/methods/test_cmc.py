@@ -1,9 +1,5 @@
 """CMC and its L | ab two-halves backbone: end-points, the loss against numpy, banks, bad input."""
 
-import json
-import os
-import subprocess
-import sys
 
 import keras
 import numpy as np
@@ -14,11 +10,9 @@ from keras_ssl.registry import METHODS
 from keras_ssl_methods import _lab
 from keras_ssl_methods._two_halves import lab_halves_backbone, lab_input
 from keras_ssl_methods.cmc import cross_view_info_nce, memory_bank_info_nce
-from tests.helpers import HELPERS, REPO
 from tests.helpers.classic_methods import fit_losses
 from tests.helpers.method_runs import build_configured_method
-from tests.helpers.runs import training_env
-from tests.helpers.tiny import TINY_NUM_EXAMPLES, tiny_backbone
+from keras_ssl.testing import TINY_NUM_EXAMPLES, check_replicas, tiny_backbone
 
 ENDPOINTS = ("after_root", "block1", "block2", "block3", "block4", "pre_logits")
 
@@ -87,15 +81,7 @@ def test_batch_negatives_need_no_bank_and_train():
 @pytest.mark.slow
 def test_batch_negatives_on_two_replicas_train_like_one_device():
     """The registry's replica check (two steps) with the global batch's negatives."""
-    env = training_env(KERAS_SSL_TEST_OVERRIDES=json.dumps({"cmc": {"negatives": "batch"}}))
-    result = subprocess.run(
-        [sys.executable, os.path.join(HELPERS, "registry_steps.py"), "replicas", "cmc"],
-        capture_output=True, text=True, env=env, cwd=REPO, timeout=600)
-    assert result.returncode == 0, result.stdout + result.stderr
-    report = json.loads(result.stdout.strip().splitlines()[-1])["cmc"]
-    assert report["backbone_change"] > 1e-3
-    difference, variable = report["max_state_difference"]
-    assert difference < 1e-5, f"{variable} differs by {difference}"
+    check_replicas("cmc", negatives="batch")
 
 
 def test_halves_backbone_concatenates_the_halves_and_keeps_their_end_points():

@@ -10,7 +10,7 @@ import tensorflow as tf
 from keras_ssl.registry import METHODS
 from keras_ssl_methods import _lab
 from tests.helpers.classic_methods import fit_losses, train_tiny
-from tests.helpers.tiny import tiny_backbone
+from keras_ssl.testing import tiny_backbone
 
 
 def _method(**kwargs):

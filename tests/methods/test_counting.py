@@ -10,7 +10,7 @@ from keras_ssl.registry import METHODS
 from keras_ssl_methods.counting import DOWNSAMPLING_METHODS, counting_loss
 from tests.helpers.classic_methods import fit_losses
 from tests.helpers.method_runs import build_configured_method
-from tests.helpers.tiny import tiny_backbone
+from keras_ssl.testing import tiny_backbone
 
 TILE = 8
 

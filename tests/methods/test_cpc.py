@@ -9,7 +9,7 @@ from keras_ssl.registry import METHODS
 from keras_ssl_methods.cpc import CausalContext, cpc_info_nce, patch_grid
 from tests.helpers.classic_methods import fit_losses
 from tests.helpers.method_runs import build_configured_method
-from tests.helpers.tiny import tiny_backbone
+from keras_ssl.testing import tiny_backbone
 
 # A 3x3 grid of 8-px patches at stride 4: a 16-px crop.
 SMALL = dict(grid_size=3, patch_size=8, patch_stride=4, prediction_steps=2, context_width=16,

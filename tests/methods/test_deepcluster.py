@@ -18,7 +18,7 @@ from tests.helpers import REPO
 from tests.helpers.classic_methods import fit_losses
 from tests.helpers.method_runs import build_configured_method
 from tests.helpers.runs import checkpoint_difference, checkpoint_values
-from tests.helpers.tiny import build_tiny_method, tiny_backbone, tiny_examples
+from keras_ssl.testing import build_tiny_method, tiny_backbone, tiny_examples
 from tests.helpers.tiny_run import TINY_SHAPES, tiny_run_bindings, tiny_shapes_name
 
 

@@ -1,4 +1,4 @@
-"""Exemplar: copies and grayscale, training (its triplet loss is tested in tests/core/test_losses.py)."""
+"""Exemplar: copies and grayscale, training (its triplet loss is tested in tests/core/losses/test_losses.py)."""
 
 import keras
 import numpy as np
@@ -9,7 +9,7 @@ from keras_ssl.registry import METHODS
 from tests.helpers.classic_methods import fit_losses, train_tiny
 from tests.helpers.method_runs import check_method_run
 from tests.helpers.numpy_losses import numpy_triplet
-from tests.helpers.tiny import tiny_backbone
+from keras_ssl.testing import tiny_backbone
 
 
 def _method(**kwargs):

@@ -11,7 +11,7 @@ from tests.helpers import HELPERS
 from tests.helpers.contrastive_training import (
     fit_losses, orbit_run, random_examples, tiny_method, tiny_shapes_examples,
 )
-from tests.helpers.tiny import tiny_backbone
+from keras_ssl.testing import tiny_backbone
 
 
 def test_key_encoder_starts_as_a_copy_and_is_not_trained():

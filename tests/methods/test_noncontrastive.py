@@ -17,8 +17,8 @@ import tensorflow as tf
 from keras_ssl import losses
 from keras_ssl.method import PretextOutputError, check_pretext_outputs
 from keras_ssl.schedules import cosine_momentum, linear_warmup
-from keras_ssl.views import ViewSpec, check_views_fit, draw_view, multi_crop
-from tests.helpers.tiny import build_tiny_method, tiny_examples
+from keras_ssl.augment.view_specs import ViewSpec, check_views_fit, draw_view, multi_crop
+from keras_ssl.testing import build_tiny_method, check_replicas, tiny_examples
 
 RNG = np.random.default_rng(0)
 
@@ -305,24 +305,7 @@ def test_batch_statistics_methods_refuse_a_batch_of_one(name):
 def test_swav_queue_on_two_replicas_equals_one_device():
     # Two steps of 8 images: the first fills the queue of 8, the second's codes use it.
     # (Sinkhorn-Knopp's sums once stopped a replica step from inside a tf.cond.)
-    import json
-    import subprocess
-    import sys
-
-    from tests.helpers import HELPERS, REPO
-
-    overrides = {"swav": {"sinkhorn_epsilon": 0.5, "temperature": 0.5, "queue_length": 8}}
-    env = dict(os.environ, REGISTRY_STEPS="2", TF_CPP_MIN_LOG_LEVEL="2",
-               KERAS_SSL_TEST_OVERRIDES=json.dumps(overrides))
-    result = subprocess.run(
-        [sys.executable, os.path.join(HELPERS, "registry_steps.py"), "replicas", "swav"],
-        capture_output=True, text=True, env=env, cwd=REPO, timeout=600,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    report = json.loads(result.stdout.strip().splitlines()[-1])["swav"]
-    difference, variable = report["max_state_difference"]
-    assert difference < 1e-5, f"{variable} differs by {difference}"
-    assert report["max_metric_difference"] < 1e-5
+    check_replicas("swav", sinkhorn_epsilon=0.5, temperature=0.5, queue_length=8)
 
 
 def test_swav_queue_must_hold_whole_batches():
@@ -424,7 +407,7 @@ def test_monitor_interval_must_fall_between_loops(data_dir, tmp_path):
 
 
 def test_show_views_draws_a_methods_multi_crop_at_relative_sizes():
-    from keras_ssl.augment.show_views import contact_sheet, draw_method_views
+    from keras_ssl.augment.contact_sheet import contact_sheet, draw_method_views
 
     method = build_tiny_method("dino")
     images = np.stack([e["image"].numpy() for e in tiny_examples("dino", 2)])

@@ -10,7 +10,7 @@ from tests.helpers.contrastive_training import (
 )
 from tests.helpers.method_runs import build_configured_method
 from tests.helpers.numpy_losses import numpy_nce, normalize
-from tests.helpers.tiny import TINY_PATCH_GRID
+from keras_ssl.testing import TINY_PATCH_GRID
 
 GRID_ARGS = dict(TINY_PATCH_GRID)  # 48 px resized, a 45-px crop, 12-px tiles of 15-px cells
 

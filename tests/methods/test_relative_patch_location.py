@@ -9,7 +9,7 @@ from keras_ssl.registry import METHODS
 from keras_ssl_methods.relative_patch_location import NEIGHBOURS, drop_colors
 from tests.helpers.classic_methods import fit_losses
 from tests.helpers.numpy_losses import softmax_cross_entropy
-from tests.helpers.tiny import TINY_PATCH_GRID, tiny_backbone
+from keras_ssl.testing import TINY_PATCH_GRID, tiny_backbone
 
 SMALL = dict(TINY_PATCH_GRID, jitter=1)
 

@@ -7,7 +7,7 @@ import tensorflow as tf
 
 from keras_ssl.registry import METHODS
 from tests.helpers.numpy_losses import softmax_cross_entropy
-from tests.helpers.tiny import tiny_backbone
+from keras_ssl.testing import tiny_backbone
 
 
 def _method(**kwargs):

@@ -10,7 +10,7 @@ from keras_ssl_methods import _lab
 from keras_ssl_methods.split_brain import lightness_bin
 from tests.helpers.classic_methods import fit_losses
 from tests.helpers.method_runs import build_configured_method
-from tests.helpers.tiny import tiny_backbone
+from keras_ssl.testing import tiny_backbone
 
 
 def _method(**kwargs):

@@ -11,7 +11,7 @@ from keras_ssl.registry import METHODS
 from tests.helpers.classic_methods import fit_losses, train_tiny
 from tests.helpers.method_runs import check_method_run
 from tests.helpers.numpy_losses import softmax_cross_entropy
-from tests.helpers.tiny import tiny_backbone
+from keras_ssl.testing import tiny_backbone
 
 
 def _method(**kwargs):

@@ -21,9 +21,9 @@ from keras_ssl.toolkit import (
     cut_grid, enqueue, move_bank_rows, nearest_neighbour, noise_index, oldest_first,
     require_endpoint, standardize_patches,
 )
-from keras_ssl.views import ViewSpec
+from keras_ssl.augment.view_specs import ViewSpec
 from tests.helpers import HELPERS
-from tests.helpers.tiny import tiny_backbone
+from keras_ssl.testing import tiny_backbone
 
 RNG = np.random.RandomState(0)
 

@@ -8,7 +8,7 @@ import tensorflow as tf
 from keras_ssl.registry import METHODS
 from tests.helpers.classic_methods import fit_losses, train_tiny
 from tests.helpers.method_runs import build_configured_method
-from tests.helpers.tiny import tiny_backbone
+from keras_ssl.testing import tiny_backbone
 
 SIZE = 16
 

@@ -18,7 +18,7 @@ from keras_ssl.backbones import backbone_spec, build_backbone, output_dim
 from keras_ssl.backbones.common import Layers
 from keras_ssl.backbones.revnet import ReversibleUnit
 from tests.helpers import REPO
-from tests.helpers.tiny import TINY_BACKBONE
+from keras_ssl.testing import TINY_BACKBONE, check_backbone
 from tests.helpers.tiny_run import tiny_run_bindings, tiny_shapes_name
 
 RESIDUAL = ("after_root", "block1", "block2", "block3", "block4", "pre_logits")
@@ -72,6 +72,7 @@ FAMILIES = registry.BACKBONES.names()
 
 
 def tiny(name, **overrides):
+    """Family `name` built with its `TINY` arguments (widening factor 1 for others)."""
     return build_backbone(name, **{**TINY.get(name, dict(widening_factor=1)), **overrides})
 
 
@@ -116,32 +117,15 @@ def test_convolution_weights_grow_as_k_squared(name):
 
 
 @pytest.mark.parametrize("name", FAMILIES)
-def test_checkpoint_restores_every_weight(name, tmp_path):
-    trained = tiny(name)
-    trained(tf.random.uniform((2, 16, 16, 3), seed=5), training=True)  # moves BN statistics
-    path = tf.train.Checkpoint(backbone=trained).write(str(tmp_path / "ckpt"))
-    fresh = tiny(name)
-    tf.train.Checkpoint(backbone=fresh).read(path).assert_consumed()
-    assert len(fresh.weights) == len(trained.weights)
-    for a, b in zip(trained.weights, fresh.weights):
-        np.testing.assert_array_equal(a.numpy(), b.numpy(), err_msg=a.path)
+def test_every_family_keeps_the_backbone_contract(name):
+    """End-points, gradients, checkpoint, strict arguments (`keras_ssl.testing.check_backbone`)."""
+    check_backbone(name, slow=False, **TINY.get(name, dict(widening_factor=1)))
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", FAMILIES)
-def test_export_round_trip_gives_the_in_memory_outputs(name, tmp_path):
-    from keras_ssl.export import export_backbone
-
-    net = tiny(name)
-    path = export_backbone(net, str(tmp_path / name), {"name": name}, image_size=32)
-    loaded = tf.saved_model.load(path)
-    images = tf.random.uniform((3, 32, 32, 3), seed=2)
-    expected = net(images, training=False)
-    got = loaded.signatures["representation"](images=images)
-    assert set(got) == set(net.endpoint_names)
-    for key in net.endpoint_names:
-        np.testing.assert_allclose(got[key], expected[key], rtol=1e-4, atol=1e-5, err_msg=key)
-    np.testing.assert_allclose(loaded(images), expected["pre_logits"], rtol=1e-4, atol=1e-5)
+def test_every_family_keeps_the_contract_through_its_export(name):
+    check_backbone(name, **TINY.get(name, dict(widening_factor=1)))
 
 
 # ------------------------------------------------------------------ ResNet v1

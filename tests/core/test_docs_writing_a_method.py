@@ -40,12 +40,30 @@ def _two_steps(method):
     return [method.train_step(batch) for _ in range(2)]
 
 
+def _installed_plugin(tmp_path) -> dict:
+    """pip-installs the doc's package into `tmp_path`; the environment that imports it."""
+    package = tmp_path / "keras-ssl-my-byol"
+    package.mkdir()
+    for name, content in _doc_files().items():
+        (package / name).write_text(content)
+    site = tmp_path / "site"
+    subprocess.run(
+        [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation",
+         "--target", str(site), str(package)],
+        check=True, capture_output=True, timeout=300,
+    )
+    return dict(
+        os.environ, PYTHONPATH=os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")]),
+        TF_CPP_MIN_LOG_LEVEL="3", CUDA_VISIBLE_DEVICES="-1",
+    )
+
+
 def test_doc_declares_a_complete_package():
     assert set(_doc_files()) == {"setup.cfg", "pyproject.toml", "my_byol.py"}
 
 
 def test_documented_byol_trains_its_online_probe_from_the_public_bases():
-    from tests.helpers.tiny import tiny_backbone
+    from keras_ssl.testing import tiny_backbone
 
     MyBYOL = _doc_classes("my_byol", _doc_files()["my_byol.py"])["MyBYOL"]
     method = MyBYOL(tiny_backbone(), projection_dim=8, hidden_dim=16, num_classes=3)
@@ -56,8 +74,8 @@ def test_documented_byol_trains_its_online_probe_from_the_public_bases():
 def test_documented_nnclr_sketch_fills_its_support_queue_and_trains():
     import numpy as np
 
-    from keras_ssl.views import ViewSpec
-    from tests.helpers.tiny import tiny_backbone
+    from keras_ssl.augment.view_specs import ViewSpec
+    from keras_ssl.testing import tiny_backbone
 
     NNCLR = _doc_classes("nnclr", _doc_blocks("snippet")["nnclr"])["NNCLR"]
     method = NNCLR(tiny_backbone(), views=[ViewSpec(size=16)] * 2, support_size=8,
@@ -73,20 +91,7 @@ def test_documented_nnclr_sketch_fills_its_support_queue_and_trains():
 
 @pytest.mark.slow
 def test_documented_plugin_installs_lists_and_trains(tmp_path, data_dir):
-    package = tmp_path / "keras-ssl-my-byol"
-    package.mkdir()
-    for name, content in _doc_files().items():
-        (package / name).write_text(content)
-    site = tmp_path / "site"
-    subprocess.run(
-        [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation",
-         "--target", str(site), str(package)],
-        check=True, capture_output=True, timeout=300,
-    )
-    env = dict(
-        os.environ, PYTHONPATH=os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")]),
-        TF_CPP_MIN_LOG_LEVEL="2", CUDA_VISIBLE_DEVICES="-1",
-    )
+    env = _installed_plugin(tmp_path)
     listing = subprocess.run(
         [sys.executable, "-m", "keras_ssl.cli.list"], capture_output=True, text=True, env=env,
         timeout=120,
@@ -105,3 +110,15 @@ def test_documented_plugin_installs_lists_and_trains(tmp_path, data_dir):
     assert result.returncode == 0, result.stdout + result.stderr
     assert "embedding_std" in result.stdout
     assert (model_dir / "export" / "step_4" / "saved_model.pb").exists()
+
+
+@pytest.mark.slow
+def test_documented_plugin_passes_the_installed_contract_harness(tmp_path):
+    """What the doc tells a plugin author to run: `check_method` from outside the checkout."""
+    env = _installed_plugin(tmp_path)
+    code = ("from keras_ssl.testing import check_method\n"
+            "check_method('my_byol')\nprint('contract kept')\n")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            env=env, timeout=900, cwd=tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.split()[-2:] == ["contract", "kept"]

@@ -12,7 +12,7 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from keras_ssl_eval.reading.data import DatasetInfo, RandomAccess, to_rgb_float
+from keras_ssl_eval.reading.records import DatasetInfo, RandomAccess, to_rgb_float
 
 _PREPARE_HINT = ("prepare it with `keras-ssl-prepare-data {name}` from keras-ssl or "
                  "`tfds build {name}` (with --data_dir)")

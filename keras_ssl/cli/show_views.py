@@ -51,6 +51,8 @@ def main(argv):
     import numpy as np
     from PIL import Image
 
+    # A method's config also binds keras_ssl.train, which the training module registers.
+    import keras_ssl.training  # noqa: F401
     from keras_ssl import config, registry
     from keras_ssl.augment.contact_sheet import contact_sheet, draw_method_views, draw_stack_views
     from keras_ssl.datasets import load_dataset

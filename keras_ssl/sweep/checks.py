@@ -113,6 +113,7 @@ def _config_error_line(error: Exception) -> str:
 
 
 def _parse(files, bindings, where: str) -> None:
+    import keras_ssl.training  # noqa: F401  (registers keras_ssl.train and the optimizer)
     from keras_ssl.config import ConfigError, parse_gin
     from keras_ssl.registry import PluginError
 

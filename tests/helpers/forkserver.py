@@ -23,10 +23,12 @@ import subprocess
 import sys
 import tempfile
 
-# What every binary imports first; not the binaries' own modules (see above).
+# What every binary imports first; not the binaries' own modules (see above), and not
+# keras_ssl.training: importing it registers keras_ssl.train with gin, which a binary
+# that parses a method's config must do itself (preloading it hid one that did not).
 PRELOAD = [
     "tensorflow", "keras", "tensorflow_datasets", "orbit", "keras_ssl_eval", "keras_ssl",
-    "keras_ssl.training", "keras_ssl.export", "keras_ssl_methods",
+    "keras_ssl.export", "keras_ssl_methods",
 ]
 
 # Each binary's console-script target (setup.cfg files' entry points).

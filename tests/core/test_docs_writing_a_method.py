@@ -116,8 +116,9 @@ def test_documented_plugin_installs_lists_and_trains(tmp_path, data_dir):
 def test_documented_plugin_passes_the_installed_contract_harness(tmp_path):
     """What the doc tells a plugin author to run: `check_method` from outside the checkout."""
     env = _installed_plugin(tmp_path)
-    code = ("from keras_ssl.testing import check_method\n"
-            "check_method('my_byol')\nprint('contract kept')\n")
+    test_file = re.search(r"# tests/test_my_byol.py of your package\n(.*?)```",
+                          open(DOC).read(), re.S).group(1)
+    code = test_file + "test_my_byol_keeps_the_contract()\nprint('contract kept')\n"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                             env=env, timeout=900, cwd=tmp_path)
     assert result.returncode == 0, result.stdout + result.stderr

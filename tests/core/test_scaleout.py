@@ -52,9 +52,18 @@ REPLICA_OVERRIDES = {
 
 
 @pytest.fixture(scope="module")
-def registry_report():
-    """`{method: {"replicas": report, "xla": report}}`: both checks in one start-up per process."""
-    return replica_reports(METHODS.names(), "all", processes=2, settings=REPLICA_OVERRIDES)
+def registry_report(request):
+    """`{method: {"replicas": report, "xla": report}}`: both checks in one start-up per process.
+
+    Only the methods whose tests were selected (`-k nnclr` builds NNCLR alone).
+    """
+    selected = sorted({
+        item.callspec.params["name"] for item in request.session.items
+        if item.module is request.module and hasattr(item, "callspec")
+        and "registry_report" in item.fixturenames
+    })
+    return replica_reports(selected, "all", processes=min(2, len(selected)),
+                           settings=REPLICA_OVERRIDES)
 
 
 @pytest.mark.slow

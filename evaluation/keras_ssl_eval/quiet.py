@@ -123,6 +123,10 @@ def quiet_library_logs(verbosity_flag_present: bool) -> None:
     # TensorFlow's deprecation notices are WARNINGs of its own logger (TFDS's
     # reader calls the deprecated `CounterV2` on every read of a split).
     logging.getLogger(_TENSORFLOW_LOGGER).setLevel(logging.ERROR)
+    # TFDS draws progress bars over the binary's lines while it prepares or reads a split.
+    import tensorflow_datasets as tfds
+
+    tfds.disable_progress_bar()
     progress = logging.getLogger(_EVAL_LOGGER)
     if any(isinstance(h.formatter, _PlainFormatter) for h in progress.handlers):
         return

@@ -379,7 +379,6 @@ def train(
     if deterministic:
         tf.config.experimental.enable_op_determinism()
     run = RunDirectory(model_dir, strategy)
-    keras.utils.set_random_seed(seed)
     images, info, access = load_training_split(
         dataset, split, data_dir=data_dir, image_size=image_size,
         memory_bytes=int(shuffle_memory_mb) * 2**20,
@@ -395,6 +394,9 @@ def train(
         except MonitorConfigError as error:
             raise TrainingConfigError(str(error)) from None
 
+    # Seeded after the data: preparing a dataset on first use draws from the global
+    # generators, and the same command must build the same weights either way.
+    keras.utils.set_random_seed(seed)
     with _dtype_policy(mixed_precision), strategy.scope():
         method = build_method()
         method.seed = seed

@@ -10,6 +10,7 @@ import tensorflow as tf
 from keras_ssl import config, random, training
 from keras_ssl.input_pipeline import example_stream
 from keras_ssl.registry import AUGMENTATIONS
+from tests.helpers.tiny_run import tiny_run_bindings
 from tests.helpers.runs import (
     checkpoint_difference, progress_steps, run_bindings, run_training, signal_at_step,
     start_training,
@@ -33,6 +34,22 @@ def test_same_command_and_seed_give_identical_checkpoints(reference_run, data_di
     init = os.path.join("init", "ckpt-0")
     assert checkpoint_difference(os.path.join(reference_run, init), os.path.join(model_dir, init)) == 0
     assert checkpoint_difference(os.path.join(reference_run, init), os.path.join(other_seed, init)) > 0
+
+
+@pytest.mark.slow
+def test_a_run_that_prepares_its_dataset_first_builds_the_same_weights(tmp_path):
+    """A fresh machine's first run generates the dataset in-process; the next run reads it.
+
+    Both must build the same weights (the quickstart's first run on a new machine printed
+    another table when the seed was set before the preparation drew random numbers).
+    """
+    data_dir = str(tmp_path / "tfds")
+    bindings = tiny_run_bindings(data_dir, "synthetic_shapes/TCV-", steps=2)
+    first, second = str(tmp_path / "prepares"), str(tmp_path / "reads")
+    assert "Downloading and preparing" in run_training(first, bindings).stdout
+    run_training(second, bindings)
+    init = os.path.join("init", "ckpt-0")
+    assert checkpoint_difference(os.path.join(first, init), os.path.join(second, init)) == 0
 
 
 @pytest.mark.slow

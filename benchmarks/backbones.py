@@ -43,6 +43,8 @@ SMALL_IMAGE = {
     "vgg19_bn": dict(depth=19, fc6_kernel=1),
     "alexnet": dict(root_stride=2, fc6_kernel=1),
     "resnet9": dict(),
+    # ViT-S/4 at 32 px (widening_factor: heads), 64 patch tokens.
+    "vit": dict(depth=12, patch_size=4, image_size=32),
 }
 
 STANDARD = [
@@ -55,6 +57,9 @@ STANDARD = [
     ("vgg19_bn", dict(depth=19, widening_factor=8)),
     ("alexnet", dict(widening_factor=4)),
     ("resnet9", dict(widening_factor=4)),
+    ("vit", dict(depth=12, widening_factor=3, patch_size=16, image_size=224)),
+    ("vit", dict(depth=12, widening_factor=6, patch_size=16, image_size=224)),
+    ("vit", dict(depth=12, widening_factor=12, patch_size=16, image_size=224)),
 ]
 
 

@@ -16,12 +16,24 @@ from __future__ import annotations
 import keras
 import tensorflow as tf
 
+from keras_ssl.backbones.base import backbone_spec
 from keras_ssl.normalization import BatchNormalization
 
 
 def uses_synchronized_bn(model: keras.Model) -> bool:
-    """Whether any batch norm of `model` computes statistics across replicas."""
-    return any(getattr(layer, "synchronized", False) for layer in model._flatten_layers())
+    """Whether any batch norm of `model` computes statistics across replicas.
+
+    A backbone without batch norm (`vit`) says what its heads' should do in
+    its spec's `synchronized_bn`.
+    """
+    return (any(getattr(layer, "synchronized", False) for layer in model._flatten_layers())
+            or bool(backbone_spec(model).get("synchronized_bn", False)))
+
+
+def uses_batch_norm(model: keras.Model) -> bool:
+    """Whether `model` has any batch norm (a ViT has none: it normalises per token)."""
+    return any(isinstance(layer, keras.layers.BatchNormalization)
+               for layer in model._flatten_layers())
 
 
 def projection_head(

@@ -21,7 +21,7 @@ import tensorflow as tf
 
 from keras_ssl.testing.tiny import (
     TINY_BATCH_SIZE, TINY_IMAGE_SIZE, TINY_NUM_EXAMPLES, build_tiny_method, method_class,
-    tiny_examples,
+    tiny_backbone, tiny_examples,
 )
 
 __all__ = [
@@ -36,18 +36,19 @@ _LEARNING_RATE = 0.05
 _EXPORT_TOLERANCE = 1e-4
 
 
-def method_and_batches(method, **settings):
+def method_and_batches(method, *, family: str = "resnet_v2", **settings):
     """The tiny `method` (seeded) and its batches of `tiny_examples`, drawn once.
 
     Args:
       method: A registered method name or a `keras_ssl.Method` subclass.
+      family: The backbone family, built by `tiny_backbone` (`"vit"`: `TINY_VIT`).
       **settings: Constructor arguments over its tiny settings.
 
     Returns:
       `(method instance, [batch, batch])`.
     """
     keras.utils.set_random_seed(0)
-    instance = build_tiny_method(method, **settings)
+    instance = build_tiny_method(method, backbone=tiny_backbone(family), **settings)
     examples = tiny_examples(method, TINY_NUM_EXAMPLES, **settings)
     instance.adapt(examples)
     batches = list(instance.make_dataset(examples, TINY_BATCH_SIZE))
@@ -71,13 +72,13 @@ def _compiled_step(instance, traced: bool = True):
     return tf.function(instance.train_step) if traced else instance.train_step
 
 
-def check_gradients(method, **settings) -> None:
+def check_gradients(method, *, family: str = "resnet_v2", **settings) -> None:
     """The gradient of the pretext loss reaches every backbone kernel.
 
     A backbone end-point the loss never reads, or a `stop_gradient` in the
     wrong place, leaves kernels that training would never change.
     """
-    instance, batches = method_and_batches(method, **settings)
+    instance, batches = method_and_batches(method, family=family, **settings)
     kernels = _backbone_kernels(instance)
     with tf.GradientTape() as tape:
         loss, _ = instance.compute_pretext_loss(batches[0], training=True)
@@ -88,13 +89,13 @@ def check_gradients(method, **settings) -> None:
     assert not dead, f"{_name(instance)}: no gradient reaches {dead}"
 
 
-def check_training_step(method, **settings) -> None:
+def check_training_step(method, *, family: str = "resnet_v2", **settings) -> None:
     """One `train_step` gives a finite loss and changes every backbone kernel.
 
     Catches a backbone left out of `trainable_variables` or restored after
     the step, even when the heads learn.
     """
-    instance, batches = method_and_batches(method, **settings)
+    instance, batches = method_and_batches(method, family=family, **settings)
     # Eager: one step does not repay tracing it (`check_loss_falls` runs it traced).
     step = _compiled_step(instance, traced=False)
     kernels = _backbone_kernels(instance)
@@ -105,13 +106,14 @@ def check_training_step(method, **settings) -> None:
     assert not unchanged, f"{_name(instance)}: one training step left {unchanged} unchanged"
 
 
-def check_loss_falls(method, steps: int = LOSS_STEPS, **settings) -> None:
+def check_loss_falls(method, steps: int = LOSS_STEPS, *, family: str = "resnet_v2",
+                     **settings) -> None:
     """The loss falls over `steps` traced SGD steps on two fixed batches.
 
     The mean over the first pass is compared with the mean over the last
     (the same examples), so the loss of one lucky batch does not decide it.
     """
-    instance, batches = method_and_batches(method, **settings)
+    instance, batches = method_and_batches(method, family=family, **settings)
     step = _compiled_step(instance)
     losses = [float(step(batches[i % len(batches)])["loss"]) for i in range(steps)]
     assert np.isfinite(losses).all(), f"{_name(instance)}: losses {losses}"
@@ -136,7 +138,8 @@ def _assert_close(actual, expected, what: str) -> None:
                                err_msg=what)
 
 
-def check_export(method, export_dir: str | None = None, **settings) -> None:
+def check_export(method, export_dir: str | None = None, *, family: str = "resnet_v2",
+                 **settings) -> None:
     """The export, loaded with plain `tf.saved_model.load`, computes what the method computes.
 
     After one training step (so batch norm's moving statistics are no longer
@@ -146,14 +149,14 @@ def check_export(method, export_dir: str | None = None, **settings) -> None:
     `export_metadata()`.
 
     Args:
-      method, settings: As for `check_method`.
+      method, family, settings: As for `check_method`.
       export_dir: Where to write the run folder (default: a temporary one,
         removed afterwards).
     """
     from keras_ssl import export
     from keras_ssl_eval import contract
 
-    instance, batches = method_and_batches(method, **settings)
+    instance, batches = method_and_batches(method, family=family, **settings)
     _compiled_step(instance, traced=False)(batches[0])
     with tempfile.TemporaryDirectory() as scratch:
         model_dir = os.path.join(export_dir or scratch, _name(instance))
@@ -229,7 +232,8 @@ def check_strict_settings(method, **settings) -> None:
     config.parse_gin()  # leaves no bindings behind
 
 
-def check_method(method, *, slow: bool = True, replicas: bool = True, **settings) -> None:
+def check_method(method, *, slow: bool = True, replicas: bool = True, family: str = "resnet_v2",
+                 **settings) -> None:
     """Runs the method contract on tiny shapes; raises `AssertionError` at the first failure.
 
     The checks, in order: strict settings (`check_strict_settings`), the
@@ -245,6 +249,7 @@ def check_method(method, *, slow: bool = True, replicas: bool = True, **settings
         plugin's class may be checked before it is registered).
       slow: Run the loss and export checks (tens of seconds).
       replicas: Run the replica and XLA checks.
+      family: The tiny backbone's family (`"vit"` builds `TINY_VIT`).
       **settings: Constructor arguments over the method's `tiny_settings()`.
 
     Example (a plugin's own test):
@@ -254,12 +259,12 @@ def check_method(method, *, slow: bool = True, replicas: bool = True, **settings
     ...     check_method("my_method")
     """
     check_strict_settings(method, **settings)
-    check_gradients(method, **settings)
-    check_training_step(method, **settings)
+    check_gradients(method, family=family, **settings)
+    check_training_step(method, family=family, **settings)
     if slow:
-        check_loss_falls(method, **settings)
-        check_export(method, **settings)
+        check_loss_falls(method, family=family, **settings)
+        check_export(method, family=family, **settings)
     if replicas:
         from keras_ssl.testing.replicas import check_replicas
 
-        check_replicas(method, **settings)
+        check_replicas(method, family=family, **settings)

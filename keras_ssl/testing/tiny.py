@@ -11,6 +11,11 @@ from __future__ import annotations
 # ResNet-10 v2 at k=1 with the small-image stem: 16 root channels, 128-d pre-logits.
 TINY_BACKBONE = dict(depth=10, widening_factor=1, small_image_stem=True)
 
+# ViT-Tiny's shape at toy size: 64 wide (one head), 2 blocks, 4-px patches of 16-px images.
+TINY_VIT = dict(widening_factor=1, depth=2, patch_size=4, image_size=16)
+# What `tiny_backbone` builds per family (TINY_BACKBONE for the others).
+_TINY_BY_FAMILY = {"vit": TINY_VIT}
+
 # Image size, batch size and number of examples the checks train on.
 TINY_IMAGE_SIZE = 16
 TINY_BATCH_SIZE = 4
@@ -21,7 +26,7 @@ TINY_NUM_EXAMPLES = 8
 TINY_PATCH_GRID = dict(resize=48, crop=45, patch_size=12)
 
 __all__ = ["TINY_BACKBONE", "TINY_BATCH_SIZE", "TINY_IMAGE_SIZE", "TINY_NUM_EXAMPLES",
-           "TINY_PATCH_GRID", "build_tiny_method", "method_class", "tiny_backbone",
+           "TINY_PATCH_GRID", "TINY_VIT", "build_tiny_method", "method_class", "tiny_backbone",
            "tiny_examples", "tiny_method_settings"]
 
 
@@ -46,10 +51,10 @@ def method_class(method) -> tuple[type, str | None]:
 
 
 def tiny_backbone(family: str = "resnet_v2", **overrides):
-    """Builds the tiny backbone (`TINY_BACKBONE`) of `family`.
+    """Builds the tiny backbone of `family` (`TINY_VIT` for `vit`, else `TINY_BACKBONE`).
 
     Args:
-      family: A registered backbone family taking `TINY_BACKBONE`'s arguments.
+      family: A registered backbone family taking those arguments.
       **overrides: Arguments replacing or adding to `TINY_BACKBONE`
         (e.g. `synchronized_bn=True`).
 
@@ -64,7 +69,7 @@ def tiny_backbone(family: str = "resnet_v2", **overrides):
     """
     from keras_ssl.backbones import build_backbone
 
-    return build_backbone(family, **{**TINY_BACKBONE, **overrides})
+    return build_backbone(family, **{**_TINY_BY_FAMILY.get(family, TINY_BACKBONE), **overrides})
 
 
 def tiny_method_settings(method, **overrides) -> dict:

@@ -29,7 +29,7 @@ import tensorflow as tf
 
 from keras_ssl import cross_replica
 from keras_ssl.backbones import output_dim
-from keras_ssl.heads import projection_head, uses_synchronized_bn
+from keras_ssl.heads import projection_head, uses_batch_norm, uses_synchronized_bn
 from keras_ssl.losses import info_nce_loss
 from keras_ssl.random import step_seed
 from keras_ssl.toolkit import ContrastiveMethod, add_queue, enqueue
@@ -96,6 +96,12 @@ class MoCoV2(ContrastiveMethod):
         synchronized = uses_synchronized_bn(backbone)
         if shuffle_bn_groups < 0:
             raise ValueError(f"moco: shuffle_bn_groups must be >= 0, got {shuffle_bn_groups}.")
+        if shuffle_bn_groups and not uses_batch_norm(backbone):
+            raise ValueError(
+                f"moco: shuffle_bn_groups = {shuffle_bn_groups} shuffles the batch-norm groups "
+                f"of the key encoder, but the backbone {backbone.name!r} has no batch norm (a "
+                "ViT normalises each token by itself, so no statistic can leak across the "
+                "batch). Set `moco.shuffle_bn_groups = 0`.")
         if shuffle_bn_groups and synchronized:
             raise ValueError(
                 "moco: shuffle_bn_groups needs per-group batch statistics, but the backbone's "

@@ -137,7 +137,7 @@ class PIRL(NPID):
         """g: `[B, 9, h, w, 3]` -> `[B, D]` unit features of the tiles, in their order."""
         shape = tf.shape(tiles)
         flat = tf.reshape(tiles, tf.concat([[-1], shape[2:]], 0))
-        with _moving_statistics_frozen(self.backbone):
+        with _moving_statistics_kept(self.backbone):
             pre_logits = self.backbone(flat, training=training)["pre_logits"]
         projected = self.tile_projection(pre_logits)
         joined = tf.reshape(projected, [-1, tiles.shape[1] * self.tile_projection.units])
@@ -169,21 +169,22 @@ class PIRL(NPID):
 
 
 @contextlib.contextmanager
-def _moving_statistics_frozen(network):
-    """Batch norm inside the block leaves its moving mean and variance as they are.
+def _moving_statistics_kept(network):
+    """Batch norm inside the block leaves its moving mean and variance as they were.
 
     The tiles still normalise with their own batch statistics in training mode,
     but only the whole images' statistics enter the moving averages that the
-    export (the backbone on whole images) normalises with. Momentum 1 turns
-    Keras' update `m * momentum + batch * (1 - momentum)` into `m`.
+    export (the backbone on whole images) normalises with. The block's updates
+    are undone by assigning the values read before it (the reads, updates and
+    restores of a variable run in program order inside a `tf.function`).
+    Setting each layer's momentum to 1 for the block would not do: under a
+    MirroredStrategy the replicas trace in turns on the same layers, and one
+    replica's restore left every momentum at 1 for the rest of training.
     """
-    layers = [layer for layer in network._flatten_layers()
-              if isinstance(layer, keras.layers.BatchNormalization)]
-    momenta = [layer.momentum for layer in layers]
-    try:
-        for layer in layers:
-            layer.momentum = 1.0
-        yield
-    finally:
-        for layer, momentum in zip(layers, momenta):
-            layer.momentum = momentum
+    variables = [variable for layer in network._flatten_layers()
+                 if isinstance(layer, keras.layers.BatchNormalization)
+                 for variable in (layer.moving_mean, layer.moving_variance)]
+    saved = [tf.identity(variable.value) for variable in variables]
+    yield
+    for variable, value in zip(variables, saved):
+        variable.assign(value)

@@ -157,3 +157,24 @@ def test_tiles_normalise_in_training_mode_but_leave_the_moving_statistics_to_the
     assert all(layer.momentum == 0.99 for layer in layers)
     method.image_features(batch["image"], training=True)
     assert any(np.abs(now - was).max() > 0 for was, now in zip(before, moving()))
+
+
+@pytest.mark.slow
+def test_two_replicas_tracing_the_tiles_leave_batch_norm_as_it_was():
+    # Setting each layer's momentum to 1 around the tiles did this on one
+    # device, but the replicas trace in turns on the same layers: one
+    # replica's restore left every momentum at 1, freezing the export's
+    # moving statistics for the rest of training.
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from tests.helpers import HELPERS
+
+    helper = os.path.join(HELPERS, "pirl_replicas.py")
+    result = subprocess.run([sys.executable, helper], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    assert report["momenta"] == [0.99]
+    assert report["moving_change"] == 0.0

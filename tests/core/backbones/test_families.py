@@ -30,6 +30,7 @@ TINY = {
     "vgg19_bn": dict(widening_factor=1, fc6_kernel=1),
     "alexnet": dict(widening_factor=1, fc6_kernel=1),
     "resnet9": dict(widening_factor=1),
+    "vit": dict(widening_factor=1, depth=2, patch_size=4, image_size=32),
 }
 _RESIDUAL_SHAPES = {
     "after_root": (2, 32, 32, 16),
@@ -67,6 +68,7 @@ SHAPES = {
         "block3": (2, 4, 4, 128),
         "pre_logits": (2, 128),
     },
+    "vit": {"block1": (2, 8, 8, 64), "block2": (2, 8, 8, 64), "pre_logits": (2, 64)},
 }
 FAMILIES = registry.BACKBONES.names()
 

@@ -117,6 +117,36 @@ def global_mean(tensor: tf.Tensor, axis: int = 0) -> tf.Tensor:
     return global_sum(local_sum) / (count * tf.cast(num_replicas(), local_sum.dtype))
 
 
+def clip_by_global_norm(gradients, clip_norm):
+    """Scales this replica's `gradients` so the global batch's gradient has norm <= `clip_norm`.
+
+    The norm is that of the gradient summed over replicas (what the optimizer
+    applies), so the update does not depend on how the batch is split.
+    Keras' `global_clipnorm` clips each replica's gradient before the sum,
+    which does. Costs one all-reduce of the gradients more.
+
+    Args:
+      gradients: This replica's gradients (None entries pass through).
+      clip_norm: The largest global norm (a float or scalar tensor).
+
+    Returns:
+      The gradients times `min(1, clip_norm / norm)`, with the same factor on
+      every replica.
+
+    Example:
+
+    >>> clipped = clip_by_global_norm([tf.constant([3.0, 4.0])], 1.0)
+    >>> clipped[0].numpy().round(6).tolist()                      # one device: norm 5
+    [0.6, 0.8]
+    """
+    present = [tf.convert_to_tensor(g) for g in gradients if g is not None]
+    summed = global_sum(present) if replica_context() is not None else present
+    norm = tf.linalg.global_norm(summed)
+    factor = tf.minimum(1.0, tf.cast(clip_norm, norm.dtype) / tf.maximum(norm, 1e-30))
+    return [None if g is None else tf.convert_to_tensor(g) * tf.cast(factor, g.dtype)
+            for g in gradients]
+
+
 def _tf_variable(variable):
     return variable.value if isinstance(variable, keras.Variable) else variable
 

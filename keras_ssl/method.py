@@ -434,6 +434,12 @@ class Method(keras.Model):
             scaled = self.optimizer.scale_loss(total / replicas)
         variables = self.trainable_variables
         gradients = tape.gradient(scaled, variables)
+        clip = getattr(getattr(self.optimizer, "inner_optimizer", self.optimizer),
+                       "clip_global_norm", None)
+        if clip:
+            # The gradients carry a loss scale's factor (mixed_float16): so does the bound.
+            bound = self.optimizer.scale_loss(tf.constant(clip, tf.float32))
+            gradients = cross_replica.clip_by_global_norm(gradients, bound)
         self.optimizer.apply_gradients(zip(gradients, variables))
         self.after_update(self._take_saved())
         return {"loss": loss, "regularization_loss": regularization, **metrics}

@@ -9,12 +9,15 @@ import gin
 import keras
 from keras import ops
 
-# Variables whose path matches this are batch-norm parameters or biases, or
-# an online linear probe: no optimizer decays them, and LARS leaves them out
-# of trust-ratio adaptation. (With eta = 1e-3 the trust ratio moves a probe's
+# Variables whose path matches this are batch-norm parameters or biases, a
+# ViT's tokens and position embeddings (`keras_ssl.backbones.vit`, not decayed
+# in DeiT, DINO and MAE; LayerNorm and LayerScale vectors go by rank), or an
+# online linear probe: no optimizer decays them, and LARS leaves them out of
+# trust-ratio adaptation. (With eta = 1e-3 the trust ratio moves a probe's
 # weights by ~lr * 1e-3 of their norm per step: on a short run the probe
 # stayed at chance.)
-DEFAULT_DECAY_EXCLUDE = r"(batch_norm|batchnorm|_bn/|/bn/|bias|beta|gamma|moving_|probe)"
+DEFAULT_DECAY_EXCLUDE = (r"(batch_norm|batchnorm|_bn/|/bn/|bias|beta|gamma|moving_|probe"
+                         r"|position_embedding|class_token|registers|mask_token)")
 DEFAULT_LARS_EXCLUDE = DEFAULT_DECAY_EXCLUDE  # the name LARS' docs used first
 
 
@@ -201,16 +204,25 @@ class _WeightDecay:
     Keras' own `weight_decay` stays off (it cannot exclude by rank); the
     exclusion is LARS' (`decay_excluded`): biases, batch-norm parameters and
     online probes are never decayed.
+
+    With `weight_decay_end`, the rate follows a cosine from
+    `weight_decay_rate` at step 0 to `weight_decay_end` at `decay_steps`
+    (DINO on ViTs: 0.04 -> 0.4), and stays there.
     """
 
     def __init__(self, *args, weight_decay_rate: float = 0.0, weight_decay_mode: str = "coupled",
                  exclude_pattern: str | None = DEFAULT_DECAY_EXCLUDE,
-                 exclude_rank_at_most: int = 1, **kwargs):
+                 exclude_rank_at_most: int = 1, weight_decay_end: float | None = None,
+                 decay_steps: int | None = None, **kwargs):
         if weight_decay_mode not in ("coupled", "decoupled"):
             raise ValueError(
                 f"weight_decay_mode must be 'coupled' or 'decoupled', got {weight_decay_mode!r}.")
+        if weight_decay_end is not None and not decay_steps:
+            raise ValueError("weight_decay_end needs decay_steps > 0 (the steps of the cosine).")
         super().__init__(*args, **kwargs)
         self.weight_decay_rate = weight_decay_rate
+        self.weight_decay_end = weight_decay_end
+        self.decay_steps = decay_steps
         self.weight_decay_mode = weight_decay_mode
         self.exclude_pattern = exclude_pattern
         self.exclude_rank_at_most = exclude_rank_at_most
@@ -219,9 +231,18 @@ class _WeightDecay:
         """Whether `variable` is left out of the decay."""
         return decay_excluded(variable, self.exclude_pattern, self.exclude_rank_at_most)
 
+    def current_weight_decay(self):
+        """The decay rate at this step (`weight_decay_rate`, or its cosine schedule)."""
+        if self.weight_decay_end is None:
+            return ops.convert_to_tensor(self.weight_decay_rate, "float32")
+        progress = ops.minimum(ops.cast(self.iterations, "float32") / self.decay_steps, 1.0)
+        cosine = 0.5 * (1.0 + ops.cos(math.pi * progress))
+        return self.weight_decay_end + (self.weight_decay_rate - self.weight_decay_end) * cosine
+
     def update_step(self, gradient, variable, learning_rate):
-        if self.weight_decay_rate and not self.excluded(variable):
-            rate = ops.cast(self.weight_decay_rate, variable.dtype)
+        decays = self.weight_decay_rate or self.weight_decay_end
+        if decays and not self.excluded(variable):
+            rate = ops.cast(self.current_weight_decay(), variable.dtype)
             if self.weight_decay_mode == "coupled":
                 gradient = ops.cast(gradient, variable.dtype) + rate * variable
             else:
@@ -232,6 +253,8 @@ class _WeightDecay:
         config = super().get_config()
         config.update(
             weight_decay_rate=self.weight_decay_rate,
+            weight_decay_end=self.weight_decay_end,
+            decay_steps=self.decay_steps,
             weight_decay_mode=self.weight_decay_mode,
             exclude_pattern=self.exclude_pattern,
             exclude_rank_at_most=self.exclude_rank_at_most,
@@ -254,6 +277,7 @@ class Lamb(_WeightDecay, keras.optimizers.Lamb):
 # build_optimizer's options and the optimizers they apply to; weight_decay applies to all.
 OPTIMIZER_NAMES = ("sgd", "adam", "adamw", "lamb", "lars")
 _OPTION_APPLIES_TO = {
+    "weight_decay_end": ("sgd", "adam", "adamw", "lamb"),
     "momentum": ("sgd", "lars"),
     "nesterov": ("sgd", "lars"),
     "lars_eta": ("lars",),
@@ -271,7 +295,10 @@ def build_optimizer(
     momentum: float | None = None,
     nesterov: bool | None = None,
     weight_decay: float = 0.0,
+    weight_decay_end: float | None = None,
     lars_eta: float | None = None,
+    clip_global_norm: float | None = None,
+    total_steps: int | None = None,
 ):
     """Builds the optimizer.
 
@@ -292,7 +319,18 @@ def build_optimizer(
         `lr * weight_decay * w` before their update (decoupled, as AdamW's
         paper and Keras mean it; `adamw` with 0 is `adam`). Set the backbone's
         own `weight_decay` to 0 when using it, or the decay counts twice.
+      weight_decay_end: With it, the decay follows a cosine from
+        `weight_decay` at the first step to this at the last (DINO's ViTs:
+        0.04 -> 0.4); sgd, adam, adamw and lamb.
       lars_eta: LARS trust coefficient (None: 1e-3).
+      clip_global_norm: Every optimizer: scale the step's gradient down to
+        this global norm when it is larger (DINO's ViTs: 3.0). The norm is
+        that of the global batch's gradient, summed over replicas
+        (`keras_ssl.cross_replica.clip_by_global_norm`, applied by
+        `keras_ssl.Method.train_step`); Keras' `global_clipnorm` would clip
+        each replica's share.
+      total_steps: The run's steps (the training binary passes them): where
+        `weight_decay_end` arrives.
 
     Returns:
       A `keras.optimizers.Optimizer`.
@@ -308,29 +346,45 @@ def build_optimizer(
         raise ConfigError(
             f"Unknown optimizer {name!r} (keras_ssl.build_optimizer.name); choose "
             f"{', '.join(OPTIMIZER_NAMES[:-1])} or {OPTIMIZER_NAMES[-1]}.")
-    options = {"momentum": momentum, "nesterov": nesterov, "lars_eta": lars_eta}
+    options = {"momentum": momentum, "nesterov": nesterov, "lars_eta": lars_eta,
+               "weight_decay_end": weight_decay_end}
     for option, value in options.items():
         if value is not None and name not in _OPTION_APPLIES_TO[option]:
             raise ConfigError(
                 f"keras_ssl.build_optimizer.{option} = {value!r} does nothing for the optimizer "
                 f"{name!r} (it applies to {' and '.join(_OPTION_APPLIES_TO[option])}); remove "
                 f"the binding or choose an optimizer it applies to.")
-    if weight_decay < 0:
-        raise ConfigError(f"keras_ssl.build_optimizer.weight_decay must be >= 0, got {weight_decay}.")
+    for option, value in (("weight_decay", weight_decay), ("weight_decay_end", weight_decay_end)):
+        if value is not None and value < 0:
+            raise ConfigError(f"keras_ssl.build_optimizer.{option} must be >= 0, got {value}.")
+    if clip_global_norm is not None and not clip_global_norm > 0:
+        raise ConfigError(
+            f"keras_ssl.build_optimizer.clip_global_norm must be > 0 (or None: no clipping), "
+            f"got {clip_global_norm}.")
+    if weight_decay_end is not None and not total_steps:
+        raise ConfigError(
+            "keras_ssl.build_optimizer.weight_decay_end needs the run's total_steps (the "
+            "training binary passes them); pass total_steps when building it yourself.")
     momentum = 0.9 if momentum is None else momentum
     if nesterov and not momentum:
         raise ConfigError(
             f"keras_ssl.build_optimizer.nesterov = True needs momentum > 0 (got momentum = "
             f"{momentum}); set a momentum or drop nesterov.")
     nesterov = bool(nesterov)
-    decay = dict(weight_decay_rate=weight_decay, weight_decay_mode=WEIGHT_DECAY_MODES[name])
+    decay = dict(weight_decay_rate=weight_decay, weight_decay_mode=WEIGHT_DECAY_MODES[name],
+                 weight_decay_end=weight_decay_end,
+                 decay_steps=total_steps if weight_decay_end is not None else None)
     if name == "sgd":
-        return SGD(learning_rate, momentum=momentum, nesterov=nesterov, **decay)
-    if name in ("adam", "adamw"):
-        return Adam(learning_rate, name=name, **decay)
-    if name == "lamb":
-        return Lamb(learning_rate, **decay)
-    return LARS(
-        learning_rate, momentum=momentum, weight_decay_rate=weight_decay,
-        eta=1e-3 if lars_eta is None else lars_eta, nesterov=nesterov,
-    )
+        optimizer = SGD(learning_rate, momentum=momentum, nesterov=nesterov, **decay)
+    elif name in ("adam", "adamw"):
+        optimizer = Adam(learning_rate, name=name, **decay)
+    elif name == "lamb":
+        optimizer = Lamb(learning_rate, **decay)
+    else:
+        optimizer = LARS(
+            learning_rate, momentum=momentum, weight_decay_rate=weight_decay,
+            eta=1e-3 if lars_eta is None else lars_eta, nesterov=nesterov,
+        )
+    # Read by `keras_ssl.Method.train_step`, which clips before the optimizer sums replicas.
+    optimizer.clip_global_norm = clip_global_norm
+    return optimizer

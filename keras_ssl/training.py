@@ -31,6 +31,7 @@ import orbit
 import tensorflow as tf
 
 from keras_ssl import config, registry
+from keras_ssl.backbones import BackboneInputError
 from keras_ssl.building import build_method, make_checkpoint
 from keras_ssl.datasets import load_training_split
 from keras_ssl.export import export_method
@@ -410,10 +411,14 @@ def train(
         except ValueError as error:
             raise TrainingConfigError(str(error)) from None
         batch = example_batch(method, images)
-        _, metrics = method.build_from_batch(batch)
+        try:
+            _, metrics = method.build_from_batch(batch)
+        except BackboneInputError as error:
+            raise TrainingConfigError(error.message()) from None
         metric_names = ["loss", "regularization_loss", *metrics]
         optimizer = build_optimizer(
-            learning_rate_schedule(global_batch_size=batch_size, total_steps=train_steps)
+            learning_rate_schedule(global_batch_size=batch_size, total_steps=train_steps),
+            total_steps=train_steps,
         )
         if mixed_precision == "mixed_float16":
             optimizer = keras.optimizers.LossScaleOptimizer(optimizer)

@@ -4,7 +4,9 @@ Families are registered in the `keras_ssl.backbones` entry-point group and
 built by name, with their parameters bound by gin (`resnet_v2.depth = 18`).
 """
 
-from keras_ssl.backbones.base import PRE_LOGITS, backbone_spec, make_backbone, output_dim
+from keras_ssl.backbones.base import (
+    PRE_LOGITS, BackboneInputError, backbone_spec, make_backbone, output_dim,
+)
 
 
 def build_backbone(name: str, **kwargs):
@@ -22,4 +24,5 @@ def build_backbone(name: str, **kwargs):
     return BACKBONES.get(name)(**kwargs)
 
 
-__all__ = ["PRE_LOGITS", "backbone_spec", "build_backbone", "make_backbone", "output_dim"]
+__all__ = ["PRE_LOGITS", "BackboneInputError", "backbone_spec", "build_backbone", "make_backbone",
+           "output_dim"]

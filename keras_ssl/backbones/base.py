@@ -8,9 +8,27 @@ dict of tensors, one per end-point, and always includes `pre_logits`
 
 from __future__ import annotations
 
+import re
+
 import keras
 
 PRE_LOGITS = "pre_logits"
+
+
+class BackboneInputError(ValueError):
+    """An input the backbone cannot take (a ViT's image side its patch does not divide).
+
+    Raised while a step is traced; the training binary reports it in one line
+    before the run directory exists.
+    """
+
+    def message(self) -> str:
+        """The message as raised, without what Keras adds around it in a layer's call."""
+        text = str(self)
+        # Keras re-raises "Exception encountered when calling L.call().\n\n<bold>...</bold>".
+        bold = re.search(r"\x1b\[1m(.*?)\x1b\[0m", text, flags=re.S)
+        text = bold.group(1) if bold else text
+        return text.strip().splitlines()[0] if text.strip() else text
 
 
 def make_backbone(inputs, endpoints: dict, *, name: str, spec: dict) -> keras.Model:

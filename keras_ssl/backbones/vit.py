@@ -24,7 +24,7 @@ import keras
 import tensorflow as tf
 from keras import ops
 
-from keras_ssl.backbones.base import make_backbone
+from keras_ssl.backbones.base import BackboneInputError, make_backbone
 from keras_ssl.backbones.common import check_positive_int
 
 HEAD_DIM = 64
@@ -267,10 +267,12 @@ class CheckPatchDivisible(keras.layers.Layer):
 
 def _check_divisible(image_size: int, patch_size: int) -> None:
     if image_size % patch_size:
-        raise ValueError(
-            f"vit: the image side {image_size} is not a multiple of the patch size {patch_size}; "
-            f"resize the images (e.g. --image_size {image_size // patch_size * patch_size}) or "
-            f"bind vit.patch_size to a divisor of {image_size}.")
+        raise BackboneInputError(
+            f"vit: an input side of {image_size} px is not a multiple of the patch size "
+            f"{patch_size}; make every image the backbone sees a multiple of {patch_size} (the "
+            f"training images, keras_ssl.train.image_size, e.g. "
+            f"{max(image_size // patch_size, 1) * patch_size}; a method's crops or patches) "
+            f"or bind vit.patch_size to a divisor of {image_size}.")
 
 
 def vit(

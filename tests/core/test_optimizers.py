@@ -142,6 +142,47 @@ def test_batch_norm_biases_and_probes_are_never_decayed():
     assert decayed and all(path.endswith("kernel") and "probe" not in path for path in decayed)
 
 
+def test_adamw_decays_only_the_kernels_of_a_vit():
+    # DeiT, DINO and MAE leave norms, biases, position embeddings and the
+    # class token (and DINOv2 its registers and mask token) undecayed.
+    net = tiny_backbone("vit", num_registers=2, layer_scale=1e-5, mask_token=True)
+    optimizer = build_optimizer(LR, name="adamw", weight_decay=0.04)
+    decayed = {v.path for v in net.trainable_variables if not optimizer.excluded(v)}
+    kernels = {v.path for v in net.trainable_variables if v.path.endswith("kernel")}
+    assert decayed == kernels
+    assert {"tokens/position_embedding", "tokens/class_token", "tokens/registers",
+            "tokens/mask_token", "tokens/class_position_embedding"} <= {
+        v.path for v in net.trainable_variables if optimizer.excluded(v)}
+
+
+def test_weight_decay_follows_a_cosine_from_its_start_to_its_end():
+    # With zero gradients AdamW's update is only the decay: w <- w (1 - lr wd_t),
+    # wd_t = end + (start - end) (1 + cos(pi t / T)) / 2, held at `end` after T.
+    steps, lr, start, end = 6, 0.5, 0.04, 0.4
+    optimizer = build_optimizer(lr, name="adamw", weight_decay=start, weight_decay_end=end,
+                                total_steps=steps)
+    kernel, bias = keras.Variable(np.ones((2, 2), np.float32)), keras.Variable(np.ones(2, np.float32))
+    expected = 1.0
+    for t in range(steps + 2):
+        optimizer.apply_gradients([(tf.zeros((2, 2)), kernel), (tf.zeros(2), bias)])
+        expected *= 1 - lr * (end + (start - end) * (1 + np.cos(np.pi * min(t, steps) / steps)) / 2)
+        np.testing.assert_allclose(kernel.numpy(), expected, rtol=1e-6)
+    np.testing.assert_array_equal(bias.numpy(), 1.0)
+    assert float(optimizer.current_weight_decay()) == pytest.approx(end)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(name="lars", weight_decay_end=0.4, total_steps=10), "weight_decay_end = 0.4 does nothing"),
+    (dict(name="adamw", weight_decay_end=0.4), "needs the run's total_steps"),
+    (dict(name="adamw", weight_decay_end=-1.0, total_steps=10), "weight_decay_end must be >= 0"),
+])
+def test_a_weight_decay_schedule_that_cannot_apply_is_refused(kwargs, message):
+    from keras_ssl.config import ConfigError
+
+    with pytest.raises(ConfigError, match=message):
+        build_optimizer(LR, **kwargs)
+
+
 REFUSED = [
     (name, option, value)
     for name in ("adam", "adamw", "lamb")
@@ -173,3 +214,58 @@ def test_a_gin_bound_momentum_is_refused_for_adam_but_the_default_is_not():
     with pytest.raises(ConfigError, match="momentum = 0.9 does nothing for the optimizer 'adam'"):
         build_optimizer(LR)
     config.parse_gin()
+
+
+def test_clip_by_global_norm_matches_the_formula():
+    from keras_ssl.cross_replica import clip_by_global_norm
+
+    rng = np.random.default_rng(0)
+    grads = [rng.normal(size=(3, 4)).astype(np.float32), None, rng.normal(size=5).astype(np.float32)]
+    norm = np.sqrt(sum((g ** 2).sum() for g in grads if g is not None))
+    for bound in (norm / 3, norm * 2):
+        clipped = clip_by_global_norm([None if g is None else tf.constant(g) for g in grads], bound)
+        assert clipped[1] is None
+        for got, g in zip((clipped[0], clipped[2]), (grads[0], grads[2])):
+            np.testing.assert_allclose(got, g * min(1.0, bound / norm), rtol=1e-6)
+
+
+def test_a_train_step_with_clipping_moves_the_weights_by_the_bound():
+    from keras_ssl.testing import build_tiny_method, tiny_examples
+
+    method = build_tiny_method("rotation")
+    examples = tiny_examples("rotation", 4)
+    batch = next(iter(method.make_dataset(examples, 4)))
+    method.compute_pretext_loss(batch, training=False)
+    method.compile(optimizer=build_optimizer(1.0, name="sgd", momentum=0.0, clip_global_norm=1e-3))
+    before = [v.numpy() for v in method.trainable_variables]
+    method.train_step(batch)
+    step = np.sqrt(sum(((v.numpy() - b) ** 2).sum() for v, b in zip(method.trainable_variables, before)))
+    assert step == pytest.approx(1e-3, rel=1e-3)
+
+
+@pytest.mark.slow
+def test_clipping_on_two_replicas_bounds_the_summed_gradient_as_on_one_device():
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from tests.helpers import HELPERS
+
+    result = subprocess.run([sys.executable, os.path.join(HELPERS, "clip_replicas.py")],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    assert report["norm"] > 1.0  # the gradient is clipped
+    for single, mirrored in zip(report["single"], report["mirrored"]):
+        np.testing.assert_allclose(mirrored, single, atol=1e-6)
+    # Keras' own global_clipnorm clips each replica's share: a larger step.
+    keras_norm = np.sqrt(sum((np.asarray(g) ** 2).sum() for g in report["keras_mirrored"]))
+    assert keras_norm > 1.2
+
+
+def test_a_clip_bound_that_is_not_positive_is_refused():
+    from keras_ssl.config import ConfigError
+
+    with pytest.raises(ConfigError, match="clip_global_norm must be > 0"):
+        build_optimizer(LR, clip_global_norm=0.0)

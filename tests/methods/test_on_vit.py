@@ -1,7 +1,8 @@
 """Every registered method trains on the tiny ViT (`keras_ssl.testing.TINY_VIT`).
 
-The same public checks as on the tiny ResNet: the gradient of the pretext
-loss reaches every kernel of the ViT, and one step changes each of them.
+The public check of the tiny ResNet's contract: one training step of the
+pretext loss changes every kernel of the ViT (which has no weight decay, so
+only the loss's gradient can move them).
 The methods that read a map end-point named for a ResNet (`block4`) are
 pointed at the ViT's last block; without that they are refused when built,
 naming the end-points the ViT has.
@@ -11,9 +12,9 @@ import pytest
 
 from keras_ssl.registry import METHODS
 from keras_ssl.testing import (
-    TINY_VIT, build_tiny_method, check_gradients, check_replicas, check_training_step,
-    tiny_backbone,
+    TINY_VIT, build_tiny_method, check_training_step, replica_reports, tiny_backbone,
 )
+from keras_ssl.testing.replicas import assert_replica_report, assert_xla_report
 
 LAST_BLOCK = f"block{TINY_VIT['depth']}"
 # The map end-points these methods read, bound to the ViT's.
@@ -22,16 +23,13 @@ ON_VIT = {
     "colorization": {"endpoint": LAST_BLOCK},
     "split_brain": {"endpoint": LAST_BLOCK},
 }
-# The view-based methods: the ones the field trains on ViTs.
-VIEW_METHODS = ("simclr", "moco", "npid", "byol", "simsiam", "barlow_twins", "vicreg", "dino",
-                "swav")
+# Checked on two replicas and lowered to XLA on the ViT, in one process.
+ON_VIT_REPLICAS = {"simclr": {}, "dino": {}, "moco_v3": {"freeze_patch_embedding": True}}
 
 
 @pytest.mark.parametrize("name", METHODS.names())
 def test_every_method_trains_every_vit_kernel(name):
-    settings = ON_VIT.get(name, {})
-    check_gradients(name, family="vit", **settings)
-    check_training_step(name, family="vit", **settings)
+    check_training_step(name, family="vit", **ON_VIT.get(name, {}))
 
 
 @pytest.mark.parametrize("name", sorted(ON_VIT))
@@ -46,7 +44,15 @@ def test_moco_shuffled_batch_norm_is_refused_on_a_vit():
         build_tiny_method("moco", backbone=tiny_backbone("vit"), shuffle_bn_groups=2)
 
 
+@pytest.fixture(scope="module")
+def vit_replica_reports():
+    return replica_reports(list(ON_VIT_REPLICAS), "all", processes=1, settings=ON_VIT_REPLICAS,
+                           family="vit")
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("name", ["simclr", "dino"])
-def test_two_replicas_train_a_vit_like_one_device_and_the_step_lowers_to_xla(name):
-    check_replicas(name, family="vit")
+@pytest.mark.parametrize("name", sorted(ON_VIT_REPLICAS))
+def test_two_replicas_train_a_vit_like_one_device_and_the_step_lowers_to_xla(
+        vit_replica_reports, name):
+    assert_replica_report(name, vit_replica_reports[name]["replicas"])
+    assert_xla_report(name, vit_replica_reports[name]["xla"])

@@ -164,7 +164,7 @@ def test_masked_patches_become_the_mask_token_at_their_position():
 
 
 @pytest.mark.parametrize("kwargs, message", [
-    (dict(image_size=30), "image side 30 is not a multiple of the patch size 4"),
+    (dict(image_size=30), "input side of 30 px is not a multiple of the patch size 4"),
     (dict(pooling="max"), "unknown pooling 'max'"),
     (dict(depth=0), "depth must be a positive integer"),
     (dict(num_registers=-1), "num_registers must be >= 0"),
@@ -175,7 +175,9 @@ def test_bad_arguments_name_the_problem(kwargs, message):
 
 
 def test_an_image_the_patch_does_not_divide_is_refused_with_the_fix():
-    with pytest.raises(ValueError, match=r"image side 18 .* resize the images \(e.g. --image_size 16\)"):
+    from keras_ssl.backbones import BackboneInputError
+
+    with pytest.raises(BackboneInputError, match=r"side of 18 px .* keras_ssl.train.image_size, e.g. 16"):
         _vit()(_images(18))
 
 

@@ -114,6 +114,14 @@ def _cases(tmp, toy_savedmodel, trained_run):
              "--gin_bindings=keras_ssl.build_method.method = 'moco'",
              "--gin_bindings=moco.queue_sizee = 3"],
             ["keras-ssl-train:", "moco.queue_sizee", "'queue_size'"]),
+        "train a ViT whose patch does not divide the images": (
+            "keras-ssl-train",
+            [f"--model_dir={tmp / 'vit_run'}",
+             "--gin_file=gin_configs/moco_v3/synthetic_shapes_vit.gin",
+             "--gin_bindings=vit.widening_factor = 1", "--gin_bindings=vit.depth = 1",
+             "--gin_bindings=vit.patch_size = 5", "--gin_bindings=vit.image_size = 30"],
+            ["keras-ssl-train:", "input side of 32 px is not a multiple of the patch size 5",
+             "keras_ssl.train.image_size, e.g. 30"]),
         "train with a missing gin file": (
             "keras-ssl-train", [f"--model_dir={tmp / 'run'}", f"--gin_file={tmp / 'nothing.gin'}"],
             ["keras-ssl-train:", str(tmp / "nothing.gin"), "does not exist"]),
@@ -156,3 +164,4 @@ def test_train_refuses_a_misspelled_binding_before_writing_anything(answers, wor
     tmp, _ = workspace
     assert answers["train with a misspelled method parameter"][0].returncode != 0
     assert not (tmp / "misspelled_run").exists()
+    assert not (tmp / "vit_run").exists()

@@ -23,8 +23,8 @@ from keras_ssl.normalization import BatchNormalization
 def uses_synchronized_bn(model: keras.Model) -> bool:
     """Whether any batch norm of `model` computes statistics across replicas.
 
-    A backbone without batch norm (`vit`) says what its heads' should do in
-    its spec's `synchronized_bn`.
+    A backbone without batch norm (`vit`) says in its spec's `synchronized_bn`
+    what the batch norm of the heads on it should do.
     """
     return (any(getattr(layer, "synchronized", False) for layer in model._flatten_layers())
             or bool(backbone_spec(model).get("synchronized_bn", False)))

@@ -15,7 +15,9 @@ Sections (``--sections``, comma-separated, default all):
   (`benchmarks/eval_solvers.py`);
 - ``extraction``: all end-points in one pass against one pass per end-point
   (`keras_ssl_eval`), on that SavedModel;
-- ``export``: the time to export a checkpoint and the SavedModel's size.
+- ``export``: the time to export a checkpoint and the SavedModel's size;
+- ``vit``: a ViT-S/16 training step at 224 px against the same network built
+  from Keras' own layers (`benchmarks/vit_speed.py`).
 
 Writes ``summary.json`` and ``summary.md`` to ``--output`` (default
 ``benchmarks/results``); the markdown records the command. ``--quick`` sizes
@@ -40,7 +42,7 @@ import sys
 import tempfile
 import time
 
-SECTIONS = ("methods", "augmentation", "probe", "extraction", "export")
+SECTIONS = ("methods", "augmentation", "probe", "extraction", "export", "vit")
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -58,6 +60,17 @@ def methods_section(args, workdir):
         f"--steps={args.steps}", f"--repeats={args.repeats}", f"--output_dir={out}",
     ])
     with open(os.path.join(out, "methods_throughput.json")) as f:
+        return json.load(f)
+
+
+def vit_section(args, workdir):
+    """Runs vit_speed.py (ViT-S/16 at 224 px against plain Keras); returns its result."""
+    from benchmarks import vit_speed
+
+    out = os.path.join(workdir, "vit")
+    vit_speed.main([f"--batch_size={4 if args.quick else 8}", f"--steps={args.steps}",
+                    f"--repeats={args.repeats}", f"--output_dir={out}"])
+    with open(os.path.join(out, "vit_speed.json")) as f:
         return json.load(f)
 
 
@@ -217,6 +230,11 @@ def markdown(result) -> str:
                   f"config, SavedModel with both signatures): {e['seconds']:.1f} s; SavedModel "
                   f"{e['saved_model_bytes'] / 2**20:.2f} MiB, of which variables "
                   f"{e['variables_bytes'] / 2**20:.2f} MiB.", ""]
+    if "vit" in sections:
+        from benchmarks import vit_speed
+
+        lines += ["## ViT-S/16 training step against the same network in plain Keras", "",
+                  vit_speed.markdown(sections["vit"])]
     for note in result.get("notes", []):
         lines.append(f"Note: {note}")
     return "\n".join(lines).rstrip() + "\n"
@@ -292,6 +310,9 @@ def main(argv=None):
         if "augmentation" in sections:
             _log("augmentation")
             result["sections"]["augmentation"] = augmentation_section(args)
+        if "vit" in sections:
+            _log("vit")
+            result["sections"]["vit"] = vit_section(args, workdir)
         result["seconds"] = time.perf_counter() - started
     text = markdown(result)
     if args.output:

@@ -63,6 +63,24 @@ def _time(step, batch, warmup, steps):
     return time.perf_counter() - start
 
 
+def markdown(result) -> str:
+    """The measurement's setting and its table, as `vit_speed.md` holds them."""
+    rate, params = result["images_per_second"], result["parameters"]
+    return "\n".join([
+        f"{result['model']}; {result['machine']} ({result['cpus']} logical CPUs, "
+        f"{', '.join(result['devices'])}), TensorFlow {result['tensorflow']}, Keras "
+        f"{result['keras']}; batch {result['batch_size']}, {result['steps']} timed steps per "
+        f"round, {result['repeats']} alternating rounds{', XLA' if result['jit_compile'] else ''}.",
+        "",
+        "| network | parameters | images/s (median) | keras-ssl / plain (median, min-max) |",
+        "| --- | ---: | ---: | ---: |",
+        f"| keras_ssl `vit` | {params['keras_ssl']:,} | {rate['keras_ssl']:.2f} | "
+        f"{result['ratio_median']:.2f} ({result['ratio_min']:.2f}-{result['ratio_max']:.2f}) |",
+        f"| plain Keras | {params['plain_keras']:,} | {rate['plain_keras']:.2f} | 1 |",
+        "",
+    ])
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--widening_factor", type=int, default=6, help="heads (6: ViT-S)")
@@ -129,22 +147,7 @@ def main(argv=None):
         ratio_median=float(np.median(ratios)), ratio_min=float(np.min(ratios)),
         ratio_max=float(np.max(ratios)),
     )
-    table = "\n".join([
-        f"{result['model']}; {result['machine']} ({result['cpus']} logical CPUs, "
-        f"{', '.join(result['devices'])}), TensorFlow {result['tensorflow']}, Keras "
-        f"{result['keras']}; batch {args.batch_size}, {args.steps} timed steps after "
-        f"{args.warmup} of warm-up, {args.repeats} alternating rounds"
-        f"{', XLA' if args.jit_compile else ''}.",
-        "",
-        "| network | parameters | images/s (median) | keras-ssl / plain (median, min-max) |",
-        "| --- | ---: | ---: | ---: |",
-        f"| keras_ssl `vit` | {result['parameters']['keras_ssl']:,} | "
-        f"{result['images_per_second']['keras_ssl']:.2f} | {result['ratio_median']:.2f} "
-        f"({result['ratio_min']:.2f}-{result['ratio_max']:.2f}) |",
-        f"| plain Keras | {result['parameters']['plain_keras']:,} | "
-        f"{result['images_per_second']['plain_keras']:.2f} | 1 |",
-        "",
-    ])
+    table = markdown(result)
     os.makedirs(args.output_dir, exist_ok=True)
     with open(os.path.join(args.output_dir, "vit_speed.json"), "w") as f:
         json.dump(result, f, indent=2)

@@ -7,9 +7,10 @@
 
 The widening factor k is the number of 64-d attention heads, so the width is
 64 k: k = 3, 6, 12 are ViT-Tiny, -Small and -Base (192, 384, 768 wide, depth
-12, MLP ratio 4; gin_configs/backbones/vit_{tiny,small,base}.gin bind them). Position embeddings are learned for the
-patch grid of `image_size` and resized (bicubic) to any other grid, so the
-same network takes DINO's 96-px local crops and its 224-px global views.
+12, MLP ratio 4; gin_configs/backbones/vit_{tiny,small,base}.gin bind them).
+Position embeddings are learned for the patch grid of `image_size` and
+resized (bicubic) to any other grid, so the same network takes DINO's 96-px
+local crops and its 224-px global views.
 The class token has its own position embedding; registers (Darcet et al.
 2024) have none and are dropped from every output.
 

@@ -28,7 +28,7 @@ def shares():
 
 
 def main():
-    one, mirrored = strategies()
+    mirrored = strategies()[1]
     full = shares()
     totals = [x.sum(axis=0) for x in full]
     single = [g.numpy() for g in cross_replica.clip_by_global_norm(
@@ -61,7 +61,6 @@ def main():
         "keras_mirrored": [(-v.numpy()).tolist() for v in variables],
         "norm": float(np.sqrt(sum((t ** 2).sum() for t in totals))),
     }))
-    del one
 
 
 if __name__ == "__main__":

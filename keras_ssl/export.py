@@ -127,6 +127,7 @@ def export_backbone(
         name: [None] + list(value.shape[1:])
         for name, value in net(probe, False).items()
     }
+    trainable = list(backbone.trainable_variables)
     full_metadata = {
         "format": FORMAT,
         "library_version": keras_ssl.__version__,
@@ -136,6 +137,9 @@ def export_backbone(
         "input_form": "image",
         "endpoints": endpoint_names,
         "endpoint_shapes_at_input_size": shapes,
+        "trainable_variable_paths": [variable.path for variable in trainable],
+        "trainable_variable_endpoints": first_endpoints(
+            lambda images: net(images, False), probe, trainable, endpoint_names),
         **metadata,
     }
 
@@ -153,7 +157,7 @@ def export_backbone(
         root.__call__ = call
         root.end_points = end_points
         root.variables = list(backbone.variables)
-        root.trainable_variables = list(backbone.trainable_variables)
+        root.trainable_variables = trainable
         root.regularization_losses = []
         root.metadata_file = tf.saved_model.Asset(metadata_path)
         for attribute, trackable in (extra_objects or {}).items():
@@ -164,6 +168,37 @@ def export_backbone(
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return export_dir
+
+
+def first_endpoints(net, images, variables, endpoint_names) -> list:
+    """For each variable, the first end-point (in network order) whose value depends on it.
+
+    Layer-wise learning-rate decay (BEiT; the utility protocol's
+    `finetune_layer_decay`) scales a variable's rate by how far below the
+    head it sits; this is that position, for any family, found by which
+    end-points have a gradient with respect to it.
+
+    Args:
+      net: `images -> {end-point: tensor}`.
+      images: A probe batch.
+      variables: The variables to place.
+      endpoint_names: End-point names in network order.
+
+    Returns:
+      One end-point name per variable, or None for a variable no end-point
+      reads (a ViT's mask token outside masked training).
+    """
+    with tf.GradientTape(persistent=True) as tape:
+        outputs = net(images)
+        sums = {name: tf.reduce_sum(outputs[name]) for name in endpoint_names}
+    first = [None] * len(variables)
+    for name in endpoint_names:
+        gradients = tape.gradient(sums[name], variables)
+        for i, gradient in enumerate(gradients):
+            if first[i] is None and gradient is not None:
+                first[i] = name
+    del tape
+    return first
 
 
 def _replace_dir(source: str, destination: str) -> None:

@@ -371,6 +371,12 @@ def train(
         _bound_method_name(), mixed_precision, train_steps, steps_per_loop, checkpoint_interval
     )
     monitor_settings = knn_monitor()
+    if monitor_settings and monitor_settings["every_steps"] < 1:
+        raise TrainingConfigError(
+            f"keras_ssl.knn_monitor.every_steps = {monitor_settings['every_steps']} is not a step "
+            f"count; give a positive multiple of keras_ssl.train.steps_per_loop ({steps_per_loop}), "
+            f"or None to turn the monitor off."
+        )
     if monitor_settings and monitor_settings["every_steps"] % steps_per_loop:
         raise TrainingConfigError(
             f"keras_ssl.knn_monitor.every_steps ({monitor_settings['every_steps']}) must be a "

@@ -215,6 +215,8 @@ class UtilitySettings:
         budgets: Label budgets n.
         finetune_steps, finetune_batch_size, finetune_learning_rate: Fine-tuning
             (SGD with momentum 0.9) per budget.
+        finetune_layer_decay: Layer-wise learning-rate decay in (0, 1] (1: off;
+            see `keras_ssl_eval.probes.finetune`).
         task: One of `UTILITY_TASKS`: ``"classification"`` (accuracy of a linear
             classifier on the pre-logits) or ``"segmentation"`` (mean IoU of a
             per-pixel linear classifier on `layer`; needs a dataset with
@@ -228,6 +230,10 @@ class UtilitySettings:
     finetune_steps: int = setting(100, "utility: steps per budget.", lower=1)
     finetune_batch_size: int = setting(32, "utility: batch size.", lower=1)
     finetune_learning_rate: float = setting(0.01, "utility: SGD learning rate.")
+    finetune_layer_decay: float = setting(
+        1.0, "utility: layer-wise learning-rate decay d (BEiT): a backbone variable learns at "
+        "d**k times the head's rate, k end-points below the head; 1 turns it off.",
+        lower=0.0, upper=1.0)
     task: str = setting(
         "classification", "utility: the fine-tuning task: classification (accuracy, linear "
         "head on the pre-logits) or segmentation (mean IoU, per-pixel linear head on "
@@ -239,6 +245,9 @@ class UtilitySettings:
 
     def __post_init__(self):
         _tuple(self, "budgets")
+        if not 0.0 < self.finetune_layer_decay <= 1.0:
+            raise ValueError(f"finetune_layer_decay = {self.finetune_layer_decay} is outside "
+                             f"(0, 1]; 1 turns layer-wise decay off.")
         if self.task not in UTILITY_TASKS:
             raise ValueError(f"Unknown utility task {self.task!r}; use one of {UTILITY_TASKS}.")
 

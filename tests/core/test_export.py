@@ -131,3 +131,66 @@ def test_export_is_atomic(tmp_path, monkeypatch):
     assert sorted(os.listdir(tmp_path)) == ["model"]
     with open(destination / contract.METADATA_PATH) as f:
         assert json.load(f)["name"] == "first"
+
+
+@pytest.mark.parametrize("family, first_endpoint", [
+    ("vit", {"patch_embedding": "block1", "tokens": "block1", "block1_transformer": "block1",
+             "block2_transformer": "block2", "encoder_norm": "pre_logits"}),
+    ("resnet_v2", {"root_conv": "after_root", "block1_unit1_conv1": "block1",
+                   "block4_unit1_conv2": "block4", "final_bn": "block4"}),
+])
+def test_export_places_every_trainable_variable_at_the_first_end_point_it_feeds(
+        family, first_endpoint, tmp_path):
+    backbone = tiny_backbone(family)
+    path = export.export_backbone(backbone, str(tmp_path / "model"), {}, image_size=16)
+    with open(os.path.join(path, contract.METADATA_PATH)) as f:
+        metadata = json.load(f)
+    paths = metadata["trainable_variable_paths"]
+    assert paths == [v.path for v in backbone.trainable_variables]
+    placed = dict(zip(paths, metadata["trainable_variable_endpoints"]))
+    for layer, endpoint in first_endpoint.items():
+        found = {placed[p] for p in paths if p.split("/")[0] == layer}
+        assert found == {endpoint}, (layer, found)
+
+
+def test_layer_decay_scales_each_blocks_update_by_its_depth_below_the_head(tmp_path):
+    """Two SGD steps from the export, decay 0.5 against none: the head is zero at the
+    first step, so the backbone moves once, by rate x the same gradient."""
+    from keras_ssl_eval.probes.finetune import FineTuner
+
+    path = export.export_backbone(tiny_backbone("vit"), str(tmp_path / "vit"), {}, image_size=16)
+    rng = np.random.default_rng(0)
+    images = rng.uniform(size=[8, 16, 16, 3]).astype(np.float32)
+    labels = np.array([0, 1] * 4)
+    moved = {}
+    for decay in (1.0, 0.5):
+        tuner = FineTuner(path, 2, steps=2, batch_size=8, learning_rate=0.1, layer_decay=decay)
+        start = [v.numpy() for v in tuner.backbone_vars]
+        tuner._fit(images, labels)
+        moved[decay] = [v.numpy() - s for v, s in zip(tuner.backbone_vars, start)]
+    # pre_logits is end-point 3 of (block1, block2, pre_logits): block1's variables
+    # learn at 0.5 ** 2, block2's at 0.5, the final norm's at 1.
+    expected = {"block1": 0.25, "block2": 0.5, "pre_logits": 1.0}
+    with open(os.path.join(path, contract.METADATA_PATH)) as f:
+        metadata = json.load(f)
+    names, placed = metadata["trainable_variable_paths"], metadata["trainable_variable_endpoints"]
+    assert tuner.rate_scales() == [expected[p] for p in placed]
+    checked = 0
+    for name, endpoint, full, decayed in zip(names, placed, moved[1.0], moved[0.5]):
+        if np.abs(full).max() > 1e-6:
+            np.testing.assert_allclose(decayed, expected[endpoint] * full, rtol=1e-3,
+                                       atol=1e-7, err_msg=name)
+            checked += 1
+    assert checked >= len(names) // 2
+
+
+def test_layer_decay_is_refused_for_a_model_that_does_not_place_its_variables(tmp_path):
+    from keras_ssl_eval.probes.finetune import FineTuner
+    from keras_ssl_eval.testing import save_toy_savedmodel
+
+    path = save_toy_savedmodel(str(tmp_path / "toy"))
+    tuner = FineTuner(path, 2, layer_decay=0.65)
+    with pytest.raises(ValueError, match="trainable_variable_endpoints.*finetune_layer_decay = 1"):
+        tuner.rate_scales()
+    with pytest.raises(ValueError, match="outside \\(0, 1\\]"):
+        FineTuner(path, 2, layer_decay=0.0)

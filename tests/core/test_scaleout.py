@@ -127,13 +127,21 @@ def test_sigterm_checkpoints_the_current_step_and_the_restart_loses_nothing(
                                  os.path.join(model_dir, "ckpt-8")) == 0.0
 
 
+VIT_BINDINGS = {"keras_ssl.build_method.backbone": "'vit'", "vit.widening_factor": 1,
+                "vit.depth": 2, "vit.patch_size": 4, "vit.image_size": 16}
+
+
 @pytest.mark.slow
-def test_mixed_bfloat16_trains_and_exports_float32(data_dir, tmp_path):
+@pytest.mark.parametrize("family", ["resnet_v2", "vit"])
+def test_mixed_bfloat16_trains_and_exports_float32(data_dir, tmp_path, family):
+    from tests.helpers.tiny_run import tiny_run_bindings, tiny_shapes_name
     from keras_ssl.export import export_checkpoint
 
     model_dir = str(tmp_path / "bf16")
-    config.parse_gin(bindings=run_bindings(
-        data_dir, 2, **{"keras_ssl.train.mixed_precision": "'mixed_bfloat16'"}))
+    precision = {"keras_ssl.train.mixed_precision": "'mixed_bfloat16'"}
+    config.parse_gin(bindings=run_bindings(data_dir, 2, **precision) if family == "resnet_v2"
+                     else tiny_run_bindings(data_dir, tiny_shapes_name(), steps=2,
+                                            **precision, **VIT_BINDINGS))
     outputs = training.train(model_dir)
     assert np.isfinite(outputs["loss"])
     float32 = export_checkpoint(model_dir, 2, str(tmp_path / "float32_rebuild"))

@@ -10,7 +10,7 @@ from keras_ssl_eval.reporting import compare, report
 from keras_ssl_eval.protocols.evaluate import evaluate
 from keras_ssl_eval.probes.finetune import FineTuner, subset_indices
 from keras_ssl_eval.settings import (DataSettings, GridSettings, KnnSettings, LinearSettings,
-                                     LowShotSettings)
+                                     LowShotSettings, UtilitySettings)
 from keras_ssl_eval.testing import run_eval_main, save_toy_savedmodel, write_image_folder
 from tests.eval.test_statistics import wilson_reference
 
@@ -80,6 +80,26 @@ def test_finetuning_changes_the_backbone(workspace):
     assert 0.0 <= accuracy <= 1.0
     assert any(not np.allclose(b, v.numpy()) for b, v in zip(before, tuner.backbone_vars))
     tuner.accuracy(images, labels, images, labels)  # Reset to the export first.
+
+
+def test_layer_decay_factors_follow_the_end_point_order():
+    from keras_ssl_eval.probes.finetune import layer_decay_scales
+
+    metadata = {"endpoints": ["after_root", "block1", "block2", "pre_logits"],
+                "trainable_variable_endpoints": ["after_root", "block2", "pre_logits", None]}
+    assert layer_decay_scales(metadata, "m", 0.5) == [0.125, 0.5, 1.0, 1.0]
+    # Under a segmentation head on block1, what lies above it keeps the full rate.
+    assert layer_decay_scales(metadata, "m", 0.5, "block1") == [0.5, 1.0, 1.0, 1.0]
+
+
+def test_layer_decay_on_a_model_that_does_not_place_its_variables_is_refused_before_the_data(
+        workspace):
+    settings = UtilitySettings(scratch_model=workspace["models"][1], finetune_layer_decay=0.65)
+    with pytest.raises(ValueError, match="trainable_variable_endpoints"):
+        evaluate(workspace["models"][:1], "folder:/nonexistent/images", protocols=["utility"],
+                 utility=settings)
+    with pytest.raises(ValueError, match="outside \\(0, 1\\]"):
+        UtilitySettings(finetune_layer_decay=0.0)
 
 
 # --------------------------------------------------------------- protocols --

@@ -395,13 +395,18 @@ def test_training_reports_the_knn_monitor_in_the_progress_line(data_dir, tmp_pat
     assert 0.0 <= outputs["knn_accuracy"] <= 1.0
 
 
-def test_monitor_interval_must_fall_between_loops(data_dir, tmp_path):
+@pytest.mark.parametrize("every_steps, message", [
+    (3, "every_steps \\(3\\) must be a multiple"),
+    # 0 once passed the multiple check and divided by zero after the first loop.
+    (0, "every_steps = 0 is not a step count"),
+])
+def test_monitor_interval_must_fall_between_loops(data_dir, tmp_path, every_steps, message):
     from tests.helpers.tiny_run import tiny_run_bindings, tiny_shapes_name
     from keras_ssl import config, training
 
     config.parse_gin(bindings=tiny_run_bindings(
-        data_dir, tiny_shapes_name(), **{"keras_ssl.knn_monitor.every_steps": 3}))
-    with pytest.raises(training.TrainingConfigError, match="every_steps \\(3\\) must be a multiple"):
+        data_dir, tiny_shapes_name(), **{"keras_ssl.knn_monitor.every_steps": every_steps}))
+    with pytest.raises(training.TrainingConfigError, match=message):
         training.train(str(tmp_path / "run"))
     assert not os.path.exists(tmp_path / "run")
 

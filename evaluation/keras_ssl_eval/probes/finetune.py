@@ -9,6 +9,13 @@ classification (`FineTuner`: a linear classifier on the pre-logits, scored by
 accuracy) and semantic segmentation (`SegmentationFineTuner`: a per-pixel
 linear classifier on a feature map, upsampled to the image, scored by mean
 IoU). The backbone is reset to its exported weights before every budget.
+
+Layer-wise learning-rate decay (Bao et al.'s BEiT, used to fine-tune ViTs):
+with ``layer_decay = d < 1`` a backbone variable learns at ``d ** k`` times
+the head's rate, where k counts the end-points from the one it first feeds
+(metadata ``trainable_variable_endpoints``) up to the one under the head. On
+a 12-block ViT the final norm learns at the full rate, block 12 at d, and
+block 1 with the patch embedding at d ** 12.
 """
 
 from __future__ import annotations
@@ -19,11 +26,11 @@ import numpy as np
 import tensorflow as tf
 
 from keras_ssl_eval.contract import REPRESENTATION_SIGNATURE
-from keras_ssl_eval.reading.savedmodel import check_format_version
+from keras_ssl_eval.reading.savedmodel import read_metadata
 from keras_ssl_eval.settings import UtilitySettings
 
-__all__ = ["FineTuner", "SegmentationFineTuner", "finetune_curve", "load_arrays", "mean_iou",
-           "subset_indices"]
+__all__ = ["FineTuner", "SegmentationFineTuner", "finetune_curve", "layer_decay_scales",
+           "load_arrays", "mean_iou", "subset_indices"]
 
 _log = logging.getLogger(__name__)
 
@@ -48,6 +55,44 @@ def subset_indices(labels, n: int, seed: int) -> np.ndarray:
     return np.sort(np.concatenate([np.asarray(first, np.int64), rest]).astype(np.int64))
 
 
+def layer_decay_scales(metadata: dict, path: str, decay: float,
+                       head_endpoint: str = "pre_logits") -> list[float]:
+    """Layer-wise learning-rate factors of a model's trainable variables, from its metadata.
+
+    Args:
+        metadata: The model's metadata (`read_metadata`).
+        path: The model's directory, for the message.
+        decay: d in (0, 1].
+        head_endpoint: The end-point under the head.
+
+    Returns:
+        One factor per trainable variable: ``decay ** k``, k the end-points from
+        the variable's first (``trainable_variable_endpoints``) to
+        `head_endpoint` (0 at or above it).
+
+    Raises:
+        ValueError: the metadata does not place the variables, or lacks `head_endpoint`.
+
+    Example:
+        >>> layer_decay_scales({"endpoints": ["block1", "block2", "pre_logits"],
+        ...                     "trainable_variable_endpoints": ["block1", "pre_logits"]},
+        ...                    "/models/vit", 0.5)
+        [0.25, 1.0]
+    """
+    placed = metadata.get("trainable_variable_endpoints")
+    order = list(metadata.get("endpoints") or [])
+    if placed is None or head_endpoint not in order:
+        raise ValueError(
+            f"SavedModel {path!r} does not say which end-point each trainable variable feeds "
+            f"(metadata trainable_variable_endpoints, contract 1.1), so layer-wise decay cannot "
+            f"place them: re-export it with keras-ssl-export, or fine-tune with "
+            f"finetune_layer_decay = 1.")
+    top = order.index(head_endpoint)
+    # A variable no end-point reads gets no gradient: its factor does not matter.
+    return [decay ** max(top - order.index(name), 0) if name in order else 1.0
+            for name in placed]
+
+
 class FineTuner:
     """Fine-tunes one SavedModel with a linear classifier on the pre-logits.
 
@@ -59,6 +104,8 @@ class FineTuner:
         batch_size: Images per step (at most the budget).
         learning_rate: SGD learning rate.
         momentum: SGD momentum.
+        layer_decay: Layer-wise learning-rate decay d in (0, 1] (1: one rate for all;
+            below 1 it needs the metadata's ``trainable_variable_endpoints``).
         seed: Seed of the head, batches and subsets.
 
     Example:
@@ -72,8 +119,11 @@ class FineTuner:
                  steps: int = UtilitySettings.finetune_steps,
                  batch_size: int = UtilitySettings.finetune_batch_size,
                  learning_rate: float = UtilitySettings.finetune_learning_rate,
-                 momentum: float = 0.9, seed: int = 0):
-        check_format_version(path)
+                 momentum: float = 0.9,
+                 layer_decay: float = UtilitySettings.finetune_layer_decay, seed: int = 0):
+        if not 0.0 < layer_decay <= 1.0:
+            raise ValueError(f"layer_decay = {layer_decay} is outside (0, 1]; 1 turns it off.")
+        self.metadata = read_metadata(path)
         self.model = tf.saved_model.load(path)
         if not hasattr(self.model, "trainable_variables"):
             raise ValueError(f"SavedModel {path!r} has no trainable_variables, so it cannot "
@@ -83,6 +133,19 @@ class FineTuner:
         self._initial = [v.numpy() for v in self.model.variables]
         self.num_classes, self.steps, self.batch_size = num_classes, steps, batch_size
         self.learning_rate, self.momentum, self.seed = learning_rate, momentum, seed
+        self.layer_decay = layer_decay
+
+    head_endpoint = "pre_logits"  # The end-point under the head.
+
+    def rate_scales(self) -> list[float]:
+        """Each backbone variable's learning rate relative to the head's (`layer_decay_scales`)."""
+        if self.layer_decay == 1.0:
+            return [1.0] * len(self.backbone_vars)
+        scales = layer_decay_scales(self.metadata, self.path, self.layer_decay, self.head_endpoint)
+        if len(scales) != len(self.backbone_vars):
+            raise ValueError(f"SavedModel {self.path!r} places {len(scales)} trainable variables "
+                             f"in its metadata but has {len(self.backbone_vars)}: re-export it.")
+        return scales
 
     # The task: features of the backbone, a zero-initialised linear head on them, a loss.
     def _features(self, images, training):
@@ -100,6 +163,7 @@ class FineTuner:
         self.kernel = tf.Variable(tf.zeros([dim, self.num_classes]))
         self.bias = tf.Variable(tf.zeros([self.num_classes]))
         variables = self.backbone_vars + [self.kernel, self.bias]
+        rates = [self.learning_rate * scale for scale in self.rate_scales() + [1.0, 1.0]]
         velocity = [tf.Variable(tf.zeros_like(v)) for v in variables]
 
         @tf.function
@@ -109,10 +173,10 @@ class FineTuner:
                 loss = tf.reduce_mean(
                     tf.nn.sparse_softmax_cross_entropy_with_logits(batch_targets, logits))
             grads = tape.gradient(loss, variables)
-            for var, vel, grad in zip(variables, velocity, grads):
+            for var, vel, grad, rate in zip(variables, velocity, grads, rates):
                 if grad is not None:
                     vel.assign(self.momentum * vel + grad)
-                    var.assign_sub(self.learning_rate * vel)
+                    var.assign_sub(rate * vel)
             return loss
 
         rng = np.random.default_rng(self.seed)
@@ -202,7 +266,7 @@ class SegmentationFineTuner(FineTuner):
 
     def __init__(self, path: str, num_classes: int, layer: str, **kwargs):
         super().__init__(path, num_classes, **kwargs)
-        self.layer = layer
+        self.layer = self.head_endpoint = layer
         self._end_points = getattr(self.model, "end_points", None)
         if self._end_points is None:
             if REPRESENTATION_SIGNATURE not in self.model.signatures:
@@ -292,7 +356,7 @@ def finetune_curve(path: str, images, labels, test_images, test_labels, budgets,
         budgets: Label budgets n (each at most the pool size).
         seed: Seed of the subsets (the same n images for every model) and the tuner.
         **tuning: `FineTuner` settings (``steps``, ``batch_size``, ``learning_rate``,
-            ``momentum``).
+            ``momentum``, ``layer_decay``).
 
     Returns:
         One accuracy per budget.
@@ -320,7 +384,7 @@ def segmentation_curve(path: str, images, labels, class_maps, test_images, test_
         num_classes: Pixel classes, background included.
         seed: Seed of the subsets (the same n images for every model) and the tuner.
         **tuning: `FineTuner` settings (``steps``, ``batch_size``, ``learning_rate``,
-            ``momentum``).
+            ``momentum``, ``layer_decay``).
 
     Returns:
         One mean IoU per budget.

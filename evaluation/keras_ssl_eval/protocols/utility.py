@@ -30,9 +30,10 @@ import os
 
 import numpy as np
 
-from keras_ssl_eval.probes.finetune import (default_dense_layer, finetune_curve, load_arrays,
-                                            segmentation_curve)
+from keras_ssl_eval.probes.finetune import (default_dense_layer, finetune_curve,
+                                            layer_decay_scales, load_arrays, segmentation_curve)
 from keras_ssl_eval.protocols.base import ModelInput, Protocol, register, result_row
+from keras_ssl_eval.reading.savedmodel import read_metadata
 from keras_ssl_eval.reporting.tables import count_note, format_accuracy, table, union
 from keras_ssl_eval.settings import UtilitySettings
 from keras_ssl_eval.statistics import accuracy_interval
@@ -155,6 +156,11 @@ class UtilityProtocol(Protocol):
             raise ValueError(f"The utility protocol fine-tunes image models; {path!r} is "
                              f"patch-based.")
         dense = settings.task == "segmentation"
+        if settings.finetune_layer_decay != 1.0:  # refused before the data is read
+            for metadata, where in ((model.metadata, path),
+                                    (read_metadata(settings.scratch_model), settings.scratch_model)):
+                layer_decay_scales(metadata, where, settings.finetune_layer_decay,
+                                   settings.layer or "pre_logits")
         limits = {common.train_split: common.max_train_examples,
                   common.test_split: common.max_test_examples}
         arrays = [load_arrays(data.dataset, split, model.input_size, data_dir=common.data_dir,
@@ -162,7 +168,8 @@ class UtilityProtocol(Protocol):
                   for split in (common.train_split, common.test_split)]
         usable = [int(n) for n in settings.budgets if n <= len(arrays[0][1])]
         tune = dict(steps=settings.finetune_steps, batch_size=settings.finetune_batch_size,
-                    learning_rate=settings.finetune_learning_rate, seed=common.seed)
+                    learning_rate=settings.finetune_learning_rate,
+                    layer_decay=settings.finetune_layer_decay, seed=common.seed)
         if dense:
             (images, labels, maps), (test_images, _, test_maps) = arrays
             layer = settings.layer or default_dense_layer(

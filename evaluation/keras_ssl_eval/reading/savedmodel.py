@@ -24,7 +24,7 @@ from keras_ssl_eval.contract import (FORMAT_NAME, FORMAT_VERSION, METADATA_PATH,
 from keras_ssl_eval.extraction.patches import cut_patches, patch_spec_from_metadata
 from keras_ssl_eval.extraction.pooling import MAX_FEATURE_VALUES, flatten_features
 
-__all__ = ["RepresentationModel", "check_format_version", "load_representation_model"]
+__all__ = ["RepresentationModel", "load_representation_model", "read_metadata"]
 
 _CONTRACT = (f"docs/savedmodel_contract.md: signature {REPRESENTATION_SIGNATURE!r} maps float32 "
              "images [batch, height, width, 3] in [0, 1] to a dict of named end-points "
@@ -75,22 +75,27 @@ def _check_format(metadata, path):
                          f"reads {supported} only: {fix}.")
 
 
-def check_format_version(path: str) -> None:
-    """Refuses a SavedModel whose metadata has a contract version this reader cannot read.
+def read_metadata(path: str) -> dict:
+    """The metadata of a SavedModel ({} when it has none), its contract version checked.
 
-    For readers that load the SavedModel themselves (fine-tuning); a model
-    without metadata passes.
+    For readers that load the SavedModel themselves (fine-tuning).
 
     Args:
         path: The SavedModel directory (local or any `tf.io.gfile` path).
+
+    Returns:
+        The contents of ``assets/keras_ssl.json``, or {}.
 
     Raises:
         ValueError: As `load_representation_model`, for the ``format``.
     """
     file = os.path.join(path, METADATA_PATH)
-    if tf.io.gfile.exists(file):
-        with tf.io.gfile.GFile(file) as f:
-            _check_format(json.load(f), path)
+    if not tf.io.gfile.exists(file):
+        return {}
+    with tf.io.gfile.GFile(file) as f:
+        metadata = json.load(f)
+    _check_format(metadata, path)
+    return metadata
 
 
 class RepresentationModel:
@@ -116,8 +121,11 @@ class RepresentationModel:
         self.path = path
         # Metadata first: a model of an unknown contract version is refused
         # before the (slow) load, whose errors would hide the real cause.
-        self.metadata = self._read_metadata(path)
-        _check_format(self.metadata, path)
+        self.metadata = read_metadata(path)
+        if not self.metadata:
+            _log.warning("SavedModel %s has no %s; evaluating it without metadata "
+                         "(model name from the directory, input size from the signature).",
+                         path, METADATA_PATH)
         self._loaded = tf.saved_model.load(path)
         signatures = dict(self._loaded.signatures)
         if REPRESENTATION_SIGNATURE not in signatures:
@@ -163,17 +171,6 @@ class RepresentationModel:
             n = self.patch_spec.num_patches
             outputs = {k: v.reshape(-1, n, *v.shape[1:]).mean(axis=1) for k, v in outputs.items()}
         return outputs
-
-    @staticmethod
-    def _read_metadata(path):
-        file = os.path.join(path, METADATA_PATH)
-        if not tf.io.gfile.exists(file):
-            _log.warning("SavedModel %s has no %s; evaluating it without metadata "
-                         "(model name from the directory, input size from the signature).",
-                         path, METADATA_PATH)
-            return {}
-        with tf.io.gfile.GFile(file) as f:
-            return json.load(f)
 
     def extract(self, data, layers=None, *, batch_size: int = 64,
                 with_labels: bool = False, max_values: int = MAX_FEATURE_VALUES,

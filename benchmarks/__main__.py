@@ -17,7 +17,10 @@ Sections (``--sections``, comma-separated, default all):
   (`keras_ssl_eval`), on that SavedModel;
 - ``export``: the time to export a checkpoint and the SavedModel's size;
 - ``vit``: a ViT-S/16 training step at 224 px against the same network built
-  from Keras' own layers (`benchmarks/vit_speed.py`).
+  from Keras' own layers (`benchmarks/vit_speed.py`);
+- ``mae``: MAE's training step on ViT-S/16 at 224 px with 75% of the patches
+  masked against the same step at mask ratio 0, and the encoder alone on the
+  visible patches against all of them (`benchmarks/mae_speed.py`).
 
 Writes ``summary.json`` and ``summary.md`` to ``--output`` (default
 ``benchmarks/results``); the markdown records the command. ``--quick`` sizes
@@ -42,7 +45,7 @@ import sys
 import tempfile
 import time
 
-SECTIONS = ("methods", "augmentation", "probe", "extraction", "export", "vit")
+SECTIONS = ("methods", "augmentation", "probe", "extraction", "export", "vit", "mae")
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -71,6 +74,18 @@ def vit_section(args, workdir):
     vit_speed.main([f"--batch_size={4 if args.quick else 8}", f"--steps={args.steps}",
                     f"--repeats={args.repeats}", f"--output_dir={out}"])
     with open(os.path.join(out, "vit_speed.json")) as f:
+        return json.load(f)
+
+
+def mae_section(args, workdir):
+    """Runs mae_speed.py (ViT-S/16 at 224 px, 75% masked against none); returns its result."""
+    from benchmarks import mae_speed
+
+    out = os.path.join(workdir, "mae")
+    mae_speed.main([f"--batch_size={4 if args.quick else 8}", f"--steps={args.steps}",
+                    f"--repeats={args.repeats}", f"--output_dir={out}",
+                    *(["--decoders=4x256"] if args.quick else [])])
+    with open(os.path.join(out, "mae_speed.json")) as f:
         return json.load(f)
 
 
@@ -235,6 +250,11 @@ def markdown(result) -> str:
 
         lines += ["## ViT-S/16 training step against the same network in plain Keras", "",
                   vit_speed.markdown(sections["vit"])]
+    if "mae" in sections:
+        from benchmarks import mae_speed
+
+        lines += ["## MAE: the step with 75% of the patches masked against none", "",
+                  mae_speed.markdown(sections["mae"])]
     for note in result.get("notes", []):
         lines.append(f"Note: {note}")
     return "\n".join(lines).rstrip() + "\n"
@@ -313,6 +333,9 @@ def main(argv=None):
         if "vit" in sections:
             _log("vit")
             result["sections"]["vit"] = vit_section(args, workdir)
+        if "mae" in sections:
+            _log("mae")
+            result["sections"]["mae"] = mae_section(args, workdir)
         result["seconds"] = time.perf_counter() - started
     text = markdown(result)
     if args.output:

@@ -112,6 +112,34 @@ def check_pretext_outputs(method, outputs):
     return loss, metrics
 
 
+class BackboneMismatchError(ValueError):
+    """A method was given a backbone other than its `required_backbone`."""
+
+
+def check_required_backbone(method_cls, backbone) -> None:
+    """Refuses `backbone` unless its spec has every value of `method_cls.required_backbone`.
+
+    Raises:
+      BackboneMismatchError: one line naming the method, what it needs, what
+        it got and the gin binding that fixes it.
+    """
+    from keras_ssl.backbones import backbone_spec
+
+    required = method_cls.required_backbone or {}
+    spec = backbone_spec(backbone)
+    wrong = {key: value for key, value in required.items() if spec.get(key) != value}
+    if not wrong:
+        return
+    name = getattr(method_cls, "registry_name", None) or method_cls.__name__
+    family = required.get("family", spec.get("family"))
+    fixes = [f"keras_ssl.build_method.backbone = '{family}'"] if "family" in wrong else []
+    fixes += [f"{family}.{key} = {value!r}" for key, value in wrong.items() if key != "family"]
+    got = ", ".join(f"{key}={spec.get(key)!r}" for key in wrong)
+    raise BackboneMismatchError(
+        f"{name} needs a backbone with {', '.join(f'{k}={v!r}' for k, v in required.items())}; "
+        f"{backbone.name!r} has {got}. Bind {' and '.join(fixes)}.")
+
+
 class Method(keras.Model):
     """Base class of self-supervised methods.
 
@@ -129,9 +157,15 @@ class Method(keras.Model):
         which `training_progress` and the momentum schedules follow.
       supports_mixed_precision: False in a subclass that cannot train under a
         mixed float16/bfloat16 policy; training then refuses such a policy.
+      required_backbone: None (any backbone), or the backbone spec values the
+        method needs, e.g. `{"family": "vit", "mask_token": True}` for a
+        method that masks patch tokens; the constructor refuses any other
+        backbone in one line naming the binding, and `keras_ssl.testing`
+        builds its tiny backbone to match.
     """
 
     supports_mixed_precision = True
+    required_backbone: dict | None = None
     #: Set by training (`keras_ssl.train.augment_on_device`): `make_dataset`
     #: leaves the views un-augmented, with their parameters, and `train_step`
     #: applies them to the batch on the device (`keras_ssl.augment.deferred`).
@@ -139,6 +173,7 @@ class Method(keras.Model):
 
     def __init__(self, backbone: keras.Model, augmentation="none", **kwargs):
         super().__init__(**kwargs)
+        check_required_backbone(type(self), backbone)
         self.seed = 0
         self.train_steps = None
         # (source, copy) pairs of `momentum_copy`, kept off Keras' tracking so the
@@ -340,6 +375,11 @@ class Method(keras.Model):
         """
         copy = keras.models.clone_model(network)
         copy.set_weights(network.get_weights())
+        # A backbone's end-point names and spec (what `encode_tokens` reads)
+        # are plain attributes, which cloning does not carry.
+        for attribute in ("endpoint_names", "_spec_items"):
+            if hasattr(network, attribute):
+                setattr(copy, attribute, getattr(network, attribute))
         self._momentum_pairs.append((network, copy))
         return copy
 

@@ -281,6 +281,8 @@ _OPTION_APPLIES_TO = {
     "momentum": ("sgd", "lars"),
     "nesterov": ("sgd", "lars"),
     "lars_eta": ("lars",),
+    "beta_1": ("adam", "adamw", "lamb"),
+    "beta_2": ("adam", "adamw", "lamb"),
 }
 # How each optimizer applies `weight_decay` (LARS: coupled, inside the trust ratio).
 WEIGHT_DECAY_MODES = {
@@ -298,6 +300,8 @@ def build_optimizer(
     weight_decay_end: float | None = None,
     lars_eta: float | None = None,
     clip_global_norm: float | None = None,
+    beta_1: float | None = None,
+    beta_2: float | None = None,
     total_steps: int | None = None,
 ):
     """Builds the optimizer.
@@ -329,6 +333,8 @@ def build_optimizer(
         (`keras_ssl.cross_replica.clip_by_global_norm`, applied by
         `keras_ssl.Method.train_step`); Keras' `global_clipnorm` would clip
         each replica's share.
+      beta_1, beta_2: The moment decay rates of adam, adamw and lamb (None:
+        Keras' 0.9 and 0.999; MAE trains with beta_2 = 0.95).
       total_steps: The run's steps (the training binary passes them): where
         `weight_decay_end` arrives.
 
@@ -347,7 +353,7 @@ def build_optimizer(
             f"Unknown optimizer {name!r} (keras_ssl.build_optimizer.name); choose "
             f"{', '.join(OPTIMIZER_NAMES[:-1])} or {OPTIMIZER_NAMES[-1]}.")
     options = {"momentum": momentum, "nesterov": nesterov, "lars_eta": lars_eta,
-               "weight_decay_end": weight_decay_end}
+               "weight_decay_end": weight_decay_end, "beta_1": beta_1, "beta_2": beta_2}
     for option, value in options.items():
         if value is not None and name not in _OPTION_APPLIES_TO[option]:
             raise ConfigError(
@@ -365,6 +371,11 @@ def build_optimizer(
         raise ConfigError(
             "keras_ssl.build_optimizer.weight_decay_end needs the run's total_steps (the "
             "training binary passes them); pass total_steps when building it yourself.")
+    for option, value in (("beta_1", beta_1), ("beta_2", beta_2)):
+        if value is not None and not 0 <= value < 1:
+            raise ConfigError(f"keras_ssl.build_optimizer.{option} must be in [0, 1), got {value}.")
+    betas = {key: value for key, value in (("beta_1", beta_1), ("beta_2", beta_2))
+             if value is not None}
     momentum = 0.9 if momentum is None else momentum
     if nesterov and not momentum:
         raise ConfigError(
@@ -377,9 +388,9 @@ def build_optimizer(
     if name == "sgd":
         optimizer = SGD(learning_rate, momentum=momentum, nesterov=nesterov, **decay)
     elif name in ("adam", "adamw"):
-        optimizer = Adam(learning_rate, name=name, **decay)
+        optimizer = Adam(learning_rate, name=name, **betas, **decay)
     elif name == "lamb":
-        optimizer = Lamb(learning_rate, **decay)
+        optimizer = Lamb(learning_rate, **betas, **decay)
     else:
         optimizer = LARS(
             learning_rate, momentum=momentum, weight_decay_rate=weight_decay,

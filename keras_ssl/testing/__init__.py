@@ -18,6 +18,7 @@ and backbone (docs/writing_a_method.md, "Checking a plugin").
 - `check_backbone`: end-points, gradients, checkpoint, strict arguments,
   export.
 - The tiny shapes and builders: `TINY_*`, `tiny_backbone`,
+  `tiny_backbone_for` (the one a method's `required_backbone` asks for),
   `build_tiny_method`, `tiny_examples`.
 """
 
@@ -29,13 +30,14 @@ from keras_ssl.testing.method_checks import (
 from keras_ssl.testing.replicas import check_replicas, replica_reports
 from keras_ssl.testing.tiny import (
     TINY_BACKBONE, TINY_BATCH_SIZE, TINY_IMAGE_SIZE, TINY_NUM_EXAMPLES, TINY_PATCH_GRID, TINY_VIT,
-    build_tiny_method, tiny_backbone, tiny_examples, tiny_method_settings,
+    build_tiny_method, tiny_backbone, tiny_backbone_for, tiny_examples, tiny_family,
+    tiny_method_settings,
 )
 
 __all__ = [
     "TINY_BACKBONE", "TINY_BATCH_SIZE", "TINY_IMAGE_SIZE", "TINY_NUM_EXAMPLES", "TINY_PATCH_GRID", "TINY_VIT",
     "build_tiny_method", "check_backbone", "check_export", "check_gradients", "check_loss_falls",
     "check_method", "check_replicas", "check_strict_settings", "check_training_step",
-    "method_and_batches", "replica_reports", "tiny_backbone", "tiny_examples",
+    "method_and_batches", "replica_reports", "tiny_backbone", "tiny_backbone_for", "tiny_examples", "tiny_family",
     "tiny_method_settings",
 ]

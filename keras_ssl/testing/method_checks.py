@@ -21,7 +21,7 @@ import tensorflow as tf
 
 from keras_ssl.testing.tiny import (
     TINY_BATCH_SIZE, TINY_IMAGE_SIZE, TINY_NUM_EXAMPLES, build_tiny_method, method_class,
-    tiny_backbone, tiny_examples,
+    tiny_backbone_for, tiny_examples,
 )
 
 __all__ = [
@@ -36,19 +36,20 @@ _LEARNING_RATE = 0.05
 _EXPORT_TOLERANCE = 1e-4
 
 
-def method_and_batches(method, *, family: str = "resnet_v2", **settings):
+def method_and_batches(method, *, family: str | None = None, **settings):
     """The tiny `method` (seeded) and its batches of `tiny_examples`, drawn once.
 
     Args:
       method: A registered method name or a `keras_ssl.Method` subclass.
-      family: The backbone family, built by `tiny_backbone` (`"vit"`: `TINY_VIT`).
+      family: The backbone family, built by `tiny_backbone_for` (None: the
+        method's `required_backbone`, else `resnet_v2`; `"vit"`: `TINY_VIT`).
       **settings: Constructor arguments over its tiny settings.
 
     Returns:
       `(method instance, [batch, batch])`.
     """
     keras.utils.set_random_seed(0)
-    instance = build_tiny_method(method, backbone=tiny_backbone(family), **settings)
+    instance = build_tiny_method(method, backbone=tiny_backbone_for(method, family), **settings)
     examples = tiny_examples(method, TINY_NUM_EXAMPLES, **settings)
     instance.adapt(examples)
     batches = list(instance.make_dataset(examples, TINY_BATCH_SIZE))
@@ -72,7 +73,7 @@ def _compiled_step(instance, traced: bool = True):
     return tf.function(instance.train_step) if traced else instance.train_step
 
 
-def check_gradients(method, *, family: str = "resnet_v2", **settings) -> None:
+def check_gradients(method, *, family: str | None = None, **settings) -> None:
     """The gradient of the pretext loss reaches every backbone kernel.
 
     A backbone end-point the loss never reads, or a `stop_gradient` in the
@@ -89,7 +90,7 @@ def check_gradients(method, *, family: str = "resnet_v2", **settings) -> None:
     assert not dead, f"{_name(instance)}: no gradient reaches {dead}"
 
 
-def check_training_step(method, *, family: str = "resnet_v2", **settings) -> None:
+def check_training_step(method, *, family: str | None = None, **settings) -> None:
     """One `train_step` gives a finite loss and changes every backbone kernel.
 
     Catches a backbone left out of `trainable_variables` or restored after
@@ -106,7 +107,7 @@ def check_training_step(method, *, family: str = "resnet_v2", **settings) -> Non
     assert not unchanged, f"{_name(instance)}: one training step left {unchanged} unchanged"
 
 
-def check_loss_falls(method, steps: int = LOSS_STEPS, *, family: str = "resnet_v2",
+def check_loss_falls(method, steps: int = LOSS_STEPS, *, family: str | None = None,
                      **settings) -> None:
     """The loss falls over `steps` traced SGD steps on two fixed batches.
 
@@ -138,7 +139,7 @@ def _assert_close(actual, expected, what: str) -> None:
                                err_msg=what)
 
 
-def check_export(method, export_dir: str | None = None, *, family: str = "resnet_v2",
+def check_export(method, export_dir: str | None = None, *, family: str | None = None,
                  **settings) -> None:
     """The export, loaded with plain `tf.saved_model.load`, computes what the method computes.
 
@@ -232,7 +233,7 @@ def check_strict_settings(method, **settings) -> None:
     config.parse_gin()  # leaves no bindings behind
 
 
-def check_method(method, *, slow: bool = True, replicas: bool = True, family: str = "resnet_v2",
+def check_method(method, *, slow: bool = True, replicas: bool = True, family: str | None = None,
                  **settings) -> None:
     """Runs the method contract on tiny shapes; raises `AssertionError` at the first failure.
 
@@ -249,7 +250,8 @@ def check_method(method, *, slow: bool = True, replicas: bool = True, family: st
         plugin's class may be checked before it is registered).
       slow: Run the loss and export checks (tens of seconds).
       replicas: Run the replica and XLA checks.
-      family: The tiny backbone's family (`"vit"` builds `TINY_VIT`).
+      family: The tiny backbone's family (None: the method's
+        `required_backbone`, else `resnet_v2`; `"vit"` builds `TINY_VIT`).
       **settings: Constructor arguments over the method's `tiny_settings()`.
 
     Example (a plugin's own test):

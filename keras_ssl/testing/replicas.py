@@ -11,7 +11,8 @@ TensorFlow starts:
 MODE is `replicas`, `xla`, `jit`, a comma-separated list of them, or `all`
 (`replicas,xla`); METHOD a registered name or
 `module:Class`; SETTINGS_FILE a pickle of `{METHOD: constructor arguments}`
-over the tiny ones; FAMILY the tiny backbone's family. It prints one JSON
+over the tiny ones; FAMILY the tiny backbone's family (`-`: the method's
+`required_backbone`, else `resnet_v2`). It prints one JSON
 line `{METHOD: {mode: report}}`.
 
 The method is built on the tiny ResNet with synchronized batch norm (or the
@@ -80,18 +81,20 @@ def _method(spec: str):
     return getattr(importlib.import_module(module), name)
 
 
-def _backbone(family: str):
-    """The tiny backbone of `family`, its batch norm synchronized where it takes the option."""
+def _backbone(method, family: str | None):
+    """The method's tiny backbone (`tiny_backbone_for`), its batch norm synchronized where it can be."""
     import inspect
 
     from keras_ssl.registry import BACKBONES
-    from keras_ssl.testing.tiny import tiny_backbone
+    from keras_ssl.testing.tiny import tiny_backbone, tiny_family
 
-    takes = inspect.signature(BACKBONES.get(family)).parameters
-    return tiny_backbone(family, **({"synchronized_bn": True} if "synchronized_bn" in takes else {}))
+    family, required = tiny_family(method, family)
+    if "synchronized_bn" in inspect.signature(BACKBONES.get(family)).parameters:
+        required["synchronized_bn"] = True
+    return tiny_backbone(family, **required)
 
 
-def build_on(method, strategy, weights=None, family: str = "resnet_v2", **settings):
+def build_on(method, strategy, weights=None, family: str | None = None, **settings):
     """The tiny method built under `strategy` (with `weights`, if given), compiled, not trained.
 
     Returns:
@@ -104,7 +107,7 @@ def build_on(method, strategy, weights=None, family: str = "resnet_v2", **settin
 
     examples = tiny_examples(method, BATCH, **settings)
     with strategy.scope():
-        instance = build_tiny_method(method, backbone=_backbone(family), **settings)
+        instance = build_tiny_method(method, backbone=_backbone(method, family), **settings)
         _smooth_relus(instance)
         instance.adapt(examples)
         batches = instance.make_dataset(examples, BATCH).repeat()
@@ -226,7 +229,7 @@ _MODES = {"replicas": _replicas, "xla": _xla, "jit": _jit}
 _ALL = ("replicas", "xla")
 
 
-def _run(mode: str, specs: list[str], settings: dict, family: str = "resnet_v2") -> dict:
+def _run(mode: str, specs: list[str], settings: dict, family: str | None = None) -> dict:
     """`{spec: {mode: report}}` in this (2-CPU) process; a failure is reported, not raised."""
     import keras
 
@@ -256,7 +259,7 @@ def _spec(method) -> str:
 
 
 def replica_reports(methods, mode: str = "all", processes: int = 2, settings=None,
-                    family: str = "resnet_v2") -> dict:
+                    family: str | None = None) -> dict:
     """Runs the checks of `mode` for each method, spread over `processes` child processes.
 
     Args:
@@ -265,7 +268,8 @@ def replica_reports(methods, mode: str = "all", processes: int = 2, settings=Non
       mode: `replicas`, `xla`, `jit`, a comma-separated list, or `all`.
       processes: Child processes run at once (tracing is single-threaded).
       settings: `{method: constructor arguments over its tiny settings}`.
-      family: The tiny backbone's family (`tiny_backbone`).
+      family: The tiny backbone's family (`tiny_backbone_for`; None: each
+        method's `required_backbone`, else `resnet_v2`).
 
     Returns:
       `{method spec: {mode: report}}`: each report the measurements, or
@@ -279,7 +283,7 @@ def replica_reports(methods, mode: str = "all", processes: int = 2, settings=Non
         with open(path, "wb") as f:
             pickle.dump(by_spec, f)
         children = [
-            subprocess.Popen([sys.executable, "-m", __name__, mode, path, family, *part],
+            subprocess.Popen([sys.executable, "-m", __name__, mode, path, family or "-", *part],
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
             for part in (specs[i::processes] for i in range(processes)) if part
         ]
@@ -314,7 +318,7 @@ def assert_xla_report(name: str, report: dict) -> None:
     assert report["hlo_bytes"] > 0, f"{name}: {report}"
 
 
-def check_replicas(method, *, family: str = "resnet_v2", **settings) -> None:
+def check_replicas(method, *, family: str | None = None, **settings) -> None:
     """2 mirrored CPU replicas train `method` like one device, and its step lowers to XLA.
 
     Two steps from the same weights: every variable of the method and its
@@ -324,7 +328,7 @@ def check_replicas(method, *, family: str = "resnet_v2", **settings) -> None:
     Args:
       method: A registered name or a `keras_ssl.Method` subclass importable
         by its module path.
-      family: The tiny backbone's family.
+      family: The tiny backbone's family (None: see `tiny_backbone_for`).
       **settings: Constructor arguments over the method's tiny settings.
     """
     spec = _spec(method)
@@ -338,7 +342,7 @@ def main(argv) -> None:
     mode, path, family, specs = argv[1], argv[2], argv[3], argv[4:]
     with open(path, "rb") as f:
         settings = pickle.load(f)
-    print(json.dumps(_run(mode, specs, settings, family)))
+    print(json.dumps(_run(mode, specs, settings, None if family == "-" else family)))
 
 
 if __name__ == "__main__":

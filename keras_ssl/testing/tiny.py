@@ -27,7 +27,7 @@ TINY_PATCH_GRID = dict(resize=48, crop=45, patch_size=12)
 
 __all__ = ["TINY_BACKBONE", "TINY_BATCH_SIZE", "TINY_IMAGE_SIZE", "TINY_NUM_EXAMPLES",
            "TINY_PATCH_GRID", "TINY_VIT", "build_tiny_method", "method_class", "tiny_backbone",
-           "tiny_examples", "tiny_method_settings"]
+           "tiny_backbone_for", "tiny_examples", "tiny_family", "tiny_method_settings"]
 
 
 def method_class(method) -> tuple[type, str | None]:
@@ -72,6 +72,34 @@ def tiny_backbone(family: str = "resnet_v2", **overrides):
     return build_backbone(family, **{**_TINY_BY_FAMILY.get(family, TINY_BACKBONE), **overrides})
 
 
+def tiny_backbone_for(method, family: str | None = None, **overrides):
+    """The tiny backbone `method` trains on: its `required_backbone`, else `family`.
+
+    Args:
+      method: A registered method name or a `keras_ssl.Method` subclass.
+      family: The family to build (None: the one the method requires, else
+        `resnet_v2`); the method's other required values (a ViT's
+        `mask_token`) are added when the family is the one it requires.
+      **overrides: Arguments over the tiny ones (see `tiny_backbone`).
+
+    Example:
+
+    >>> tiny_backbone_for("mae").name                          # doctest: +SKIP
+    'vit'
+    """
+    family, required = tiny_family(method, family)
+    return tiny_backbone(family, **{**required, **overrides})
+
+
+def tiny_family(method, family: str | None = None) -> tuple[str, dict]:
+    """`(family, its required arguments)` that `tiny_backbone_for` builds for `method`."""
+    cls, _ = method_class(method)
+    required = dict(cls.required_backbone or {})
+    required_family = required.pop("family", None)
+    family = family or required_family or "resnet_v2"
+    return family, (required if family == (required_family or family) else {})
+
+
 def tiny_method_settings(method, **overrides) -> dict:
     """The method's `tiny_settings()`, updated by `overrides`.
 
@@ -88,7 +116,7 @@ def build_tiny_method(method, backbone=None, **overrides):
 
     Args:
       method: A registered method name or a `keras_ssl.Method` subclass.
-      backbone: The backbone (default: `tiny_backbone()`).
+      backbone: The backbone (default: `tiny_backbone_for(method)`).
       **overrides: Constructor arguments replacing the tiny settings.
 
     Returns:
@@ -100,7 +128,7 @@ def build_tiny_method(method, backbone=None, **overrides):
     >>> simclr = build_tiny_method("simclr")                   # doctest: +SKIP
     """
     cls, name = method_class(method)
-    backbone = tiny_backbone() if backbone is None else backbone
+    backbone = tiny_backbone_for(cls) if backbone is None else backbone
     instance = cls(backbone, **tiny_method_settings(cls, **overrides))
     instance.registry_name = name or cls.__name__
     return instance

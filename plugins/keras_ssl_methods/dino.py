@@ -96,7 +96,8 @@ class DINO(MultiViewMethod):
         super().__init__(backbone, views, num_classes=num_classes, **kwargs)
         if not 1 <= num_global_views <= len(self.views):
             raise ValueError(
-                f"dino: num_global_views must be between 1 and the {len(self.views)} views, "
+                f"{type(self).__name__.lower()}.num_global_views must be between 1 and the "
+                f"{len(self.views)} views, "
                 f"got {num_global_views}."
             )
         self.num_global_views = num_global_views
@@ -138,25 +139,40 @@ class DINO(MultiViewMethod):
         temperature = self.teacher_temperature_now()
         loss = dino_loss(student, teacher, self.center, self.student_temperature, temperature)
         self.save_for_update(teacher=tf.concat(teacher, axis=0))
-        probe, probe_metrics = self.probe_loss(pre_logits[0], batch["label"])
-        teacher_probabilities = tf.nn.softmax((teacher[0] - self.center) / temperature, -1)
-        metrics = {
-            "distillation_loss": loss,
+        targets = tf.nn.softmax((teacher[0] - self.center) / temperature, -1)
+        return self.with_probe_and_metrics(loss, batch, pre_logits[0], targets,
+                                           {"distillation_loss": loss})
+
+    def with_probe_and_metrics(self, loss, batch, pre_logits, teacher_targets, metrics):
+        """`(loss + the online probe's, metrics)` with DINO's monitoring metrics added.
+
+        Args:
+          loss: The distillation loss.
+          batch: The batch (its labels train the probe).
+          pre_logits: `[B, D]` the student's features of the first view.
+          teacher_targets: `[B, K]` the teacher's target distribution of that view.
+          metrics: The method's own metrics.
+        """
+        probe, probe_metrics = self.probe_loss(pre_logits, batch["label"])
+        return loss + probe, {
+            **metrics,
             # Entropy of the teacher's targets: near log K is uniform collapse, near 0 one-hot.
             "teacher_entropy": tf.reduce_mean(-tf.reduce_sum(
-                teacher_probabilities * tf.math.log(teacher_probabilities + 1e-12), -1)),
-            "embedding_std": normalized_embedding_std(self.head.layers[0](pre_logits[0])),
+                teacher_targets * tf.math.log(teacher_targets + 1e-12), -1)),
+            "embedding_std": normalized_embedding_std(self.head.layers[0](pre_logits)),
             "momentum": self.momentum(),
             **probe_metrics,
         }
-        return loss + probe, metrics
 
     def after_update(self, saved):
         """Moves the teacher towards the student and the centre towards the batch's mean."""
         self.update_momentum_copies(self.momentum())
-        if "teacher" not in saved:
-            return
-        batch_center = cross_replica.global_mean(saved["teacher"])
+        if "teacher" in saved:
+            self.move_center(self.center, saved["teacher"])
+
+    def move_center(self, center, teacher_outputs):
+        """`c <- m c + (1 - m) mean(teacher outputs over the global batch)`."""
+        batch_center = cross_replica.global_mean(teacher_outputs)
         m = self.center_momentum
-        cross_replica.assign([(self.center, m * tf.convert_to_tensor(self.center)
+        cross_replica.assign([(center, m * tf.convert_to_tensor(center)
                                + (1.0 - m) * batch_center)])

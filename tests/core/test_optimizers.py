@@ -15,10 +15,10 @@ LR = 0.1
 BETA_1, BETA_2, EPSILON = 0.9, 0.999, 1e-7  # Keras' Adam and Lamb defaults
 
 
-def _adam_moments(state, g, t):
-    state["m"] = state["m"] + (g - state["m"]) * (1 - BETA_1)
-    state["v"] = state["v"] + (g * g - state["v"]) * (1 - BETA_2)
-    return state["m"] / (1 - BETA_1**t), state["v"] / (1 - BETA_2**t)
+def _adam_moments(state, g, t, beta_1, beta_2):
+    state["m"] = state["m"] + (g - state["m"]) * (1 - beta_1)
+    state["v"] = state["v"] + (g * g - state["v"]) * (1 - beta_2)
+    return state["m"] / (1 - beta_1**t), state["v"] / (1 - beta_2**t)
 
 
 def numpy_update(name, options, weights, grads_per_step, excluded):
@@ -26,6 +26,7 @@ def numpy_update(name, options, weights, grads_per_step, excluded):
     momentum = options.get("momentum", 0.9)
     nesterov = options.get("nesterov", False)
     decay = options.get("weight_decay", 0.0)
+    beta_1, beta_2 = options.get("beta_1", BETA_1), options.get("beta_2", BETA_2)
     if name == "lars":
         return numpy_lars(weights, grads_per_step, LR, momentum, decay,
                           options.get("lars_eta", 1e-3), excluded, nesterov=nesterov)
@@ -43,12 +44,12 @@ def numpy_update(name, options, weights, grads_per_step, excluded):
                 v = state[k]["m"] = momentum * state[k]["m"] - LR * g
                 w[k] = w[k] + (momentum * v - LR * g if nesterov else v)
             elif name in ("adam", "adamw"):
-                m_hat, v_hat = _adam_moments(state[k], g, t)
+                m_hat, v_hat = _adam_moments(state[k], g, t, beta_1, beta_2)
                 # Keras folds the bias corrections into the rate: eps is not corrected.
-                alpha = LR * np.sqrt(1 - BETA_2**t) / (1 - BETA_1**t)
+                alpha = LR * np.sqrt(1 - beta_2**t) / (1 - beta_1**t)
                 w[k] = w[k] - alpha * state[k]["m"] / (np.sqrt(state[k]["v"]) + EPSILON)
             else:  # lamb
-                m_hat, v_hat = _adam_moments(state[k], g, t)
+                m_hat, v_hat = _adam_moments(state[k], g, t, beta_1, beta_2)
                 update = m_hat / (np.sqrt(v_hat) + EPSILON)
                 w_norm, u_norm = np.linalg.norm(w[k]), np.linalg.norm(update)
                 ratio = w_norm / u_norm if w_norm > 0 and u_norm > 0 else 1.0
@@ -83,8 +84,9 @@ CASES = [
     ("sgd", {}), ("sgd", {"momentum": 0.5}), ("sgd", {"momentum": 0.0}),
     ("sgd", {"nesterov": True}), ("sgd", {"weight_decay": 0.1}),
     ("adam", {}), ("adam", {"weight_decay": 0.1}),
-    ("adamw", {}), ("adamw", {"weight_decay": 0.1}),
-    ("lamb", {}), ("lamb", {"weight_decay": 0.1}),
+    ("adamw", {}), ("adamw", {"weight_decay": 0.1}), ("adamw", {"beta_2": 0.5}),
+    ("adam", {"beta_1": 0.5}), ("lamb", {}), ("lamb", {"weight_decay": 0.1}),
+    ("lamb", {"beta_2": 0.5}),
     ("lars", {}), ("lars", {"momentum": 0.5}), ("lars", {"nesterov": True}),
     ("lars", {"weight_decay": 0.1}), ("lars", {"lars_eta": 0.5}),
 ]
@@ -187,7 +189,7 @@ REFUSED = [
     (name, option, value)
     for name in ("adam", "adamw", "lamb")
     for option, value in (("momentum", 0.9), ("nesterov", False), ("lars_eta", 1e-3))
-] + [("sgd", "lars_eta", 1e-3)]
+] + [("sgd", "lars_eta", 1e-3), ("sgd", "beta_2", 0.95), ("lars", "beta_1", 0.9)]
 
 
 @pytest.mark.parametrize("name,option,value", REFUSED)
@@ -200,6 +202,7 @@ def test_an_option_the_optimizer_does_not_take_is_refused(name, option, value):
     ({"name": "sgd", "nesterov": True, "momentum": 0.0}, "nesterov = True needs momentum"),
     ({"name": "adamw", "weight_decay": -1e-4}, "weight_decay must be >= 0"),
     ({"name": "rmsprop"}, "Unknown optimizer 'rmsprop'.*lars"),
+    ({"name": "adamw", "beta_2": 1.0}, r"beta_2 must be in \[0, 1\), got 1.0"),
 ])
 def test_settings_that_cannot_work_are_refused(options, match):
     with pytest.raises(ConfigError, match=match):

@@ -1,9 +1,10 @@
-"""`keras-ssl-reconstruct`: a PNG of images and their reconstructions by an exported VAE.
+"""`keras-ssl-reconstruct`: a PNG of images and their reconstructions by an exported VAE, MAE or SimMIM.
 
     keras-ssl-reconstruct --saved_model=runs/vae/export/step_1000 \\
         --images='photos/*.png' --output=reconstructions.png
 
-One row per image: the image at the model's size, then its reconstruction
+One row per image: the image at the model's size, then its reconstruction;
+for MAE and SimMIM the masked image in between
 (`keras_ssl_methods.reconstruct`).
 """
 
@@ -13,7 +14,7 @@ from absl import flags
 
 from keras_ssl.cli_errors import run_binary
 
-_SAVED_MODEL = flags.DEFINE_string("saved_model", None, "Export of a vae run.", required=True)
+_SAVED_MODEL = flags.DEFINE_string("saved_model", None, "Export of a vae, mae or simmim run.", required=True)
 _IMAGES = flags.DEFINE_string("images", None, "A directory of images or a glob.", required=True)
 _OUTPUT = flags.DEFINE_string("output", None, "Path of the PNG to write.", required=True)
 _MAX_IMAGES = flags.DEFINE_integer("max_images", 16, "Rows at most.")
@@ -33,7 +34,7 @@ def main(argv):
 
 def run():
     """Console-script entry point of `keras-ssl-reconstruct`."""
-    # ValueError: the SavedModel is not a VAE export, or --max_images < 1.
+    # ValueError: the SavedModel has no reconstruct signature, or --max_images < 1.
     run_binary("keras-ssl-reconstruct", main, extra_errors=(ValueError,))
 
 

@@ -147,6 +147,23 @@ def test_all_tokens_in_any_order_give_the_full_encoder_permuted():
     assert float(tf.reduce_max(tf.abs(permuted["patch_tokens"] - full["patch_tokens"]))) > 1e-2
 
 
+def test_hidden_tokens_change_nothing_the_visible_ones_encode():
+    # I-JEPA's context at a static length: the visible tokens encode as if alone.
+    net = _vit(num_registers=1)
+    images = _images()
+    context = np.zeros((2, 16), bool)
+    context[0, [0, 3, 5, 9, 10]] = context[1, [1, 2, 7, 8, 15]] = True
+    padded = encode_tokens(net, images, visible=context)
+    alone = encode_tokens(net, images, keep=tf.constant(np.nonzero(context)[1].reshape(2, 5),
+                                                        tf.int32))
+    np.testing.assert_allclose(tf.boolean_mask(padded["patch_tokens"], context),
+                               tf.reshape(alone["patch_tokens"], (10, -1)), atol=1e-5)
+    np.testing.assert_allclose(padded["class_token"], alone["class_token"], atol=1e-5)
+    everything = encode_tokens(net, images, visible=np.ones((2, 16), bool))
+    np.testing.assert_allclose(everything["patch_tokens"], encode_tokens(net, images)["patch_tokens"],
+                               atol=1e-6)
+
+
 def test_masked_patches_become_the_mask_token_at_their_position():
     net = _vit(mask_token=True)
     embedding = net.get_layer("tokens")

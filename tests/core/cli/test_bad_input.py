@@ -122,6 +122,13 @@ def _cases(tmp, toy_savedmodel, trained_run):
              "--gin_bindings=vit.patch_size = 5", "--gin_bindings=vit.image_size = 30"],
             ["keras-ssl-train:", "input side of 32 px is not a multiple of the patch size 5",
              "keras_ssl.train.image_size, e.g. 30"]),
+        "train a masked-image method on a ResNet": (
+            "keras-ssl-train",
+            [f"--model_dir={tmp / 'mae_resnet_run'}", "--gin_file=gin_configs/mae/synthetic_shapes.gin",
+             "--gin_bindings=keras_ssl.build_method.backbone = 'resnet_v2'",
+             "--gin_bindings=resnet_v2.depth = 18"],
+            ["keras-ssl-train:", "MAE needs a backbone with family='vit'",
+             "Bind keras_ssl.build_method.backbone = 'vit'."]),
         "train with a missing gin file": (
             "keras-ssl-train", [f"--model_dir={tmp / 'run'}", f"--gin_file={tmp / 'nothing.gin'}"],
             ["keras-ssl-train:", str(tmp / "nothing.gin"), "does not exist"]),
@@ -165,3 +172,4 @@ def test_train_refuses_a_misspelled_binding_before_writing_anything(answers, wor
     assert answers["train with a misspelled method parameter"][0].returncode != 0
     assert not (tmp / "misspelled_run").exists()
     assert not (tmp / "vit_run").exists()
+    assert not (tmp / "mae_resnet_run").exists()

@@ -57,12 +57,6 @@ class TrainingConfigError(ValueError):
     """A training setting that cannot work (a policy, determinism, the loop sizes)."""
 
 
-def _without_gin_context(error: BaseException) -> str:
-    """The error's own message, without the "In call to configurable" lines gin appends."""
-    return "\n".join(line for line in str(error).splitlines()
-                     if not line.lstrip().startswith("In call to configurable"))
-
-
 class MethodTrainer(orbit.StandardTrainer):
     """Runs `Method.train_step` through `strategy.run`; averages its metrics per loop.
 
@@ -414,7 +408,7 @@ def train(
         try:
             method = build_method()
         except ValueError as error:  # a constructor's refusal of a setting or a backbone
-            raise TrainingConfigError(_without_gin_context(error)) from None
+            raise TrainingConfigError(str(error)) from None
         method.seed = seed
         method.train_steps = train_steps
         method.augment_on_device = augment_on_device

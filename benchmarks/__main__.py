@@ -20,7 +20,10 @@ Sections (``--sections``, comma-separated, default all):
   from Keras' own layers (`benchmarks/vit_speed.py`);
 - ``mae``: MAE's training step on ViT-S/16 at 224 px with 75% of the patches
   masked against the same step at mask ratio 0, and the encoder alone on the
-  visible patches against all of them (`benchmarks/mae_speed.py`).
+  visible patches against all of them (`benchmarks/mae_speed.py`);
+- ``export_formats``: the quickstart's network exported as SavedModel,
+  `.keras`, ONNX and LiteRT: each file's size and CPU latency at batch 1 and
+  32 against the SavedModel's (`benchmarks/export_formats.py`).
 
 Writes ``summary.json`` and ``summary.md`` to ``--output`` (default
 ``benchmarks/results``); the markdown records the command. ``--quick`` sizes
@@ -45,7 +48,8 @@ import sys
 import tempfile
 import time
 
-SECTIONS = ("methods", "augmentation", "probe", "extraction", "export", "vit", "mae")
+SECTIONS = ("methods", "augmentation", "probe", "extraction", "export", "vit", "mae",
+            "export_formats")
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -86,6 +90,17 @@ def mae_section(args, workdir):
                     f"--repeats={args.repeats}", f"--output_dir={out}",
                     *(["--decoders=4x256"] if args.quick else [])])
     with open(os.path.join(out, "mae_speed.json")) as f:
+        return json.load(f)
+
+
+def export_formats_section(args, workdir):
+    """Runs export_formats.py (sizes and latency of every export format); returns its result."""
+    from benchmarks import export_formats
+
+    out = os.path.join(workdir, "export_formats")
+    export_formats.main([f"--rounds={args.repeats if args.quick else 7}",
+                         f"--calls={16 if args.quick else 64}", f"--output_dir={out}"])
+    with open(os.path.join(out, "export_formats.json")) as f:
         return json.load(f)
 
 
@@ -255,6 +270,11 @@ def markdown(result) -> str:
 
         lines += ["## MAE: the step with 75% of the patches masked against none", "",
                   mae_speed.markdown(sections["mae"])]
+    if "export_formats" in sections:
+        from benchmarks import export_formats
+
+        lines += ["## Export formats: size and CPU latency against the SavedModel", "",
+                  export_formats.markdown(sections["export_formats"])]
     for note in result.get("notes", []):
         lines.append(f"Note: {note}")
     return "\n".join(lines).rstrip() + "\n"
@@ -336,6 +356,9 @@ def main(argv=None):
         if "mae" in sections:
             _log("mae")
             result["sections"]["mae"] = mae_section(args, workdir)
+        if "export_formats" in sections:
+            _log("export_formats")
+            result["sections"]["export_formats"] = export_formats_section(args, workdir)
         result["seconds"] = time.perf_counter() - started
     text = markdown(result)
     if args.output:

@@ -14,6 +14,8 @@ binding is checked as `keras_ssl.config.parse_gin` checks it.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import os
 
 import gin
@@ -23,15 +25,36 @@ from keras_ssl import config, registry
 from keras_ssl.backbones import build_backbone
 from keras_ssl.run_dir import CONFIG_FILE, available_steps
 
-__all__ = ["TRAINING_CONFIGURABLES", "build_method", "make_checkpoint", "restore_method"]
+__all__ = ["TRAINING_CONFIGURABLES", "build_method", "make_checkpoint", "restore_method",
+           "weights_restored_after"]
 
 # The configurables of a run's config that building its method never reads.
 TRAINING_CONFIGURABLES = tuple(name for name, module in config.FRAMEWORK_CONFIGURABLES.items()
                                if module != __name__)
 
 
+# True while the method being built gets every weight from a checkpoint next.
+_RESTORING = contextvars.ContextVar("keras_ssl_restoring", default=False)
+
+
+@contextlib.contextmanager
+def weights_restored_after():
+    """Within it, `build_method` skips `init_from`: the caller restores every weight next.
+
+    A resumed run, a run's export and a float32 twin of a mixed-precision
+    method read their weights from a checkpoint or the method, so `init_from`'s
+    file is not read again (and need not exist any more).
+    """
+    token = _RESTORING.set(True)
+    try:
+        yield
+    finally:
+        _RESTORING.reset(token)
+
+
 @gin.configurable(module="keras_ssl")
-def build_method(method: str = gin.REQUIRED, backbone: str = "resnet_v2"):
+def build_method(method: str = gin.REQUIRED, backbone: str = "resnet_v2",
+                 init_from: str | None = None, unsafe_keras: bool = False):
     """Builds the registered method `method` on the registered `backbone`.
 
     Gin bindings of both apply (`rotation.num_rotations`, `resnet_v2.depth`).
@@ -39,6 +62,12 @@ def build_method(method: str = gin.REQUIRED, backbone: str = "resnet_v2"):
     Args:
       method: A name from the `keras_ssl.methods` registry.
       backbone: A name from the `keras_ssl.backbones` registry.
+      init_from: Start the backbone from the weights at this path (a
+        `.keras` file, a keras-hub preset directory, a run directory or a
+        checkpoint prefix; `keras_ssl.init_from`), before the method copies
+        it into momentum encoders. None: random initialisation.
+      unsafe_keras: Let `init_from` load a `.keras` file that needs
+        deserialised code (Keras' safe mode off); only for files you trust.
 
     Returns:
       The `keras_ssl.Method`, with `registry_name` and `backbone_name` set.
@@ -48,7 +77,15 @@ def build_method(method: str = gin.REQUIRED, backbone: str = "resnet_v2"):
     >>> method = build_method(method="rotation")  # doctest: +SKIP
     """
     method_cls = registry.METHODS.get(method)
-    instance = method_cls(build_backbone(backbone))
+    if unsafe_keras and not init_from:
+        raise ValueError("keras_ssl.build_method.unsafe_keras = True does nothing without "
+                         "keras_ssl.build_method.init_from; remove it.")
+    network = build_backbone(backbone)
+    if init_from and not _RESTORING.get():
+        from keras_ssl.init_from import initialize_backbone
+
+        print(initialize_backbone(network, init_from, unsafe_keras=unsafe_keras), flush=True)
+    instance = method_cls(network)
     instance.registry_name = method
     instance.backbone_name = backbone
     return instance
@@ -112,6 +149,7 @@ def restore_method(model_dir: str, step: int | None = None) -> tuple[object, int
         )
     config.parse_gin([os.path.join(model_dir, CONFIG_FILE)],
                      skip_unknown=_skippable_selectors())
-    method = build_method()
+    with weights_restored_after():
+        method = build_method()
     make_checkpoint(method).restore(available[step]).expect_partial()
     return method, step

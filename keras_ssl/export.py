@@ -20,11 +20,16 @@ into every exported function so clients feed plain [0, 1] RGB) and
 `export_signatures()` (extra signatures such as Colorization's `colorize`,
 and the objects holding their variables).
 
-Exports are written to a temporary directory and renamed into place, so a
-crash never leaves a half-written model at the destination.
+Beside the SavedModel, `formats` adds the backbone as a `.keras` file, ONNX
+and LiteRT (`keras_ssl.export_formats`); each is checked against the
+SavedModel's function and listed in the metadata's `artifacts`.
 
-Binary: `keras-ssl-export --model_dir=RUN [--step=N] [--export_dir=DIR]`
-(`keras_ssl.cli.export`).
+Exports are written to a temporary directory and renamed into place, so a
+crash (or a converter's failure) never leaves a half-written model at the
+destination.
+
+Binary: `keras-ssl-export --model_dir=RUN [--step=N] [--export_dir=DIR]
+[--format=saved_model,keras,onnx,litert]` (`keras_ssl.cli.export`).
 """
 
 from __future__ import annotations
@@ -42,6 +47,8 @@ from keras_ssl_eval.contract import (
 import keras_ssl
 from keras_ssl.backbones import PRE_LOGITS, backbone_spec
 from keras_ssl.building import restore_method
+from keras_ssl.export_formats import resolve_formats, write_artifacts
+from keras_ssl.method import Method
 from keras_ssl.run_dir import (
     default_export_dir, read_config, read_run_file,
 )
@@ -56,8 +63,9 @@ def export_backbone(
     input_transform=None,
     extra_signatures: dict | None = None,
     extra_objects: dict | None = None,
+    formats=None,
 ) -> str:
-    """Writes `backbone` as a contract SavedModel to `export_dir`, atomically.
+    """Writes `backbone` as a contract SavedModel (and other formats) to `export_dir`, atomically.
 
     Args:
       backbone: A backbone model returning a dict of end-points.
@@ -71,16 +79,34 @@ def export_backbone(
         saved as signatures taking `images` like `representation`.
       extra_objects: Optional `{attribute: trackable}` set on the root so the
         variables the extra signatures use are saved.
+      formats: Formats to write (`keras_ssl.export_formats.FORMATS`; a list
+        or a comma-separated string); None for the default `saved_model,keras`.
+        With an `input_transform`, keras is skipped by default (a printed
+        line says why) and refused when asked for. The `.keras`, ONNX and
+        LiteRT files take the size the backbone sees: `image_size` (a
+        patch-based method's `patch_size`; 32 when both are None).
 
     Returns:
       `export_dir`.
+
+    Raises:
+      keras_ssl.export_formats.ExportFormatError: A format that cannot be
+        written (unknown, `saved_model` left out, a missing optional
+        package, keras with an input transform, a converter's failure or an
+        artifact that differs from the SavedModel); nothing is written.
 
     Example:
 
     >>> from keras_ssl.backbones import build_backbone         # doctest: +SKIP
     >>> net = build_backbone("resnet_v2", depth=10, widening_factor=1)
-    >>> export_backbone(net, "/tmp/net", {}, image_size=32)    # doctest: +SKIP
+    >>> export_backbone(net, "/tmp/net", {}, image_size=32,    # doctest: +SKIP
+    ...                 formats=["saved_model", "keras", "onnx", "litert"])
     """
+    explicit = formats is not None
+    formats, note = resolve_formats(
+        formats, input_transform=_transform_name(input_transform) if input_transform else None)
+    if note:
+        print(f"keras-ssl export: {note}", flush=True)
     images_spec = tf.TensorSpec([None, None, None, 3], tf.float32, name=INPUT_NAME)
     endpoint_names = list(backbone.endpoint_names)
     transform = input_transform or (lambda images: images)
@@ -143,10 +169,26 @@ def export_backbone(
         **metadata,
     }
 
+    def representation_fn(images):
+        outputs = net(images, False)
+        return {name: outputs[name] for name in endpoint_names}
+
     parent = os.path.dirname(os.path.abspath(export_dir))
     os.makedirs(parent, exist_ok=True)
     staging = tempfile.mkdtemp(prefix=".export-", dir=parent)
     try:
+        model_path = os.path.join(staging, "model")
+        # The other formats first: their check results go into the metadata,
+        # which the SavedModel copies in as an asset.
+        os.makedirs(model_path)
+        artifacts, differences, notes = write_artifacts(
+            model_path, formats, backbone=backbone, representation=representation_fn,
+            input_size=probe_size, endpoint_names=endpoint_names, explicit=explicit)
+        for line in notes:
+            print(f"keras-ssl export: {line}", flush=True)
+        full_metadata["artifacts"] = artifacts
+        if differences:
+            full_metadata["artifact_max_abs_difference"] = differences
         metadata_path = os.path.join(staging, "metadata", METADATA_FILENAME)
         os.makedirs(os.path.dirname(metadata_path))
         with open(metadata_path, "w") as f:
@@ -162,12 +204,33 @@ def export_backbone(
         root.metadata_file = tf.saved_model.Asset(metadata_path)
         for attribute, trackable in (extra_objects or {}).items():
             setattr(root, attribute, trackable)
-        model_path = os.path.join(staging, "model")
         tf.saved_model.save(root, model_path, signatures=signatures)
         _replace_dir(model_path, export_dir)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return export_dir
+
+
+def _transform_name(transform) -> str:
+    """How a printed line names an input transform (`Colorization.export_input_transform`)."""
+    owner = getattr(transform, "__self__", None)
+    if owner is not None:
+        return f"{type(owner).__name__}.{getattr(transform, '__name__', 'input transform')}"
+    return getattr(transform, "__qualname__", None) or "the input transform"
+
+
+def has_input_transform(method) -> bool:
+    """Whether `method` overrides `Method.export_input_transform` (patches, Lab, lightness).
+
+    Such a method's export has no `.keras` file: the transform has no
+    built-in Keras form (`keras_ssl.export_formats.resolve_formats`).
+
+    Example:
+
+    >>> has_input_transform(build_tiny_method("colorization"))  # doctest: +SKIP
+    True
+    """
+    return type(method).export_input_transform is not Method.export_input_transform
 
 
 def first_endpoints(net, images, variables, endpoint_names) -> list:
@@ -212,7 +275,8 @@ def _replace_dir(source: str, destination: str) -> None:
         os.rename(source, destination)
 
 
-def export_method(method, model_dir: str, step: int, export_dir: str | None = None) -> str:
+def export_method(method, model_dir: str, step: int, export_dir: str | None = None,
+                  formats=None) -> str:
     """Exports the backbone of an in-memory method of the run in `model_dir`.
 
     Args:
@@ -221,9 +285,16 @@ def export_method(method, model_dir: str, step: int, export_dir: str | None = No
         metadata).
       step: The training step the weights are from.
       export_dir: Destination (default `model_dir/export/step_<step>`).
+      formats: Formats to write (see `export_backbone`; None: the default).
 
     Returns:
       The export directory.
+
+    Example:
+
+    >>> export_method(method, "runs/quickstart", 300,         # doctest: +SKIP
+    ...               formats=["saved_model", "onnx"])
+    'runs/quickstart/export/step_300'
     """
     run = read_run_file(model_dir)
     gin_config = read_config(model_dir)
@@ -242,14 +313,15 @@ def export_method(method, model_dir: str, step: int, export_dir: str | None = No
     extra_signatures, extra_objects = method.export_signatures()
     path = export_backbone(
         method.backbone, export_dir, metadata, run["image_size"],
-        input_transform=method.export_input_transform,
-        extra_signatures=extra_signatures, extra_objects=extra_objects,
+        input_transform=method.export_input_transform if has_input_transform(method) else None,
+        extra_signatures=extra_signatures, extra_objects=extra_objects, formats=formats,
     )
     print(f"exported step {step} to {path}", flush=True)
     return path
 
 
-def export_checkpoint(model_dir: str, step: int | None = None, export_dir: str | None = None) -> str:
+def export_checkpoint(model_dir: str, step: int | None = None, export_dir: str | None = None,
+                      formats=None) -> str:
     """Rebuilds the run's method from its config and exports a checkpoint.
 
     Args:
@@ -257,6 +329,7 @@ def export_checkpoint(model_dir: str, step: int | None = None, export_dir: str |
       step: Step of the checkpoint (default: the latest). Step 0 is the
         random initialisation kept by every run.
       export_dir: Destination (default `model_dir/export/step_<step>`).
+      formats: Formats to write (see `export_backbone`; None: the default).
 
     Returns:
       The export directory.
@@ -264,6 +337,16 @@ def export_checkpoint(model_dir: str, step: int | None = None, export_dir: str |
     Raises:
       FileNotFoundError: No checkpoint for that step; the message lists the
         steps available (`keras_ssl.building.restore_method`).
+      keras_ssl.export_formats.ExportFormatError: A format that cannot be
+        written (see `export_backbone`).
+
+    Example:
+
+    >>> export_checkpoint("runs/quickstart", 0,               # doctest: +SKIP
+    ...                   formats="saved_model,keras,onnx,litert")
+    'runs/quickstart/export/step_0'
     """
+    if formats is not None:
+        resolve_formats(formats)  # an unknown format fails before the model is rebuilt
     method, step = restore_method(model_dir, step)
-    return export_method(method, model_dir, step, export_dir)
+    return export_method(method, model_dir, step, export_dir, formats)

@@ -32,7 +32,7 @@ import tensorflow as tf
 
 from keras_ssl import config, registry
 from keras_ssl.backbones import BackboneInputError
-from keras_ssl.building import build_method, make_checkpoint
+from keras_ssl.building import build_method, make_checkpoint, weights_restored_after
 from keras_ssl.datasets import load_training_split
 from keras_ssl.export import export_method
 from keras_ssl.distribute import check_global_batch, describe, get_strategy, sum_over_workers
@@ -266,7 +266,7 @@ def _check_stateless(method, images: tf.data.Dataset) -> None:
 
 def _float32_twin(method, batch):
     """A float32 copy of a mixed-precision method, with its weights (for the export)."""
-    with _dtype_policy("float32"):
+    with _dtype_policy("float32"), weights_restored_after():
         twin = build_method()
     twin.seed = method.seed
     twin.build_from_batch(batch)
@@ -404,9 +404,11 @@ def train(
     # Seeded after the data: preparing a dataset on first use draws from the global
     # generators, and the same command must build the same weights either way.
     keras.utils.set_random_seed(seed)
+    resuming = tf.train.latest_checkpoint(model_dir) is not None
     with _dtype_policy(mixed_precision), strategy.scope():
         try:
-            method = build_method()
+            with weights_restored_after() if resuming else contextlib.nullcontext():
+                method = build_method()
         except ValueError as error:  # a constructor's refusal of a setting or a backbone
             raise TrainingConfigError(str(error)) from None
         method.seed = seed

@@ -1,7 +1,10 @@
 """keras-ssl-eval: evaluation of self-supervised representations from SavedModels.
 
 Reads SavedModels that follow the keras-ssl contract (docs/savedmodel_contract.md)
-with TensorFlow alone: neither keras nor keras_ssl is imported.
+with TensorFlow alone: neither keras nor keras_ssl is imported. Other models
+(a ``.keras`` file, a keras-hub preset, another SavedModel) are read through an
+adapter (`keras_ssl_eval.reading.adapters`, ``keras-ssl-eval --model``); only
+the Keras kinds import keras.
 
 Example:
     >>> import keras_ssl_eval as kse
@@ -56,6 +59,7 @@ _EXPORTS = {
     **dict.fromkeys(["DatasetInfo", "load_images", "to_rgb_float"], "reading.data"),
     **dict.fromkeys(["RepresentationModel", "load_representation_model"],
                     "reading.savedmodel"),
+    **dict.fromkeys(["ModelSource", "open_model", "parse_endpoints"], "reading.adapters"),
     **dict.fromkeys(["compare_reports", "load_reports"], "reporting.compare"),
     **dict.fromkeys(["write_plots"], "reporting.plots"),
     **dict.fromkeys(["build_report", "markdown_report", "markdown_table", "write_report"],
@@ -86,13 +90,15 @@ __all__ = [
     "DEFAULT_CACHE_DIR", "DEFAULT_L2_GRID", "DEFAULT_SHOTS", "FOLDER_PREFIX",
     "MAX_FEATURE_VALUES", "PROTOCOLS", "DataSettings", "DatasetInfo", "EvaluationSettings",
     "FeatureCache", "GridSettings", "HeadResult", "KnnSettings", "LinearProbeResult",
-    "LinearSettings", "LowShotSettings", "UtilitySettings", "LinearSVM", "PatchSpec", "Protocol",
+    "LinearSettings", "LowShotSettings", "UtilitySettings", "LinearSVM", "ModelSource",
+    "PatchSpec", "Protocol",
     "RepresentationModel", "adaptive_max_pool",
     "avg_pool", "build_report", "compare_reports", "cut_patches", "evaluate",
     "evaluate_linear", "fit_linear_probe", "fit_svm", "fit_svm_cv", "flatten_features",
     "get_protocol", "protocol_names",
     "knn_accuracy", "knn_classify", "labels_needed", "load_images", "load_reports",
-    "load_representation_model", "low_shot", "markdown_report", "markdown_table",
+    "load_representation_model", "low_shot", "markdown_report", "markdown_table", "open_model",
+    "parse_endpoints",
     "pooled_grid", "sample_per_class", "split_features", "to_rgb_float", "train_head",
     "utility_curve", "write_plots", "write_report", "__version__",
 ]

@@ -33,7 +33,8 @@ METADATA_PATH = "assets/" + METADATA_FILENAME  # Relative to the SavedModel dire
 
 # The metadata's ``format``: the contract's name and its version (major.minor).
 FORMAT_NAME = "keras_ssl.savedmodel"
-FORMAT_VERSION = (1, 1)  # 1.1 added trainable_variable_paths and _endpoints
+# 1.1 added trainable_variable_paths and _endpoints; 1.2 the artifacts beside the SavedModel.
+FORMAT_VERSION = (1, 2)
 # Written as "keras_ssl.savedmodel/1" while the minor version is 0, as the
 # exports before minor versions existed were.
 FORMAT = (f"{FORMAT_NAME}/{FORMAT_VERSION[0]}" if FORMAT_VERSION[1] == 0

@@ -29,13 +29,15 @@ from keras_ssl.testing.method_checks import (
 )
 from keras_ssl.testing.replicas import check_replicas, replica_reports
 from keras_ssl.testing.tiny import (
-    TINY_BACKBONE, TINY_BATCH_SIZE, TINY_IMAGE_SIZE, TINY_NUM_EXAMPLES, TINY_PATCH_GRID, TINY_VIT,
+    TINY_BACKBONE, TINY_BATCH_SIZE, TINY_IMAGE_SIZE, TINY_KERAS_HUB, TINY_NUM_EXAMPLES,
+    TINY_PATCH_GRID, TINY_VIT,
     build_tiny_method, tiny_backbone, tiny_backbone_for, tiny_examples, tiny_family,
     tiny_method_settings,
 )
 
 __all__ = [
-    "TINY_BACKBONE", "TINY_BATCH_SIZE", "TINY_IMAGE_SIZE", "TINY_NUM_EXAMPLES", "TINY_PATCH_GRID", "TINY_VIT",
+    "TINY_BACKBONE", "TINY_BATCH_SIZE", "TINY_IMAGE_SIZE", "TINY_KERAS_HUB", "TINY_NUM_EXAMPLES",
+    "TINY_PATCH_GRID", "TINY_VIT",
     "build_tiny_method", "check_backbone", "check_export", "check_gradients", "check_loss_falls",
     "check_method", "check_replicas", "check_strict_settings", "check_training_step",
     "method_and_batches", "replica_reports", "tiny_backbone", "tiny_backbone_for", "tiny_examples", "tiny_family",

@@ -13,8 +13,12 @@ TINY_BACKBONE = dict(depth=10, widening_factor=1, small_image_stem=True)
 
 # ViT-Tiny's shape at toy size: 64 wide (one head), 2 blocks, 4-px patches of 16-px images.
 TINY_VIT = dict(widening_factor=1, depth=2, patch_size=4, image_size=16)
+# keras-hub's ResNet at its smallest (its first stage must be 64 wide), random init.
+TINY_KERAS_HUB = dict(class_name="ResNetBackbone", config=dict(
+    input_conv_filters=[64], input_conv_kernel_sizes=[3], stackwise_num_filters=[64, 16],
+    stackwise_num_blocks=[1, 1], stackwise_num_strides=[1, 2], block_type="basic_block"))
 # What `tiny_backbone` builds per family (TINY_BACKBONE for the others).
-_TINY_BY_FAMILY = {"vit": TINY_VIT}
+_TINY_BY_FAMILY = {"vit": TINY_VIT, "keras_hub": TINY_KERAS_HUB}
 
 # Image size, batch size and number of examples the checks train on.
 TINY_IMAGE_SIZE = 16
@@ -25,8 +29,8 @@ TINY_NUM_EXAMPLES = 8
 # Relative Patch Location and PIRL need to fit the tiny images.
 TINY_PATCH_GRID = dict(resize=48, crop=45, patch_size=12)
 
-__all__ = ["TINY_BACKBONE", "TINY_BATCH_SIZE", "TINY_IMAGE_SIZE", "TINY_NUM_EXAMPLES",
-           "TINY_PATCH_GRID", "TINY_VIT", "build_tiny_method", "method_class", "tiny_backbone",
+__all__ = ["TINY_BACKBONE", "TINY_BATCH_SIZE", "TINY_IMAGE_SIZE", "TINY_KERAS_HUB",
+           "TINY_NUM_EXAMPLES", "TINY_PATCH_GRID", "TINY_VIT", "build_tiny_method", "method_class", "tiny_backbone",
            "tiny_backbone_for", "tiny_examples", "tiny_family", "tiny_method_settings"]
 
 
@@ -51,7 +55,7 @@ def method_class(method) -> tuple[type, str | None]:
 
 
 def tiny_backbone(family: str = "resnet_v2", **overrides):
-    """Builds the tiny backbone of `family` (`TINY_VIT` for `vit`, else `TINY_BACKBONE`).
+    """Builds the tiny backbone of `family` (`TINY_VIT`, `TINY_KERAS_HUB`, else `TINY_BACKBONE`).
 
     Args:
       family: A registered backbone family taking those arguments.

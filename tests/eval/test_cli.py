@@ -142,7 +142,8 @@ def test_cli_runs_without_keras(workspace, tmp_path):
 # The evaluation tests that need no trained model: all of them must pass where
 # keras and keras_ssl cannot be imported, as the evaluation promises.
 _KERAS_FREE_TESTS = ("test_protocols.py", "test_registry.py", "test_linear.py", "test_heads.py",
-                     "test_features.py", "test_savedmodel.py", "test_data.py", "test_eval_only.py")
+                     "test_features.py", "test_savedmodel.py", "test_data.py", "test_eval_only.py",
+                     "test_any_model.py")
 
 
 @pytest.mark.slow

@@ -9,7 +9,8 @@
 - `forkserver`: the binaries' entry points as forks of one preloaded process.
 - Scripts run as their own processes: `contrastive_replicas.py`,
   `deepcluster_replicas.py`, `batch_norm_replicas.py`, `load_without_keras.py`
-  (the registry's replica check: `keras_ssl.testing.replicas`).
+  (the registry's replica check: `keras_ssl.testing.replicas`),
+  `load_keras_without_keras_ssl.py` (a `.keras` export in a Python without keras_ssl).
 - `numpy_losses`: losses written out in numpy, the loss tests' references.
 - `blocked_imports`: keeps keras and keras_ssl out of a process (tests/eval).
 

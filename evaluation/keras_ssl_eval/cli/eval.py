@@ -5,6 +5,8 @@ Usage:
         --dataset=cifar10 --layers=block3,pre_logits --output=/tmp/eval
     keras-ssl-eval --protocol=grid,knn,lowshot --saved_model=... --dataset=... --output=...
     keras-ssl-eval --protocol=utility --scratch_model=/runs/x/export/step_0 ...
+    keras-ssl-eval --model=/models/resnet.keras --model=/presets/resnet_18 ...
+    keras-ssl-eval --model=/hub/simclr --endpoints=block4=block_group4,pre_logits=final_avg_pool ...
     keras-ssl-eval compare --results=/tmp/a/results.json,/tmp/b/results.json --output=/tmp/ab
 
 Writes ``results.json``, ``results.md`` and plots to ``--output`` and prints
@@ -14,7 +16,10 @@ settings dataclasses of `DataSettings` and every registered protocol
 (`define_setting_flags`: a field's flat name, default, help and bounds), so a
 protocol's settings are flags without a change here; the binary's own flags
 (``--saved_model``, ``--dataset``, ``--output``, ``--protocol``, ...) are
-holders as in every binary. While it works it
+holders as in every binary. ``--model`` reads a model that does not follow
+the contract (a ``.keras`` file, a keras-hub preset, another SavedModel)
+through an adapter (`keras_ssl_eval.reading.adapters`); keras is imported only
+for the Keras kinds. While it works it
 prints one plain line per step on stderr (features extracted, probe
 accuracies); ``--verbosity=0`` shows TensorFlow's and absl's logs as well.
 """
@@ -22,6 +27,7 @@ accuracies); ``--verbosity=0`` shows TensorFlow's and absl's logs as well.
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import logging
 import sys
 import types
@@ -133,6 +139,24 @@ define_setting_flags()
 _SAVED_MODEL = flags.DEFINE_multi_string(
     "saved_model", None, "SavedModel directory following the keras-ssl contract. "
     "Repeat the flag to evaluate several models side by side.")
+_MODEL = flags.DEFINE_multi_string(
+    "model", None, "A model that does not follow the contract: a .keras file, a keras-hub "
+    "preset directory or another SavedModel, read through an adapter (docs/evaluation.md, "
+    "'Evaluating any model'). Repeatable; evaluated after the --saved_model models.")
+_ENDPOINTS = flags.DEFINE_multi_string(
+    "endpoints", None, "End-points of --model: NAME=LAYER_OR_OUTPUT,... (a layer name or an "
+    "output key of a Keras model; an output key of the SavedModel signature). Given once it "
+    "applies to every --model; repeated, the i-th applies to the i-th --model. Default: the "
+    "model's own outputs (keras-hub backbones: pyramid_outputs and a pooled pre_logits).")
+_SIGNATURE = flags.DEFINE_string(
+    "signature", None, "Signature of a --model SavedModel (default: representation, else "
+    "serving_default, else its only one).")
+_UNSAFE_KERAS = flags.DEFINE_bool(
+    "unsafe_keras", False, "Load --model Keras files that need unsafe deserialisation (a "
+    "Lambda layer's Python code runs when loaded): only for models you trust.")
+_KERAS_MODULES = flags.DEFINE_list(
+    "keras_modules", None, "Python modules to import before loading --model Keras files, so "
+    "that their custom layers are registered (their code runs: only modules you trust).")
 _DATASET = flags.DEFINE_string(
     "dataset", None, "TFDS name (e.g. cifar10, synthetic_shapes/TCVL) or "
     "folder:/path/to/images (one sub-folder per class).")
@@ -147,6 +171,47 @@ _PLOTS = flags.DEFINE_bool(
     "plots", True, "Write PNG plots next to the results.")
 _RESULTS = flags.DEFINE_list(
     "results", None, "compare: results.json files to put side by side.")
+
+
+def _model_sources() -> list:
+    """The `ModelSource` of each ``--model``, with its ``--endpoints`` and the shared flags.
+
+    Raises:
+        absl.app.UsageError: ``--endpoints`` (or ``--signature``, ``--unsafe_keras``,
+            ``--keras_modules``) without ``--model``, or repeated a number of
+            times other than 1 or the number of ``--model`` flags.
+        ValueError: A ``--model`` path of no kind it reads, a malformed
+            ``--endpoints`` item, or a ``--keras_modules`` module that cannot be
+            imported.
+    """
+    # Imported here: the adapters are needed only with --model.
+    from keras_ssl_eval.reading.adapters import (  # pylint: disable=import-outside-toplevel
+        ModelSource, model_kind, parse_endpoints)
+
+    paths, endpoints = list(_MODEL.value or []), list(_ENDPOINTS.value or [])
+    if not paths:
+        given = [f"--{h.name}" for h in (_ENDPOINTS, _SIGNATURE, _KERAS_MODULES) if h.value]
+        given += ["--unsafe_keras"] if _UNSAFE_KERAS.value else []
+        if given:
+            raise app.UsageError(f"{', '.join(given)} apply to --model, and no --model is given.")
+        return []
+    if len(endpoints) not in (0, 1, len(paths)):
+        raise app.UsageError(f"--endpoints is given {len(endpoints)} times for {len(paths)} "
+                             f"--model flags: give it once (for all) or once per --model.")
+    for module in _KERAS_MODULES.value or []:
+        try:
+            importlib.import_module(module)
+        except ImportError as error:
+            raise ValueError(f"--keras_modules: cannot import {module!r} ({error}); install "
+                             f"the package that provides it.") from error
+    for path in paths:  # a wrong path is refused before any model is evaluated
+        model_kind(path)
+    mappings = [parse_endpoints(text) for text in endpoints] or [None]
+    if len(mappings) == 1:
+        mappings = mappings * len(paths)
+    return [ModelSource(path, endpoints=mapping, signature=_SIGNATURE.value,
+                        unsafe_keras=_UNSAFE_KERAS.value)
+            for path, mapping in zip(paths, mappings)]
 
 
 def main(argv):
@@ -168,11 +233,13 @@ def main(argv):
             raise app.UsageError("compare needs --results=a.json,b.json and --output=DIR.")
         report = compare_reports(load_reports(_RESULTS.value), sources=_RESULTS.value)
     else:
-        missing = [holder.name for holder in (_SAVED_MODEL, _DATASET, _OUTPUT)
-                   if not holder.value]
+        missing = [holder.name for holder in (_DATASET, _OUTPUT) if not holder.value]
+        if not _SAVED_MODEL.value and not _MODEL.value:
+            missing.insert(0, "saved_model (or --model)")
         if missing:
             raise app.UsageError("Missing flag(s): " + ", ".join(f"--{n}" for n in missing))
-        report = evaluate(_SAVED_MODEL.value, _DATASET.value, protocols=_PROTOCOL.value,
+        models = list(_SAVED_MODEL.value or []) + _model_sources()
+        report = evaluate(models, _DATASET.value, protocols=_PROTOCOL.value,
                           progress=_PROGRESS.value, **settings_from_flags().sections())
     json_path, md_path = write_report(report, _OUTPUT.value)
     written = [json_path, md_path]

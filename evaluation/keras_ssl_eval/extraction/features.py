@@ -56,7 +56,8 @@ def split_features(model, dataset: str, split: str, layers, *, data_dir: str | N
     """Returns the features of `layers` for one split, from the cache when possible.
 
     Args:
-        model: A `keras_ssl_eval.reading.savedmodel.RepresentationModel`.
+        model: A `keras_ssl_eval.reading.savedmodel.RepresentationModel` (or an
+            `keras_ssl_eval.reading.adapters.AdaptedModel`).
         dataset: A `keras_ssl_eval.reading.data.load_images` name.
         split: The split (TFDS slices work).
         layers: End-point names.
@@ -81,7 +82,9 @@ def split_features(model, dataset: str, split: str, layers, *, data_dir: str | N
     if need_labels and info.num_classes == 0 and dataset.startswith(FOLDER_PREFIX):
         raise ValueError(f"Dataset {dataset!r}, split {split!r} has no labels; the linear "
                          f"probe needs labelled data (for a folder: one sub-folder per class).")
-    identity = model_identity(model.path)
+    # A model read through an adapter is also identified by its end-point mapping.
+    identity = (model.cache_identity() if hasattr(model, "cache_identity")
+                else model_identity(model.path))
     keys = {layer: cache.key(identity, dataset=dataset, data_dir=data_dir, split=split,
                              limit=limit, seed=seed, layer=layer, pooling=pooling,
                              max_values=MAX_FEATURE_VALUES,

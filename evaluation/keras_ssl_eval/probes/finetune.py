@@ -26,7 +26,7 @@ import numpy as np
 import tensorflow as tf
 
 from keras_ssl_eval.contract import REPRESENTATION_SIGNATURE
-from keras_ssl_eval.reading.savedmodel import read_metadata
+from keras_ssl_eval.reading.adapters import open_trainable
 from keras_ssl_eval.settings import UtilitySettings
 
 __all__ = ["FineTuner", "SegmentationFineTuner", "finetune_curve", "layer_decay_scales",
@@ -81,6 +81,11 @@ def layer_decay_scales(metadata: dict, path: str, decay: float,
     """
     placed = metadata.get("trainable_variable_endpoints")
     order = list(metadata.get("endpoints") or [])
+    if placed is None and "adapter" in metadata:
+        raise ValueError(
+            f"Model {path!r} is read through an adapter (--model), which does not say which "
+            f"end-point each trainable variable feeds, so layer-wise decay cannot place them: "
+            f"fine-tune it with finetune_layer_decay = 1.")
     if placed is None or head_endpoint not in order:
         raise ValueError(
             f"SavedModel {path!r} does not say which end-point each trainable variable feeds "
@@ -98,7 +103,8 @@ class FineTuner:
 
     Args:
         path: The SavedModel directory (contract: callable with ``training``,
-            with ``trainable_variables``).
+            with ``trainable_variables``), or any model `keras_ssl_eval.reading.adapters`
+            opens: a `ModelSource`, a ``.keras`` file or a keras-hub preset.
         num_classes: Classes of the head.
         steps: Optimisation steps per budget.
         batch_size: Images per step (at most the budget).
@@ -123,13 +129,14 @@ class FineTuner:
                  layer_decay: float = UtilitySettings.finetune_layer_decay, seed: int = 0):
         if not 0.0 < layer_decay <= 1.0:
             raise ValueError(f"layer_decay = {layer_decay} is outside (0, 1]; 1 turns it off.")
-        self.metadata = read_metadata(path)
-        self.model = tf.saved_model.load(path)
-        if not hasattr(self.model, "trainable_variables"):
-            raise ValueError(f"SavedModel {path!r} has no trainable_variables, so it cannot "
-                             f"be fine-tuned (see docs/savedmodel_contract.md).")
-        self.path = path
+        # A contract SavedModel loads as before; any other model through its adapter.
+        self.metadata, self.model = open_trainable(path)
+        self.path = getattr(path, "path", path)
         self.backbone_vars = list(self.model.trainable_variables)
+        # TF-Hub's convention: a reusable model lists penalties its user adds to the loss
+        # (none in a contract export; a Keras model's weight regularizers through its adapter).
+        self.regularization_losses = list(getattr(self.model, "regularization_losses", None)
+                                          or [])
         self._initial = [v.numpy() for v in self.model.variables]
         self.num_classes, self.steps, self.batch_size = num_classes, steps, batch_size
         self.learning_rate, self.momentum, self.seed = learning_rate, momentum, seed
@@ -172,6 +179,8 @@ class FineTuner:
                 logits = self._logits(self._features(batch_images, True), batch_images)
                 loss = tf.reduce_mean(
                     tf.nn.sparse_softmax_cross_entropy_with_logits(batch_targets, logits))
+                if self.regularization_losses:
+                    loss += tf.add_n([penalty() for penalty in self.regularization_losses])
             grads = tape.gradient(loss, variables)
             for var, vel, grad, rate in zip(variables, velocity, grads, rates):
                 if grad is not None:

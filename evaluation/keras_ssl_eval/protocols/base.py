@@ -70,8 +70,9 @@ class ModelInput:
     """One model, what a whole-model protocol (one that is not `per_layer`) runs on.
 
     Attributes:
-        path: The SavedModel directory.
-        model: The loaded `RepresentationModel`.
+        path: The SavedModel directory (the ``--model`` path for an adapted model).
+        model: The loaded `RepresentationModel` (its ``source`` reopens it for
+            fine-tuning).
         dataset: The dataset name of `evaluate`.
         shared: A dict that lives for the whole `evaluate` call, for what a
             protocol computes once for all models (the utility's scratch curve).

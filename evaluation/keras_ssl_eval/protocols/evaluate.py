@@ -14,7 +14,7 @@ from keras_ssl_eval.extraction.cache import DEFAULT_CACHE_DIR, FeatureCache
 from keras_ssl_eval.extraction.features import split_features
 from keras_ssl_eval.extraction.pooling import MAX_FEATURE_VALUES
 from keras_ssl_eval.protocols.base import LayerInput, ModelInput, protocol_names, registered
-from keras_ssl_eval.reading.savedmodel import load_representation_model
+from keras_ssl_eval.reading.adapters import ModelSource, open_model
 from keras_ssl_eval.reporting.report import build_report, model_column_name
 from keras_ssl_eval.settings import DataSettings, EvaluationSettings, record
 
@@ -37,7 +37,10 @@ def evaluate(saved_models, dataset: str, *, protocols=("linear",),
     (`keras_ssl_eval.protocols.base`).
 
     Args:
-        saved_models: SavedModel directories (a single path is accepted too).
+        saved_models: SavedModel directories following the contract (a single path
+            is accepted too), and any `keras_ssl_eval.reading.adapters.ModelSource`
+            (a ``.keras`` file, a keras-hub preset or another SavedModel, read
+            through an adapter: ``--model``).
         dataset: A `keras_ssl_eval.reading.data.load_images` name; it must have labels.
         protocols: Any registered protocols (``linear``, ``grid``, ``knn``,
             ``lowshot``, ``utility``, ...), or ``"all"`` (utility only with a
@@ -68,9 +71,10 @@ def evaluate(saved_models, dataset: str, *, protocols=("linear",),
     """
     evaluation = EvaluationSettings(data=data, **settings)
     data = evaluation.data
-    saved_models = [saved_models] if isinstance(saved_models, str) else list(saved_models)
+    saved_models = ([saved_models] if isinstance(saved_models, (str, ModelSource))
+                    else list(saved_models))
     if not saved_models:
-        raise ValueError("Pass at least one SavedModel directory.")
+        raise ValueError("Pass at least one SavedModel directory (or --model).")
     selected = _protocols(protocols, evaluation)
     on_layers = [p for p in selected if p.per_layer]
     cache = FeatureCache(DEFAULT_CACHE_DIR if data.cache_dir is None else (data.cache_dir or None),
@@ -78,8 +82,9 @@ def evaluate(saved_models, dataset: str, *, protocols=("linear",),
     train_split, test_split = data.train_split, data.test_split
     limits = {train_split: data.max_train_examples, test_split: data.max_test_examples}
     results, description, shared = [], None, {}
-    for path in saved_models:
-        model = load_representation_model(path)
+    for source in saved_models:
+        model = open_model(source)
+        path = model.path
         name = model_column_name(path, model.metadata)
         entry = {"path": path, "metadata": model.metadata,
                  "input_size": list(model.input_size) if model.input_size else None}

@@ -25,14 +25,17 @@ for classification, ``test_count``, ``finetuned_ci95`` and ``scratch_ci95``
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 
 import numpy as np
 
+from keras_ssl_eval.contract import METADATA_PATH
 from keras_ssl_eval.probes.finetune import (default_dense_layer, finetune_curve,
                                             layer_decay_scales, load_arrays, segmentation_curve)
 from keras_ssl_eval.protocols.base import ModelInput, Protocol, register, result_row
+from keras_ssl_eval.reading.adapters import ModelSource
 from keras_ssl_eval.reading.savedmodel import read_metadata
 from keras_ssl_eval.reporting.tables import count_note, format_accuracy, table, union
 from keras_ssl_eval.settings import UtilitySettings
@@ -134,6 +137,17 @@ def _endpoint_shapes(model, images) -> dict:
     return {name: list(outputs[name].shape[1:]) for name in model.endpoint_names}
 
 
+def _scratch_source(scratch: str, model):
+    """What the scratch model is opened from: a contract SavedModel as a path; beside a model
+    read through an adapter, another Keras or non-contract model is read with the same
+    end-points, signature and safety switch (the same architecture at initialisation)."""
+    source = getattr(model, "source", None)
+    if not isinstance(source, ModelSource) or os.path.exists(os.path.join(scratch,
+                                                                          METADATA_PATH)):
+        return scratch
+    return dataclasses.replace(source, path=scratch)
+
+
 class UtilityProtocol(Protocol):
     """Newell & Deng's utility of pretraining, per model, against a scratch model."""
 
@@ -184,9 +198,9 @@ class UtilityProtocol(Protocol):
                 return finetune_curve(model_path, *arrays[0], *arrays[1], usable, **tune)
         # The scratch curve is the same for every model of the evaluation.
         if "scratch_curve" not in data.shared:
-            data.shared["scratch_curve"] = curve(settings.scratch_model)
+            data.shared["scratch_curve"] = curve(_scratch_source(settings.scratch_model, model))
         scratch_curve = data.shared["scratch_curve"]
-        finetuned = curve(path)
+        finetuned = curve(getattr(model, "source", path))
         result = {
             "scratch_model": settings.scratch_model, "budgets": usable, "task": settings.task,
             "metric": "mean_iou" if dense else "accuracy",

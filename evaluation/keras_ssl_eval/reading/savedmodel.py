@@ -21,6 +21,7 @@ import tensorflow as tf
 from keras_ssl_eval.reading._naming import natural_sort_key
 from keras_ssl_eval.contract import (FORMAT_NAME, FORMAT_VERSION, METADATA_PATH,
                                      REPRESENTATION_SIGNATURE)
+from keras_ssl_eval.extraction.cache import model_identity
 from keras_ssl_eval.extraction.patches import cut_patches, patch_spec_from_metadata
 from keras_ssl_eval.extraction.pooling import MAX_FEATURE_VALUES, flatten_features
 
@@ -105,6 +106,9 @@ class RepresentationModel:
 
     Attributes:
         path: The SavedModel directory.
+        source: What the model was opened from: `path` for a contract
+            SavedModel (a `keras_ssl_eval.reading.adapters.ModelSource` for a
+            model read through an adapter); fine-tuning reopens it.
         endpoint_names: Names of the end-points, shallow to deep.
         metadata: Contents of ``assets/keras_ssl.json`` ({} when absent).
         input_size: ``(height, width)`` the model expects, or None when unknown
@@ -117,43 +121,72 @@ class RepresentationModel:
             of the end-points (before pooling) seen by the last `extract` call.
     """
 
-    def __init__(self, path: str):
-        self.path = path
+    def __init__(self, path: str, *, loaded=None):
+        """Loads the contract SavedModel at `path` (see `load_representation_model`).
+
+        Args:
+            path: The SavedModel directory.
+            loaded: The object `tf.saved_model.load(path)` returned, when the
+                caller loaded it already (`keras_ssl_eval.reading.adapters`).
+        """
         # Metadata first: a model of an unknown contract version is refused
         # before the (slow) load, whose errors would hide the real cause.
-        self.metadata = read_metadata(path)
-        if not self.metadata:
+        metadata = read_metadata(path)
+        if not metadata:
             _log.warning("SavedModel %s has no %s; evaluating it without metadata "
                          "(model name from the directory, input size from the signature).",
                          path, METADATA_PATH)
-        self._loaded = tf.saved_model.load(path)
+        self._loaded = tf.saved_model.load(path) if loaded is None else loaded
         signatures = dict(self._loaded.signatures)
         if REPRESENTATION_SIGNATURE not in signatures:
             raise ValueError(
                 f"SavedModel {path!r} lacks the {REPRESENTATION_SIGNATURE!r} signature (it has: "
                 f"{sorted(signatures) or 'none'}), so its end-points cannot be read. "
                 f"keras-ssl-eval needs the keras-ssl SavedModel contract, see {_CONTRACT}. "
-                f"Re-export the model with keras-ssl's export binary.")
-        self._signature = signatures[REPRESENTATION_SIGNATURE]
-        inputs = self._signature.structured_input_signature[1]
+                f"Re-export the model with keras-ssl's export binary, or read it with "
+                f"--model=PATH --endpoints=NAME=OUTPUT (docs/evaluation.md, \"Evaluating any "
+                f"model\").")
+        self._signature = signature = signatures[REPRESENTATION_SIGNATURE]
+        inputs = signature.structured_input_signature[1]
         if len(inputs) != 1:
             raise ValueError(f"SavedModel {path!r}: signature {REPRESENTATION_SIGNATURE!r} must "
                              f"take one images tensor, it takes {sorted(inputs)}; see {_CONTRACT}.")
         (self._input_name, input_spec), = inputs.items()
-        outputs = list(self._signature.structured_outputs)
-        listed = [n for n in self.metadata.get("endpoints", []) if n in outputs]
+        outputs = list(signature.structured_outputs)
+        listed = [n for n in metadata.get("endpoints", []) if n in outputs]
         rest = sorted((n for n in outputs if n not in listed), key=natural_sort_key)
-        self.endpoint_names = tuple(listed + rest)
         static = tuple(input_spec.shape[1:3]) if input_spec.shape.rank == 4 else ()
-        self.input_size = _size_from_metadata(self.metadata) or (
+        input_size = _size_from_metadata(metadata) or (
             static if len(static) == 2 and None not in static else None)
+        self._setup(path, metadata, tuple(listed + rest), input_size, self._call_signature)
+        self.source = path
         self.patch_spec = patch_spec_from_metadata(self.metadata)
         if self.patch_spec is not None and self.input_size is None:
             raise ValueError(f"Patch model {path!r} needs input_size in its metadata (the "
                              f"image size that is cut into the patch grid).")
+
+    def _call_signature(self, images):
+        return self._signature(**{self._input_name: images})
+
+    def _setup(self, path, metadata, endpoint_names, input_size, run):
+        """Sets what every reader of end-points has; `run` maps images to ``{name: tensor}``.
+
+        `keras_ssl_eval.reading.adapters.AdaptedModel` calls it in place of the
+        contract's loading, so extraction, resizing and the protocols are shared.
+        """
+        self.path = path
+        self.metadata = metadata
+        self.endpoint_names = tuple(endpoint_names)
+        self.input_size = input_size
+        self.patch_spec = None
+        self._run = run
         self._warned_resize = False
         self.last_endpoint_shapes = {}
         self.signature_calls = 0
+
+    def cache_identity(self) -> dict:
+        """What identifies this model's features in the feature cache (`model_identity`)."""
+        return model_identity(self.path)
 
     def endpoints(self, images) -> dict:
         """Runs the signature on one batch; returns ``{layer: np.ndarray}``.
@@ -165,7 +198,7 @@ class RepresentationModel:
         if self.patch_spec is not None:
             images = cut_patches(images, self.patch_spec)
         self.signature_calls += 1
-        outputs = self._signature(**{self._input_name: images})
+        outputs = self._run(images)
         outputs = {k: v.numpy() for k, v in outputs.items()}
         if self.patch_spec is not None:
             n = self.patch_spec.num_patches

@@ -195,7 +195,24 @@ def markdown_report(report: dict) -> str:
             parts.append(protocol.markdown(report, having))
     if not models:
         parts.append(markdown_table(report))
+    adapted = [m for m in models if ((m.get("metadata") or {}).get("adapter"))]
+    if adapted:
+        parts.append(_adapter_notes(adapted))
     return "\n".join(parts)
+
+
+def _adapter_notes(models) -> str:
+    """What the report says of models read through an adapter (``--model``): which
+    end-points, which signature, what input."""
+    lines = ["Models read through an adapter (--model):", ""]
+    for model in models:
+        adapter = model["metadata"]["adapter"]
+        mapping = ", ".join(f"{name} = {source}" for name, source in adapter["endpoints"].items())
+        chosen = adapter.get("default_endpoints") or f"end-points {mapping}"
+        signature = f", signature {adapter['signature']}" if adapter.get("signature") else ""
+        lines.append(f"- {model['name']}: {adapter['kind']}{signature}; {chosen}; input: "
+                     f"{adapter['input']}; fine-tuning head on {adapter['fine_tune_head']}.")
+    return "\n".join(lines) + "\n"
 
 
 def add_missing_intervals(report: dict) -> dict:

@@ -18,7 +18,7 @@ from keras_ssl.backbones import backbone_spec, build_backbone, output_dim
 from keras_ssl.backbones.common import Layers
 from keras_ssl.backbones.revnet import ReversibleUnit
 from tests.helpers import REPO
-from keras_ssl.testing import TINY_BACKBONE, check_backbone
+from keras_ssl.testing import TINY_BACKBONE, TINY_KERAS_HUB, check_backbone
 from tests.helpers.tiny_run import tiny_run_bindings, tiny_shapes_name
 
 RESIDUAL = ("after_root", "block1", "block2", "block3", "block4", "pre_logits")
@@ -31,6 +31,7 @@ TINY = {
     "alexnet": dict(widening_factor=1, fc6_kernel=1),
     "resnet9": dict(widening_factor=1),
     "vit": dict(widening_factor=1, depth=2, patch_size=4, image_size=32),
+    "keras_hub": dict(TINY_KERAS_HUB, image_size=32),
 }
 _RESIDUAL_SHAPES = {
     "after_root": (2, 32, 32, 16),
@@ -69,8 +70,11 @@ SHAPES = {
         "pre_logits": (2, 128),
     },
     "vit": {"block1": (2, 8, 8, 64), "block2": (2, 8, 8, 64), "pre_logits": (2, 64)},
+    "keras_hub": {"P2": (2, 8, 8, 64), "P3": (2, 4, 4, 16), "pre_logits": (2, 16)},
 }
 FAMILIES = registry.BACKBONES.names()
+# keras-hub's networks are sized by their own config, not by a widening factor.
+WIDENED = [name for name in FAMILIES if name != "keras_hub"]
 
 
 def tiny(name, **overrides):
@@ -108,7 +112,7 @@ def test_endpoints_shapes_gradients_and_weight_decay(name):
     assert float(tf.add_n(net.losses)) == pytest.approx(expected, rel=1e-5)
 
 
-@pytest.mark.parametrize("name", FAMILIES)
+@pytest.mark.parametrize("name", WIDENED)
 def test_convolution_weights_grow_as_k_squared(name):
     def conv_params(k):
         return sum(int(np.prod(w.shape)) for w in _kernels(tiny(name, widening_factor=k)))
@@ -287,7 +291,10 @@ def test_backbone_gin_configs_parse(path):
         family = gin.query_parameter("keras_ssl.build_method.backbone")
         assert family in FAMILIES
         assert name == family or name.startswith(family.split("_")[0])
-        assert gin.query_parameter(f"{family}.widening_factor") >= 1
+        if family in WIDENED:
+            assert gin.query_parameter(f"{family}.widening_factor") >= 1
+        else:  # keras-hub's networks are sized by the class's config
+            assert gin.query_parameter(f"{family}.config")["stackwise_num_filters"][0] == 64
     finally:
         gin.clear_config()
 
@@ -327,3 +334,33 @@ def test_rotation_trains_on_a_non_resnet_family_from_gin_bindings(data_dir, tmp_
     assert np.isfinite(outputs["loss"])
     operative = open(os.path.join(str(tmp_path / "run"), run_dir.OPERATIVE_CONFIG_FILE)).read()
     assert "revnet.depth = 10" in operative
+
+
+# ------------------------------------------------------------------ keras_hub
+def test_keras_hub_preset_with_an_image_converter_rescales_inside_the_backbone(tmp_path):
+    keras_hub = pytest.importorskip("keras_hub")
+    source = tiny("keras_hub", image_size=16)
+    preset = str(tmp_path / "preset")
+    source.hub_backbone.save_to_preset(preset)
+    # keras-hub presets take [0, 255] and normalise with the converter's scale and offset.
+    converter = keras_hub.layers.ResNetImageConverter(
+        scale=[1 / (255 * 0.2), 1 / (255 * 0.25), 1 / (255 * 0.3)], offset=[-2.0, -2.0, -2.0])
+    keras_hub.models.ResNetImageClassifierPreprocessor(image_converter=converter).save_to_preset(
+        preset)
+    net = build_backbone("keras_hub", preset=preset)
+    images = np.random.default_rng(0).uniform(size=(2, 16, 16, 3)).astype("float32")
+    expected = keras.layers.GlobalAveragePooling2D()(source.hub_backbone(converter(images * 255)))
+    np.testing.assert_allclose(net(images)["pre_logits"], expected, atol=1e-5)
+    assert backbone_spec(net) == dict(family="keras_hub", class_name="ResNetBackbone",
+                                      preset=preset, synchronized_bn=False)
+
+
+def test_keras_hub_refusals_are_one_line():
+    with pytest.raises(ValueError, match="keras_hub: bind either keras_hub.preset"):
+        build_backbone("keras_hub", preset="/nowhere", class_name="ResNetBackbone")
+    with pytest.raises(ValueError, match="'Nope' is not a keras_hub.models backbone"):
+        build_backbone("keras_hub", class_name="Nope")
+    with pytest.raises(ValueError, match="cannot load the preset '/nowhere'"):
+        build_backbone("keras_hub", preset="/nowhere")
+    with pytest.raises(ValueError, match="synchronized_bn = True is not available"):
+        build_backbone("keras_hub", synchronized_bn=True, **TINY_KERAS_HUB)

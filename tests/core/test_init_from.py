@@ -122,3 +122,22 @@ def test_training_continues_from_a_run_and_resumes_without_the_source(
     finally:
         gin.clear_config()
     assert restore_method(model_dir)[1] == 4
+
+
+def test_a_keras_file_initialises_the_backbone_and_a_mismatch_names_the_variables(tmp_path):
+    from keras_ssl.portable import save_portable
+
+    source = tiny_backbone("resnet_v2")
+    path = save_portable(source, str(tmp_path / "backbone.keras"), 16)
+    target = tiny_backbone("resnet_v2")
+    assert not np.allclose(_outputs(target)["pre_logits"], _outputs(source)["pre_logits"])
+    assert initialize_backbone(target, path).startswith("initialised")
+    _assert_same_outputs(source, target)
+    wider = tiny_backbone("resnet_v2", widening_factor=2)
+    before = [w.numpy().copy() for w in wider.weights]
+    with pytest.raises(InitFromError, match=r"does not fit the configured backbone: .*"
+                                            r"block1_unit1_conv1"):
+        initialize_backbone(wider, path)
+    assert all(np.array_equal(b, w.numpy()) for b, w in zip(before, wider.weights))
+    with pytest.raises(InitFromError, match="does not exist"):
+        initialize_backbone(target, str(tmp_path / "absent.keras"))

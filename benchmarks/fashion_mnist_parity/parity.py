@@ -21,6 +21,7 @@ the training features), trained on the 60,000 training images and tested on the
 from __future__ import annotations
 
 import argparse
+import ast
 import glob
 import json
 import os
@@ -75,10 +76,39 @@ def write_features(model_dir, arrays_path, output):
     with open(os.path.join(model_dir, "run.json")) as f:
         run = json.load(f)
     info = dict(library="keras-ssl", steps=run["train_steps"], seed=run["seed"],
-                batch_size=run["batch_size"], model_dir=model_dir)
+                batch_size=run["batch_size"], model_dir=model_dir,
+                **_recipe(os.path.join(model_dir, "config.gin")))
     np.savez(output, **out, train_labels=arrays["train_labels"],
              test_labels=arrays["test_labels"], info=json.dumps(info))
     print(f"wrote {output}")
+
+
+# The settings a parity run may change, by their gin name: (key, label, default).
+_RECIPE = {
+    "learning_rate_schedule.base_learning_rate": ("learning_rate", "lr", None),
+    "build_optimizer.weight_decay": ("weight_decay", "wd", None),
+    "resnet_v2.kernel_initializer": ("kernel_initializer", "init", "he_normal"),
+    "simclr.head_output_batch_norm": ("head_output_batch_norm", "head output norm", "no_offset"),
+    "simclr.views_in_one_batch": ("views_in_one_batch", "views in one batch", True),
+}
+
+
+def _recipe(config_path):
+    """The settings of `_RECIPE` a run used, read from its operative gin config."""
+    recipe = {key: default for key, _, default in _RECIPE.values() if default is not None}
+    with open(config_path) as f:
+        for line in f:
+            name, _, value = line.partition(" = ")
+            if name.strip() in _RECIPE:
+                recipe[_RECIPE[name.strip()][0]] = ast.literal_eval(value.strip())
+    return recipe
+
+
+def _library(run):
+    """The row label: the library, and the recipe's settings where the run records them."""
+    settings = [f"{label} {run[key]:g}" if isinstance(run.get(key), float) else
+                f"{label} {run[key]}" for key, label, _ in _RECIPE.values() if key in run]
+    return f"{run['library']} ({', '.join(settings)})" if settings else run["library"]
 
 
 def _scored(accuracy, n):
@@ -140,7 +170,7 @@ def aggregate(results):
     """Mean, std (ddof 1), min and max over seeds per (library, steps, stage, protocol)."""
     groups = {}
     for r in results:
-        groups.setdefault((r["library"], r["steps"]), []).append(r)
+        groups.setdefault((_library(r), r["steps"]), []).append(r)
     rows = []
     for (library, steps), runs in sorted(groups.items(), key=lambda kv: (kv[0][1], kv[0][0])):
         for stage, label in _STAGES:
@@ -207,6 +237,8 @@ def main(argv=None):
     evaluate = sub.add_parser("evaluate", help="score feature files, aggregate seeds")
     evaluate.add_argument("--features", required=True, help="a glob of .npz feature files")
     evaluate.add_argument("--output", required=True, help="path prefix of the .json and .md")
+    evaluate.add_argument("--keep_runs", help="an earlier report's .json whose scored runs "
+                          "join these (their feature files need not exist any more)")
     args = parser.parse_args(argv)
     if args.command == "arrays":
         write_arrays(args.dataset, args.data_dir, args.output)
@@ -220,7 +252,14 @@ def main(argv=None):
             raise SystemExit(f"no feature files match {args.features!r}")
         command = ("python -m benchmarks.fashion_mnist_parity.parity evaluate "
                    f"--features='{args.features}' --output={args.output}")
-        write_report([score(p) for p in paths], args.output, command)
+        results = [score(p) for p in paths]
+        if args.keep_runs:
+            with open(args.keep_runs) as f:
+                kept = json.load(f)["runs"]
+            scored = {r["file"] for r in results}
+            results = [r for r in kept if r["file"] not in scored] + results
+            command += f" --keep_runs={args.keep_runs}"
+        write_report(results, args.output, command)
 
 
 if __name__ == "__main__":

@@ -43,6 +43,7 @@ def alexnet(
     bn_momentum: float = 0.99,
     bn_epsilon: float = 1e-3,
     synchronized_bn: bool = False,
+    kernel_initializer: str = "he_normal",
     image_size: int | None = None,
     name: str | None = None,
 ) -> keras.Model:
@@ -61,6 +62,8 @@ def alexnet(
       bn_momentum: Batch-norm moving-average momentum.
       bn_epsilon: Batch-norm epsilon.
       synchronized_bn: Compute batch statistics across replicas.
+      kernel_initializer: Convolution kernels' initialisation: 'he_normal', 'pytorch'
+        (PyTorch's default) or another Keras initializer name.
       image_size: Fixes the input height/width; None accepts any size.
       name: Model name (default `alexnet`).
 
@@ -77,7 +80,7 @@ def alexnet(
     k = check_widening_factor("alexnet", widening_factor)
     fc6_kernel = check_positive_int("alexnet", "fc6_kernel", fc6_kernel)
     root_stride = check_positive_int("alexnet", "root_stride", root_stride)
-    layers = Layers(weight_decay, bn_momentum, bn_epsilon, synchronized_bn)
+    layers = Layers(weight_decay, bn_momentum, bn_epsilon, synchronized_bn, kernel_initializer)
 
     inputs = image_input(image_size)
     x = keras.layers.ZeroPadding2D(2, name="conv1_pad")(inputs)

@@ -2,11 +2,13 @@
 
 Every family builds its convolutions and batch norms through `Layers`, so the
 shared options (`weight_decay`, `bn_momentum`, `bn_epsilon`,
-`synchronized_bn`) mean the same thing everywhere, and checks its arguments
+`synchronized_bn`, `kernel_initializer`) mean the same thing everywhere, and checks its arguments
 with the helpers below so a bad value fails the same way in every family.
 """
 
 from __future__ import annotations
+
+import random
 
 import keras
 import tensorflow as tf
@@ -31,6 +33,47 @@ def resnet_widths(kind: str, k: int) -> list[int]:
     return [w // 4 for w in widths] if kind == "basic" else widths
 
 
+# PyTorch's default for Conv2d and Linear, kaiming_uniform(a = sqrt(5)):
+# U(-b, b) with b = 1 / sqrt(fan_in), which is VarianceScaling(1/3, fan_in, uniform).
+_PYTORCH_DEFAULT = dict(scale=1 / 3, mode="fan_in", distribution="uniform")
+
+
+def kernel_initializer_of(name: str):
+    """The convolution kernels' initializer: `'pytorch'` or a Keras initializer name.
+
+    `'he_normal'` (Keras' variance scaling 2 / fan_in, normal) is every
+    family's default. `'pytorch'` is PyTorch's default initialisation,
+    `U(-1/sqrt(fan_in), 1/sqrt(fan_in))`: kernels about 2.4x smaller, which
+    with batch norm after every convolution gives the same forward pass but a
+    larger effective learning rate (docs/backbones.md, "Initialisation").
+    A Keras name is returned as it is, for the layer to resolve, so a run's
+    random draws are the ones they were before this option existed.
+
+    Raises:
+      ValueError: `name` is neither.
+
+    Example:
+
+    >>> kernel_initializer_of("pytorch")(shape=(3, 3, 16, 32)).numpy().max() <= 1 / 12
+    True
+    """
+    if name == "pytorch":
+        return keras.initializers.VarianceScaling(**_PYTORCH_DEFAULT)
+    # Instantiating an unseeded Keras initializer draws its seed from Python's
+    # `random`; the state is put back so that checking the name draws nothing.
+    state = random.getstate()
+    try:
+        keras.initializers.get(name)
+    except ValueError:
+        raise ValueError(
+            f"kernel_initializer: unknown initializer {name!r}; use 'pytorch' (PyTorch's "
+            f"default) or a Keras initializer name such as 'he_normal', 'he_uniform' or "
+            f"'glorot_uniform'.") from None
+    finally:
+        random.setstate(state)
+    return name
+
+
 class Layers:
     """Builds convolutions and batch norms with the network's shared options.
 
@@ -39,9 +82,11 @@ class Layers:
       bn_momentum: Batch-norm moving-average momentum.
       bn_epsilon: Batch-norm epsilon.
       synchronized_bn: Compute batch statistics across replicas.
+      kernel_initializer: A name `kernel_initializer` accepts (below).
     """
 
-    def __init__(self, weight_decay, bn_momentum, bn_epsilon, synchronized_bn):
+    def __init__(self, weight_decay, bn_momentum, bn_epsilon, synchronized_bn,
+                 kernel_initializer="he_normal"):
         # Keras' L2(l) adds l * sum(w^2), whose gradient is 2 l w; weight
         # decay wd in the papers means a gradient of wd * w, hence wd / 2.
         self.regularizer = (
@@ -50,6 +95,8 @@ class Layers:
         self.bn_options = dict(
             momentum=bn_momentum, epsilon=bn_epsilon, synchronized=synchronized_bn
         )
+        kernel_initializer_of(kernel_initializer)  # refuses an unknown name before building
+        self.kernel_initializer = kernel_initializer
 
     def conv_layer(self, filters, kernel, stride, name, padding="same"):
         return keras.layers.Conv2D(
@@ -58,7 +105,7 @@ class Layers:
             strides=stride,
             padding=padding,
             use_bias=False,
-            kernel_initializer="he_normal",
+            kernel_initializer=kernel_initializer_of(self.kernel_initializer),
             kernel_regularizer=self.regularizer,
             name=name,
         )

@@ -75,7 +75,8 @@ def _unit_v1(layers: Layers, x, filters, stride, kind, name):
 
 def _resnet(
     version, depth, widening_factor, last_relu, small_image_stem, root_stride, root_pool,
-    block_strides, weight_decay, bn_momentum, bn_epsilon, synchronized_bn, image_size, name,
+    block_strides, weight_decay, bn_momentum, bn_epsilon, synchronized_bn, kernel_initializer,
+    image_size, name,
 ):
     family = f"resnet_{version}"
     check_depth(family, depth, RESNET_DEPTHS)
@@ -85,7 +86,7 @@ def _resnet(
     block_strides = check_strides(family, "block_strides", block_strides, 4)
     kind, units = RESNET_DEPTHS[depth]
     unit = _unit_v1 if version == "v1" else _unit_v2
-    layers = Layers(weight_decay, bn_momentum, bn_epsilon, synchronized_bn)
+    layers = Layers(weight_decay, bn_momentum, bn_epsilon, synchronized_bn, kernel_initializer)
 
     inputs = image_input(image_size)
     x = residual_stem(
@@ -122,6 +123,7 @@ def resnet_v2(
     bn_momentum: float = 0.99,
     bn_epsilon: float = 1e-3,
     synchronized_bn: bool = False,
+    kernel_initializer: str = "he_normal",
     image_size: int | None = None,
     name: str | None = None,
 ) -> keras.Model:
@@ -147,6 +149,8 @@ def resnet_v2(
       bn_momentum: Batch-norm moving-average momentum.
       bn_epsilon: Batch-norm epsilon.
       synchronized_bn: Compute batch statistics across replicas.
+      kernel_initializer: Convolution kernels' initialisation: 'he_normal', 'pytorch'
+        (PyTorch's default) or another Keras initializer name.
       image_size: Fixes the input height/width; None accepts any size.
       name: Model name (default `resnet{depth}_v2`).
 
@@ -162,7 +166,8 @@ def resnet_v2(
     """
     return _resnet(
         "v2", depth, widening_factor, last_relu, small_image_stem, root_stride, root_pool,
-        block_strides, weight_decay, bn_momentum, bn_epsilon, synchronized_bn, image_size, name,
+        block_strides, weight_decay, bn_momentum, bn_epsilon, synchronized_bn, kernel_initializer,
+        image_size, name,
     )
 
 
@@ -177,6 +182,7 @@ def resnet_v1(
     bn_momentum: float = 0.99,
     bn_epsilon: float = 1e-3,
     synchronized_bn: bool = False,
+    kernel_initializer: str = "he_normal",
     image_size: int | None = None,
     name: str | None = None,
 ) -> keras.Model:
@@ -205,6 +211,8 @@ def resnet_v1(
       bn_momentum: Batch-norm moving-average momentum.
       bn_epsilon: Batch-norm epsilon.
       synchronized_bn: Compute batch statistics across replicas.
+      kernel_initializer: Convolution kernels' initialisation: 'he_normal', 'pytorch'
+        (PyTorch's default) or another Keras initializer name.
       image_size: Fixes the input height/width; None accepts any size.
       name: Model name (default `resnet{depth}_v1`).
 
@@ -220,5 +228,6 @@ def resnet_v1(
     """
     return _resnet(
         "v1", depth, widening_factor, True, small_image_stem, root_stride, root_pool,
-        block_strides, weight_decay, bn_momentum, bn_epsilon, synchronized_bn, image_size, name,
+        block_strides, weight_decay, bn_momentum, bn_epsilon, synchronized_bn, kernel_initializer,
+        image_size, name,
     )

@@ -40,6 +40,7 @@ def resnet9(
     bn_momentum: float = 0.99,
     bn_epsilon: float = 1e-3,
     synchronized_bn: bool = False,
+    kernel_initializer: str = "he_normal",
     image_size: int | None = None,
     name: str | None = None,
 ) -> keras.Model:
@@ -60,6 +61,8 @@ def resnet9(
       bn_momentum: Batch-norm moving-average momentum.
       bn_epsilon: Batch-norm epsilon.
       synchronized_bn: Compute batch statistics across replicas.
+      kernel_initializer: Convolution kernels' initialisation: 'he_normal', 'pytorch'
+        (PyTorch's default) or another Keras initializer name.
       image_size: Fixes the input height/width; None accepts any size.
       name: Model name (default `resnet9`).
 
@@ -76,7 +79,7 @@ def resnet9(
     k = check_widening_factor("resnet9", widening_factor)
     block_strides = check_strides("resnet9", "block_strides", block_strides, 3)
     root_stride = check_positive_int("resnet9", "root_stride", root_stride)
-    layers = Layers(weight_decay, bn_momentum, bn_epsilon, synchronized_bn)
+    layers = Layers(weight_decay, bn_momentum, bn_epsilon, synchronized_bn, kernel_initializer)
 
     inputs = image_input(image_size)
     x = layers.conv_bn_relu(inputs, 16 * k, 3, int(root_stride), "prep")

@@ -137,6 +137,7 @@ def revnet(
     bn_momentum: float = 0.99,
     bn_epsilon: float = 1e-3,
     synchronized_bn: bool = False,
+    kernel_initializer: str = "he_normal",
     image_size: int | None = None,
     name: str | None = None,
 ) -> keras.Model:
@@ -163,6 +164,8 @@ def revnet(
       bn_momentum: Batch-norm moving-average momentum.
       bn_epsilon: Batch-norm epsilon.
       synchronized_bn: Compute batch statistics across replicas.
+      kernel_initializer: Convolution kernels' initialisation: 'he_normal', 'pytorch'
+        (PyTorch's default) or another Keras initializer name.
       image_size: Fixes the input height/width; None accepts any size.
       name: Model name (default `revnet{depth}`).
 
@@ -181,8 +184,8 @@ def revnet(
     block_strides = check_strides("revnet", "block_strides", block_strides, 4)
     kind, units = RESNET_DEPTHS[depth]
     widths = resnet_widths(kind, k)
-    layers = Layers(weight_decay, bn_momentum, bn_epsilon, synchronized_bn)
-    root_layers = Layers(0.0, bn_momentum, bn_epsilon, synchronized_bn)
+    layers = Layers(weight_decay, bn_momentum, bn_epsilon, synchronized_bn, kernel_initializer)
+    root_layers = Layers(0.0, bn_momentum, bn_epsilon, synchronized_bn, kernel_initializer)
 
     inputs = image_input(image_size)
     x = residual_stem(

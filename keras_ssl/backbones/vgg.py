@@ -40,6 +40,7 @@ def vgg19_bn(
     bn_momentum: float = 0.99,
     bn_epsilon: float = 1e-3,
     synchronized_bn: bool = False,
+    kernel_initializer: str = "he_normal",
     image_size: int | None = None,
     name: str | None = None,
 ) -> keras.Model:
@@ -62,6 +63,8 @@ def vgg19_bn(
       bn_momentum: Batch-norm moving-average momentum.
       bn_epsilon: Batch-norm epsilon.
       synchronized_bn: Compute batch statistics across replicas.
+      kernel_initializer: Convolution kernels' initialisation: 'he_normal', 'pytorch'
+        (PyTorch's default) or another Keras initializer name.
       image_size: Fixes the input height/width; None accepts any size.
       name: Model name (default `vgg{depth}_bn`).
 
@@ -79,7 +82,7 @@ def vgg19_bn(
     k = check_widening_factor("vgg19_bn", widening_factor)
     pool_strides = check_strides("vgg19_bn", "pool_strides", pool_strides, 5)
     fc6_kernel = check_positive_int("vgg19_bn", "fc6_kernel", fc6_kernel)
-    layers = Layers(weight_decay, bn_momentum, bn_epsilon, synchronized_bn)
+    layers = Layers(weight_decay, bn_momentum, bn_epsilon, synchronized_bn, kernel_initializer)
     widths = [8 * k, 16 * k, 32 * k, 64 * k, 64 * k]
 
     inputs = image_input(image_size)

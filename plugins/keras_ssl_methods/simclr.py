@@ -3,7 +3,8 @@
 Each image gives two views drawn independently by the augmentation stack
 (`simclr_imagenet` by default: Inception crop, flip, colour jitter,
 grayscale, blur; `simclr_cifar` for CIFAR). Both go through the backbone in
-one batch, then a projection MLP (with batch norm, 128-d output), and NT-Xent
+one batch (or one view at a time: `views_in_one_batch`), then a projection
+MLP (with batch norm, 128-d output), and NT-Xent
 pulls the two views of an image together against the 2(N-1) other views of
 the global batch: negatives are gathered from every replica, so the loss on N
 replicas is the loss of the concatenated batch. Use synchronized batch norm across replicas
@@ -32,6 +33,14 @@ class SimCLR(ContrastiveMethod):
         pre-logits width).
       num_head_layers: Dense layers in the head (2: SimCLR v1, 3: v2).
       head_batch_norm: Batch norm in the head.
+      head_output_batch_norm: The batch norm after the head's last layer, one of
+        `projection_head`'s `output_batch_norm` values (default `no_offset`,
+        SimCLR v2's scale-only norm; `none` as LightlySSL's head). Needs
+        `head_batch_norm`.
+      views_in_one_batch: Run both views through the backbone and head as one
+        batch, so batch norm normalises them with shared statistics (SimCLR's
+        code); False runs one view at a time, statistics per view (the PyTorch
+        libraries' `model(x1), model(x2)`).
       cross_replica_negatives: Gather negatives from all replicas.
       num_classes: Train an online linear probe (see `ContrastiveMethod`).
       augmentation: The stack drawing each view (`simclr_imagenet`, `simclr_cifar`).
@@ -60,17 +69,26 @@ class SimCLR(ContrastiveMethod):
         hidden_dim: int | None = None,
         num_head_layers: int = 2,
         head_batch_norm: bool = True,
+        head_output_batch_norm: str | None = None,
+        views_in_one_batch: bool = True,
         cross_replica_negatives: bool = True,
         num_classes: int | None = None,
         augmentation="simclr_imagenet",
         **kwargs,
     ):
         super().__init__(backbone, num_classes=num_classes, augmentation=augmentation, **kwargs)
+        if head_output_batch_norm is not None and not head_batch_norm:
+            raise ValueError(
+                f"simclr: head_output_batch_norm = {head_output_batch_norm!r} needs "
+                f"head_batch_norm = True (a head without batch norm has no output norm); "
+                f"unbind one of them.")
         self.temperature = temperature
         self.cross_replica_negatives = cross_replica_negatives
+        self.views_in_one_batch = views_in_one_batch
         width = output_dim(backbone)
         self.head = projection_head(
             width, hidden_dim or width, projection_dim, num_head_layers, head_batch_norm,
+            output_batch_norm=head_output_batch_norm or "no_offset",
             synchronized_bn=uses_synchronized_bn(backbone), name="simclr_head",
         )
 
@@ -78,10 +96,15 @@ class SimCLR(ContrastiveMethod):
         return self.two_views(example)
 
     def compute_pretext_loss(self, batch, training):
-        views = tf.concat([batch["view_1"], batch["view_2"]], axis=0)
-        pre_logits = self.backbone(views, training=training)["pre_logits"]
-        projections = self.head(pre_logits, training=training)
-        z1, z2 = tf.split(projections, 2, axis=0)
+        if self.views_in_one_batch:
+            views = tf.concat([batch["view_1"], batch["view_2"]], axis=0)
+            pre_logits = self.backbone(views, training=training)["pre_logits"]
+            z1, z2 = tf.split(self.head(pre_logits, training=training), 2, axis=0)
+        else:
+            per_view = [self.backbone(batch[view], training=training)["pre_logits"]
+                        for view in ("view_1", "view_2")]
+            z1, z2 = (self.head(p, training=training) for p in per_view)
+            pre_logits = tf.concat(per_view, axis=0)
         loss, logits, labels = nt_xent_loss(
             z1, z2, self.temperature, cross_replica_negatives=self.cross_replica_negatives
         )

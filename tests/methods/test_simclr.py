@@ -42,6 +42,41 @@ def test_head_and_loss():
     assert set(metrics) == {"contrastive_loss", "contrastive_accuracy"}
 
 
+def test_views_one_at_a_time_normalise_each_view_with_its_own_statistics():
+    method = tiny_method("simclr", temperature=0.5, views_in_one_batch=False)
+    batch = next(iter(method.make_dataset(random_examples(4), 4)))
+    loss, _ = method.compute_pretext_loss(batch, training=True)
+    z1, z2 = (method.head(method.backbone(batch[v], training=True)["pre_logits"], training=True)
+              for v in ("view_1", "view_2"))
+    expected, _, _ = nt_xent_loss(z1, z2, 0.5)
+    assert float(loss) == pytest.approx(float(expected), rel=1e-5)
+    # Batch norm in training mode: one batch of both views gives another loss.
+    joint = tiny_method("simclr", temperature=0.5)
+    joint.set_weights(method.get_weights())
+    assert float(joint.compute_pretext_loss(batch, training=True)[0]) != pytest.approx(
+        float(loss), rel=1e-4)
+
+
+@pytest.mark.parametrize("norm, kinds", [
+    (None, ["BatchNormalization", "Activation", "Dense", "BatchNormalization"]),
+    ("none", ["BatchNormalization", "Activation", "Dense"]),
+    ("affine", ["BatchNormalization", "Activation", "Dense", "BatchNormalization"]),
+])
+def test_head_output_batch_norm(norm, kinds):
+    head = tiny_method("simclr", head_output_batch_norm=norm).head
+    assert [type(layer).__name__ for layer in head.layers[1:]] == kinds
+    last = head.layers[-1]
+    if norm is None:  # SimCLR v2's scale-only norm
+        assert last.scale and not last.center
+    if norm == "affine":
+        assert last.scale and last.center
+
+
+def test_head_output_batch_norm_without_head_batch_norm_is_refused():
+    with pytest.raises(ValueError, match="needs head_batch_norm = True"):
+        tiny_method("simclr", head_batch_norm=False, head_output_batch_norm="none")
+
+
 def test_online_probe_sees_no_gradient_path_and_ignores_unlabelled():
     method = tiny_method("simclr", num_classes=3)
     batch = next(iter(method.make_dataset(random_examples(4), 4)))

@@ -258,6 +258,28 @@ def test_resnet9_residual_layers_and_max_pooled_pre_logits():
     np.testing.assert_allclose(out["pre_logits"], tf.reduce_max(out["block3"], axis=[1, 2]))
 
 
+CONVOLUTIONAL = [name for name in WIDENED if name != "vit"]
+
+
+@pytest.mark.parametrize("name", CONVOLUTIONAL)
+def test_kernel_initializer_sets_every_convolutions_scale(name):
+    def kernels(init):
+        return [w.numpy() for w in _kernels(tiny(name, kernel_initializer=init))
+                if int(np.prod(w.shape[:-1])) >= 64]  # enough fan-in for a std
+
+    for he, torch in zip(kernels("he_normal"), kernels("pytorch")):
+        fan_in = int(np.prod(he.shape[:-1]))
+        # he_normal: std sqrt(2 / fan_in); PyTorch: U(-b, b), b = 1 / sqrt(fan_in).
+        assert he.std() == pytest.approx(np.sqrt(2 / fan_in), rel=0.2)
+        assert np.abs(torch).max() <= 1 / np.sqrt(fan_in)
+        assert torch.std() == pytest.approx(1 / np.sqrt(3 * fan_in), rel=0.2)
+
+
+def test_an_unknown_kernel_initializer_is_refused_before_building():
+    with pytest.raises(ValueError, match="unknown initializer 'kaiming'; use 'pytorch'"):
+        build_backbone("resnet_v2", kernel_initializer="kaiming", **TINY_BACKBONE)
+
+
 # -------------------------------------------------------------- errors, gin
 @pytest.mark.parametrize(
     "name, kwargs, message",

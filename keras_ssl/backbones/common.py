@@ -82,7 +82,7 @@ class Layers:
       bn_momentum: Batch-norm moving-average momentum.
       bn_epsilon: Batch-norm epsilon.
       synchronized_bn: Compute batch statistics across replicas.
-      kernel_initializer: A name `kernel_initializer` accepts (below).
+      kernel_initializer: A name `kernel_initializer_of` accepts (above).
     """
 
     def __init__(self, weight_decay, bn_momentum, bn_epsilon, synchronized_bn,

@@ -90,7 +90,17 @@ _RECIPE = {
     "resnet_v2.kernel_initializer": ("kernel_initializer", "init", "he_normal"),
     "simclr.head_output_batch_norm": ("head_output_batch_norm", "head output norm", "no_offset"),
     "simclr.views_in_one_batch": ("views_in_one_batch", "views in one batch", True),
+    "simclr_cifar.crop_sampler": ("crop_sampler", "crop", "tensorflow"),
 }
+
+
+def _with_recipe_defaults(run):
+    """A kept keras-ssl run with the `_RECIPE` defaults it predates filled in (same rows)."""
+    if run["library"] == "keras-ssl":
+        for key, _, default in _RECIPE.values():
+            if default is not None:
+                run.setdefault(key, default)
+    return run
 
 
 def _recipe(config_path):
@@ -257,7 +267,7 @@ def main(argv=None):
             with open(args.keep_runs) as f:
                 kept = json.load(f)["runs"]
             scored = {r["file"] for r in results}
-            results = [r for r in kept if r["file"] not in scored] + results
+            results = [_with_recipe_defaults(r) for r in kept if r["file"] not in scored] + results
             command += f" --keep_runs={args.keep_runs}"
         write_report(results, args.output, command)
 

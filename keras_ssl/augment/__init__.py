@@ -94,14 +94,15 @@ def inception_crop(
     image: tf.Tensor,
     area_range=(0.08, 1.0),
     aspect_ratio_range=(3 / 4, 4 / 3),
-    max_attempts: int = 100,
+    max_attempts: int | None = None,
     size: int | None = None,
+    crop_sampler: str = "tensorflow",
 ) -> tf.Tensor:
     """Random crop of a random area and aspect ratio, resized to `size` (or back to the input's).
 
-    The "Inception" crop (`RandomResizedCrop`): the box is drawn by
-    `tf.image.stateless_sample_distorted_bounding_box` per image; when no box
-    fits after `max_attempts`, the whole image is used. The crop is resized
+    The "Inception" crop (`RandomResizedCrop`): the box is drawn per image by
+    `crop_sampler` (`stacks.draw_crop_box`: TensorFlow's
+    `sample_distorted_bounding_box`, or torchvision's draw). The crop is resized
     bilinearly (`tf.image.crop_and_resize`, which a batch of images with
     their own boxes shares on an accelerator).
 
@@ -109,15 +110,17 @@ def inception_crop(
       image: float32 `[H, W, 3]` with a static shape.
       area_range: Fraction of the image area the crop covers.
       aspect_ratio_range: Width / height of the crop.
-      max_attempts: Draws before falling back to the whole image.
+      max_attempts: Draws before the sampler's fallback; None: its own number.
       size: Side of the square output (multi-crop's global and local views);
         None keeps the input's height and width.
+      crop_sampler: `tensorflow` or `torchvision` (`stacks.CROP_SAMPLERS`).
 
     Returns:
       float32 `[H, W, 3]` (or `[size, size, 3]`) in the input's range.
     """
     image = tf.convert_to_tensor(image, tf.float32)
-    box = stacks.draw_crop_box(image.shape, area_range, aspect_ratio_range, max_attempts)
+    box = stacks.draw_crop_box(image.shape, area_range, aspect_ratio_range, max_attempts,
+                               sampler=crop_sampler)
     output = None if size is None else (size, size)
     view = ops.crop_resize(image[None], box[None], size=output)[0]
     return tf.ensure_shape(view, image.shape if size is None else [size, size, image.shape[-1]])
@@ -224,6 +227,7 @@ def simclr_augment(
     grayscale_probability: float = 0.2,
     blur_probability: float = 0.5,
     blur_sigma=(0.1, 2.0),
+    crop_sampler: str = "tensorflow",
 ) -> tf.Tensor:
     """The SimCLR view (the `simclr_imagenet` stack), drawn independently per image.
 
@@ -244,6 +248,9 @@ def simclr_augment(
       grayscale_probability: Chance of grayscale.
       blur_probability: Chance of blurring (0 disables blur).
       blur_sigma: (min, max) blur sigma in pixels.
+      crop_sampler: How the crop box is drawn: `tensorflow` (SimCLR's code,
+        the default) or `torchvision` (the PyTorch libraries'); see
+        `stacks.draw_crop_box`.
 
     Returns:
       float32 `[H, W, 3]` in [0, 1].
@@ -253,7 +260,7 @@ def simclr_augment(
         color_jitter_strength=color_jitter_strength,
         color_jitter_probability=color_jitter_probability,
         grayscale_probability=grayscale_probability, blur_probability=blur_probability,
-        blur_sigma=blur_sigma,
+        blur_sigma=blur_sigma, crop_sampler=crop_sampler,
     )
     return deferred.run(stack, image)
 
@@ -264,8 +271,12 @@ def simclr_cifar_augment(
     color_jitter_strength: float = 0.5,
     color_jitter_probability: float = 0.8,
     grayscale_probability: float = 0.2,
+    crop_sampler: str = "tensorflow",
 ) -> tf.Tensor:
-    """SimCLR's CIFAR view (the `simclr_cifar` stack): s = 0.5, no blur."""
+    """SimCLR's CIFAR view (the `simclr_cifar` stack): s = 0.5, no blur.
+
+    The arguments are `simclr_augment`'s.
+    """
     return simclr_augment(
         image,
         area_range=area_range,
@@ -273,6 +284,7 @@ def simclr_cifar_augment(
         color_jitter_probability=color_jitter_probability,
         grayscale_probability=grayscale_probability,
         blur_probability=0.0,
+        crop_sampler=crop_sampler,
     )
 
 
@@ -284,12 +296,15 @@ def moco_v2_augment(
     grayscale_probability: float = 0.2,
     blur_probability: float = 0.5,
     blur_sigma=(0.1, 2.0),
+    crop_sampler: str = "tensorflow",
 ) -> tf.Tensor:
     """MoCo v2's view (the `moco_v2` stack): the SimCLR stack, crop area from 0.2.
 
     As in the MoCo v2 code shown in the CVPR 2020 tutorial:
     `RandomResizedCrop(scale=(0.2, 1.))`, `ColorJitter(0.8, 0.8, 0.8, 0.2)`
-    with p=0.8, grayscale p=0.2, blur sigma 0.1-2 with p=0.5, flip.
+    with p=0.8, grayscale p=0.2, blur sigma 0.1-2 with p=0.5, flip. The crop
+    box is TensorFlow's draw unless `crop_sampler='torchvision'` (the MoCo
+    code's own); the other arguments are `simclr_augment`'s.
     """
     return simclr_augment(
         image,
@@ -299,6 +314,7 @@ def moco_v2_augment(
         grayscale_probability=grayscale_probability,
         blur_probability=blur_probability,
         blur_sigma=blur_sigma,
+        crop_sampler=crop_sampler,
     )
 
 

@@ -30,39 +30,123 @@ import tensorflow as tf
 
 from keras_ssl import random
 from keras_ssl.augment import ops
+from keras_ssl.config import ConfigError
+
+
+# How a crop box is drawn: `tensorflow` is `tf.image.sample_distorted_bounding_box`
+# (SimCLR's and MoCo's TensorFlow code), `torchvision` is `RandomResizedCrop`'s
+# draw (the PyTorch libraries'). With area_range (0.08, 1) and aspect ratio
+# (3/4, 4/3) the first's crops are smaller: mean area 0.41 of the image against
+# 0.49 (docs/contrastive.md, "Crop samplers").
+CROP_SAMPLERS = ("tensorflow", "torchvision")
+# Draws before the fallback when `max_attempts` is None, per sampler.
+_DEFAULT_ATTEMPTS = {"tensorflow": 100, "torchvision": 10}
+
+
+def check_crop_sampler(sampler: str, setting: str = "crop_sampler") -> str:
+    """Returns `sampler` if it is one of `CROP_SAMPLERS`.
+
+    Raises:
+      ConfigError: naming `setting` and the choices (a ValueError; the
+        binaries print it as one line, as any refused binding).
+    """
+    if sampler not in CROP_SAMPLERS:
+        raise ConfigError(
+            f"{setting}={sampler!r} is not a crop sampler; use one of {', '.join(CROP_SAMPLERS)}")
+    return sampler
 
 
 def draw_crop_box(shape, area_range=(0.08, 1.0), aspect_ratio_range=(3 / 4, 4 / 3),
-                  max_attempts: int = 100, flip=None, seed=None) -> tf.Tensor:
+                  max_attempts: int | None = None, flip=None, seed=None,
+                  sampler: str = "tensorflow") -> tf.Tensor:
     """One Inception-crop box, for `ops.crop_resize`.
 
-    Drawn by `tf.image.stateless_sample_distorted_bounding_box` (area and
-    aspect ratio uniform, whole pixels, the whole image when no box fits
-    after `max_attempts`).
+    Two samplers, both in whole pixels:
+
+    - `tensorflow`: `tf.image.stateless_sample_distorted_bounding_box`, the
+      draw of SimCLR's TensorFlow code. The aspect ratio is uniform and the
+      crop's height uniform between the heights of the smallest and the
+      largest area, so small crops are likelier than their share of the area
+      range; the whole image when no box fits after `max_attempts` (100).
+    - `torchvision`: `RandomResizedCrop`'s draw: area uniform in `area_range`,
+      log aspect ratio uniform, the first of `max_attempts` (10) draws that
+      fits; else the central crop of the whole height or width, its aspect
+      ratio clamped to the range.
 
     Args:
       shape: The image's static `(H, W, C)`.
       area_range: Fraction of the image area the crop covers.
       aspect_ratio_range: Width / height of the crop.
-      max_attempts: Draws before falling back to the whole image.
+      max_attempts: Draws before the fallback; None: the sampler's own number.
       flip: Optional bool scalar: swap x1 and x2, which mirrors the crop.
       seed: The `[2]` seed of the draw; default `keras_ssl.random.next_seed()`.
+      sampler: One of `CROP_SAMPLERS`.
 
     Returns:
       float32 `[4]`: `(y1, x1, y2, x2)`, the centres of the crop's corner pixels.
+
+    Example:
+
+    >>> box = draw_crop_box((32, 32, 3), sampler="torchvision", seed=tf.constant([0, 1]))
+    >>> box.shape
+    TensorShape([4])
     """
+    check_crop_sampler(sampler)
     height, width = int(shape[0]), int(shape[1])
+    attempts = _DEFAULT_ATTEMPTS[sampler] if max_attempts is None else int(max_attempts)
+    seed = random.next_seed() if seed is None else seed
+    if sampler == "torchvision":
+        corners = _torchvision_crop(height, width, area_range, aspect_ratio_range, attempts, seed)
+        return _box(corners, (height, width), flip)
     begin, size, _ = tf.image.stateless_sample_distorted_bounding_box(
         tf.constant([height, width, int(shape[2])], tf.int32),
-        seed=random.next_seed() if seed is None else seed,
+        seed=seed,
         bounding_boxes=tf.constant([0.0, 0.0, 1.0, 1.0], tf.float32, [1, 1, 4]),
         min_object_covered=float(area_range[0]),
         aspect_ratio_range=tuple(float(a) for a in aspect_ratio_range),
         area_range=tuple(float(a) for a in area_range),
-        max_attempts=max_attempts,
+        max_attempts=attempts,
         use_image_if_no_bounding_boxes=True,
     )
     return _box(tf.concat([begin, begin + size - 1], 0), (height, width), flip)
+
+
+def _torchvision_crop(height, width, area_range, aspect_ratio_range, attempts, seed):
+    """`RandomResizedCrop`'s box as `[y0, x0, _, y1, x1, _]` pixel corners (see `draw_crop_box`).
+
+    All attempts are drawn at once and the first that fits is taken, which
+    is the same box as drawing them one by one.
+    """
+    u = tf.random.stateless_uniform([4, attempts], seed, dtype=tf.float64)
+    area = height * width * (area_range[0] + (area_range[1] - area_range[0]) * u[0])
+    log_low, log_high = np.log(aspect_ratio_range[0]), np.log(aspect_ratio_range[1])
+    ratio = tf.exp(log_low + (log_high - log_low) * u[1])
+    # Round half to even, as Python's round() in torchvision.
+    w = tf.cast(tf.round(tf.sqrt(area * ratio)), tf.int32)
+    h = tf.cast(tf.round(tf.sqrt(area / ratio)), tf.int32)
+    fits = (w > 0) & (h > 0) & (w <= width) & (h <= height)
+    first = tf.argmax(tf.cast(fits, tf.int32), output_type=tf.int32)
+    fallback = _central_crop_size(height, width, aspect_ratio_range)
+    found = tf.reduce_any(fits)
+    crop_h = tf.where(found, h[first], fallback[0])
+    crop_w = tf.where(found, w[first], fallback[1])
+    # torch.randint(0, n + 1): uniform over the offsets; the central one on fallback.
+    top = tf.where(found, tf.cast(u[2, first] * tf.cast(height - crop_h + 1, tf.float64), tf.int32),
+                   (height - crop_h) // 2)
+    left = tf.where(found, tf.cast(u[3, first] * tf.cast(width - crop_w + 1, tf.float64), tf.int32),
+                    (width - crop_w) // 2)
+    zero = tf.zeros([], tf.int32)
+    return tf.stack([top, left, zero, top + crop_h - 1, left + crop_w - 1, zero])
+
+
+def _central_crop_size(height, width, aspect_ratio_range):
+    """torchvision's fallback `(h, w)`: the whole image, its aspect ratio clamped to the range."""
+    ratio = width / height
+    if ratio < min(aspect_ratio_range):
+        return int(round(width / min(aspect_ratio_range))), width
+    if ratio > max(aspect_ratio_range):
+        return height, int(round(height * max(aspect_ratio_range)))
+    return height, width
 
 
 def _box(corners, size, flip):
@@ -191,6 +275,8 @@ class SimCLRStack(Stack):
       grayscale_probability: Chance of grayscale.
       blur_probability: Chance of blurring (0 disables blur).
       blur_sigma: (min, max) blur sigma in pixels.
+      crop_sampler: How the crop box is drawn, one of `CROP_SAMPLERS` (see
+        `draw_crop_box`).
     """
 
     # How many uniform numbers one image draws: flip, jitter (keep, 4
@@ -200,8 +286,9 @@ class SimCLRStack(Stack):
     def __init__(self, crop=True, area_range=(0.08, 1.0), aspect_ratio_range=(3 / 4, 4 / 3),
                  flip=True, color_jitter_strength=1.0, color_jitter_probability=0.8,
                  grayscale_probability=0.2, blur_probability=0.5,
-                 blur_sigma=(0.1, 2.0)):
+                 blur_sigma=(0.1, 2.0), crop_sampler="tensorflow"):
         self.crop = crop
+        self.crop_sampler = check_crop_sampler(crop_sampler)
         self.area_range = tuple(float(a) for a in area_range)
         self.aspect_ratio_range = tuple(float(a) for a in aspect_ratio_range)
         self.flip = flip
@@ -227,8 +314,8 @@ class SimCLRStack(Stack):
         values = tf.unstack(low + (high - low) * u)
         flip = values[0] < 0.5 if self.flip else None
         if self.crop:
-            box = draw_crop_box(
-                shape, self.area_range, self.aspect_ratio_range, flip=flip, seed=seed)
+            box = draw_crop_box(shape, self.area_range, self.aspect_ratio_range, flip=flip,
+                                seed=seed, sampler=self.crop_sampler)
         else:
             box = _box(tf.constant([0, 0, 0, shape[0] - 1, shape[1] - 1, 0]), shape, flip)
         keep = values[1] < self.jitter_probability

@@ -29,7 +29,9 @@ import gin
 import tensorflow as tf
 
 from keras_ssl import random
-from keras_ssl.augment import color_jitter, gaussian_blur, inception_crop, random_flip, solarize, to_grayscale
+from keras_ssl.augment import (
+    color_jitter, gaussian_blur, inception_crop, random_flip, solarize, stacks, to_grayscale,
+)
 
 # BYOL's colour jitter ranges (brightness, contrast, saturation, hue), also DINO's.
 BYOL_JITTER = (0.4, 0.4, 0.2, 0.1)
@@ -52,6 +54,8 @@ class ViewSpec:
       blur_probability: Chance of a Gaussian blur.
       blur_sigma: `(min, max)` of the blur's sigma in pixels (of the view).
       solarize_probability: Chance of solarising (threshold 0.5).
+      crop_sampler: How the crop box is drawn: `tensorflow` or `torchvision`
+        (`keras_ssl.augment.stacks.draw_crop_box`).
 
     Example:
 
@@ -70,6 +74,10 @@ class ViewSpec:
     blur_probability: float = 0.0
     blur_sigma: tuple = (0.1, 2.0)
     solarize_probability: float = 0.0
+    crop_sampler: str = "tensorflow"
+
+    def __post_init__(self):
+        stacks.check_crop_sampler(self.crop_sampler, "ViewSpec.crop_sampler")
 
 
 # The gin module of the former home, which gin configs name.
@@ -98,7 +106,8 @@ def draw_view(image: tf.Tensor, spec: ViewSpec) -> tf.Tensor:
       float32 `[size, size, 3]` (or `[H, W, 3]`) in [0, 1].
     """
     image = tf.convert_to_tensor(image, tf.float32)
-    view = inception_crop(image, spec.area_range, spec.aspect_ratio_range, size=spec.size)
+    view = inception_crop(image, spec.area_range, spec.aspect_ratio_range, size=spec.size,
+                          crop_sampler=spec.crop_sampler)
     if spec.flip:
         view = random_flip(view)
     if spec.jitter is not None and spec.jitter_probability > 0:

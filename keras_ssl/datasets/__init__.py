@@ -15,6 +15,8 @@ Reading and decoding are shared with the evaluation package
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
 
 from keras_ssl_eval.contract import FOLDER_PREFIX
@@ -91,6 +93,16 @@ def prepare_dataset(
         ) from e
     if _is_prepared(builder):
         return
+    with _preparation_lock(builder):
+        # Another process may have prepared it while this one waited.
+        if not _is_prepared(builder):
+            _download_and_prepare(builder, name, manual_dir, accept_checksum_mismatch)
+
+
+def _download_and_prepare(builder, name, manual_dir, accept_checksum_mismatch) -> None:
+    """`prepare_dataset`'s work once the dataset is known not to be prepared."""
+    import tensorflow_datasets as tfds
+
     default_manual = os.path.join(str(builder.data_dir_root), "downloads", "manual")
     manual = manual_dir or default_manual
     accepted = _check_manual_files(
@@ -120,6 +132,28 @@ def prepare_dataset(
             f"copy DIR here, pass the data_dir that holds it, or bring its files with "
             f"--manual_dir (docs/data.md)."
         ) from e
+
+
+@contextlib.contextmanager
+def _preparation_lock(builder):
+    """Holds an exclusive file lock on preparing `builder`'s dataset in its data_dir.
+
+    Two processes preparing one dataset at once (runs or tests started
+    together on a fresh machine) otherwise both write it and the second
+    fails to rename TFDS' incomplete directory onto the first's. Remote data
+    directories (`gs://`) have no file locks and are not locked.
+    """
+    root = str(builder.data_dir_root)
+    if "://" in root:
+        yield
+        return
+    os.makedirs(root, exist_ok=True)
+    with open(os.path.join(root, f".{builder.name}.prepare.lock"), "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 def _is_prepared(builder) -> bool:

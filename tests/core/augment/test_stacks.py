@@ -1,6 +1,8 @@
 """Augmentation stacks (`keras_ssl.augment.stacks`): a batch given its images' draws makes the
 per-image views of the same seeds, and the draws have the distribution of the per-image views."""
 
+import math
+
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -9,6 +11,7 @@ from scipy import stats
 from keras_ssl import random
 from keras_ssl.augment import stacks
 from keras_ssl.augment.deferred import recording
+from keras_ssl.config import ConfigError
 from keras_ssl.registry import AUGMENTATIONS
 
 BATCHED_STACKS = ["flip", "crop_flip", "simclr_imagenet", "simclr_cifar", "moco_v2"]
@@ -109,3 +112,89 @@ def test_deferred_draws_have_the_distribution_of_the_per_image_views(name, area_
     sigma = params["blur_sigma"].numpy()
     assert abs((sigma > 0).mean() - 0.5) < 0.05
     assert stats.kstest(sigma[sigma > 0], "uniform", args=(0.1, 1.9)).pvalue > 1e-3
+
+
+def _torchvision_corners(u, height, width, area_range=(0.08, 1.0), ratio_range=(3 / 4, 4 / 3)):
+    """torchvision's `RandomResizedCrop.get_params`, written out, on given uniform draws
+    `u[4, attempts]` (area, log ratio, top, left): `(top, left, bottom, right)` pixel corners."""
+    for attempt in range(u.shape[1]):
+        area = height * width * (area_range[0] + (area_range[1] - area_range[0]) * u[0, attempt])
+        ratio = math.exp(math.log(ratio_range[0])
+                         + (math.log(ratio_range[1]) - math.log(ratio_range[0])) * u[1, attempt])
+        w = int(round(math.sqrt(area * ratio)))
+        h = int(round(math.sqrt(area / ratio)))
+        if 0 < w <= width and 0 < h <= height:
+            top = int(u[2, attempt] * (height - h + 1))
+            left = int(u[3, attempt] * (width - w + 1))
+            return top, left, top + h - 1, left + w - 1
+    in_ratio = width / height
+    if in_ratio < min(ratio_range):
+        w, h = width, int(round(width / min(ratio_range)))
+    elif in_ratio > max(ratio_range):
+        h, w = height, int(round(height * max(ratio_range)))
+    else:
+        w, h = width, height
+    top, left = (height - h) // 2, (width - w) // 2
+    return top, left, top + h - 1, left + w - 1
+
+
+@pytest.mark.parametrize("shape,area_range,ratio_range", [
+    ((28, 28, 3), (0.08, 1.0), (3 / 4, 4 / 3)),
+    ((16, 24, 3), (0.2, 1.0), (3 / 4, 4 / 3)),
+    # No draw fits: every box is the fallback, the central crop with the ratio clamped.
+    ((20, 20, 3), (0.9, 1.0), (2.0, 3.0)),
+    ((20, 12, 3), (0.9, 1.0), (2.0, 3.0)),
+])
+def test_torchvision_crop_sampler_is_torchvisions_draw(shape, area_range, ratio_range):
+    height, width = shape[:2]
+    scale = np.array([height - 1, width - 1, height - 1, width - 1], np.float64)
+    for i in range(200):
+        seed = tf.constant([i, 11])
+        box = stacks.draw_crop_box(shape, area_range, ratio_range, seed=seed,
+                                   sampler="torchvision").numpy()
+        u = tf.random.stateless_uniform([4, 10], seed, dtype=tf.float64).numpy()
+        expected = _torchvision_corners(u, height, width, area_range, ratio_range)
+        np.testing.assert_allclose(box * scale, expected, atol=1e-3, err_msg=f"seed {i}")
+
+
+def test_the_two_crop_samplers_have_their_libraries_area_distributions():
+    # torchvision's area is uniform over the range (mean about 0.49 after the
+    # rejections at 28 px), TensorFlow's crop height is: its crops are smaller.
+    shape = (28, 28, 3)
+    rng = np.random.RandomState(0)
+    reference = np.array([_torchvision_corners(rng.uniform(size=(4, 10)), 28, 28)
+                          for _ in range(4000)], np.float64)
+    reference_area = ((reference[:, 2] - reference[:, 0] + 1)
+                      * (reference[:, 3] - reference[:, 1] + 1) / 784.0)
+
+    def areas(sampler):
+        boxes = tf.stack([stacks.draw_crop_box(shape, seed=tf.constant([i, 3]), sampler=sampler)
+                          for i in range(1500)])
+        return stacks.crop_area_and_aspect(boxes, shape)[0].numpy()
+
+    torchvision, tensorflow = areas("torchvision"), areas("tensorflow")
+    assert stats.ks_2samp(torchvision, reference_area).pvalue > 1e-3
+    assert tensorflow.mean() < torchvision.mean() - 0.05
+    assert stats.ks_2samp(tensorflow, reference_area).pvalue < 1e-6
+
+
+@pytest.mark.parametrize("name", ["simclr_imagenet", "simclr_cifar", "moco_v2"])
+def test_crop_sampler_reaches_the_stacks_views(name):
+    fn = AUGMENTATIONS.get(name)
+    image = tf.constant(_coordinates())
+
+    def view(sampler, index):
+        with random.seeded(random.example_seed(4, index)):
+            return fn(image, color_jitter_strength=0.0, grayscale_probability=0.0,
+                      crop_sampler=sampler).numpy()
+
+    # The same seeds: the crop box is the only draw that differs.
+    differ = [not np.allclose(view("tensorflow", i), view("torchvision", i)) for i in range(4)]
+    assert any(differ)
+    np.testing.assert_array_equal(view("torchvision", 0), view("torchvision", 0))
+
+
+def test_an_unknown_crop_sampler_is_refused_with_the_choices():
+    # A ConfigError: the binaries print it as one line (keras_ssl.cli_errors.USER_ERRORS).
+    with pytest.raises(ConfigError, match="crop_sampler='pytorch'.*tensorflow, torchvision"):
+        stacks.SimCLRStack(crop_sampler="pytorch")

@@ -9,7 +9,7 @@ import tensorflow_datasets as tfds
 from keras_ssl.datasets import load_dataset
 from keras_ssl_eval.testing import write_image_folder
 from tests.helpers import REPO
-from tests.helpers.tiny_run import tiny_shapes_name
+from tests.helpers.tiny_run import TINY_SHAPES, tiny_shapes_name
 
 
 def _check_examples(dataset, size, count):
@@ -122,3 +122,51 @@ def test_paper_config_without_manual_imagenet_files_names_the_manual_dir(no_netw
     assert "'imagenet2012'" in message and "by hand" in message
     assert str(tmp_path / "tfds" / "downloads" / "manual") in message
     assert "keras-ssl-prepare-data imagenet2012" in message
+
+
+def test_a_second_process_preparing_a_dataset_waits_for_the_first(tmp_path, monkeypatch):
+    # Two runs started together on a fresh machine both prepared synthetic_shapes, and
+    # the second failed to rename TFDS' incomplete directory onto the first's. Preparing
+    # holds a lock per dataset and data_dir; one waiting for it finds the dataset done.
+    import fcntl
+    import threading
+
+    from keras_ssl import datasets
+    from keras_ssl.datasets.synthetic_shapes import synthetic_shapes_config
+
+    # The tiny variant is not a registered config: its name gets its builder.
+    registered = tfds.builder
+
+    def builder_of(name, data_dir=None, **kwargs):
+        if name == tiny_shapes_name():
+            return registered("synthetic_shapes", config=synthetic_shapes_config(**TINY_SHAPES),
+                              data_dir=data_dir)
+        return registered(name, data_dir=data_dir, **kwargs)
+
+    monkeypatch.setattr(tfds, "builder", builder_of)
+    data_dir = str(tmp_path / "tfds")
+    builder = tfds.builder(tiny_shapes_name(), data_dir=data_dir)
+    os.makedirs(data_dir)
+    info = os.path.join(str(builder.data_dir), "dataset_info.json")
+    errors = []
+
+    def prepare():
+        try:
+            datasets.prepare_dataset(tiny_shapes_name(), data_dir)
+        except Exception as error:  # noqa: BLE001 - reported by the assertion below
+            errors.append(error)
+
+    with open(os.path.join(data_dir, f".{builder.name}.prepare.lock"), "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # another process preparing it
+        waiting = threading.Thread(target=prepare)
+        waiting.start()
+        waiting.join(timeout=3)
+        assert waiting.is_alive() and not os.path.exists(info)
+        datasets._download_and_prepare(builder, tiny_shapes_name(), None, False)
+        prepared_at = os.stat(info).st_mtime_ns
+        fcntl.flock(lock, fcntl.LOCK_UN)
+    waiting.join(timeout=60)
+    assert not waiting.is_alive() and not errors, errors
+    assert os.stat(info).st_mtime_ns == prepared_at  # not written twice
+    _, dataset_info = load_dataset(tiny_shapes_name(), "train", data_dir=data_dir)
+    assert dataset_info.num_examples == 96

@@ -1,11 +1,15 @@
 """View specs (`keras_ssl.augment.view_specs`) keep their former home's import path and gin names.
 
 Drawing views and multi-crop are tested with the methods that use them
-(tests/methods/test_noncontrastive.py).
+(tests/methods/test_noncontrastive.py); a spec's crop sampler here.
 """
 
 import gin
+import numpy as np
+import pytest
+import tensorflow as tf
 
+from keras_ssl import random
 from keras_ssl.augment import view_specs
 
 
@@ -33,12 +37,6 @@ def test_gin_names_keep_the_former_module():
 
 
 def test_a_view_spec_draws_its_crop_with_its_sampler():
-    import numpy as np
-    import pytest
-    import tensorflow as tf
-
-    from keras_ssl import random
-
     # Pixel (y, x) holds (y, x, 0.5) scaled to [0, 1]: a crop shows its box.
     ys, xs = np.meshgrid(*[np.linspace(0.0, 1.0, 20, dtype=np.float32)] * 2, indexing="ij")
     image = tf.constant(np.stack([ys, xs, np.full_like(ys, 0.5)], -1))

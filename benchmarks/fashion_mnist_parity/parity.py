@@ -94,18 +94,18 @@ _RECIPE = {
 }
 
 
+# What a run that does not bind a `_RECIPE` setting used.
+_RECIPE_DEFAULTS = {key: default for key, _, default in _RECIPE.values() if default is not None}
+
+
 def _with_recipe_defaults(run):
     """A kept keras-ssl run with the `_RECIPE` defaults it predates filled in (same rows)."""
-    if run["library"] == "keras-ssl":
-        for key, _, default in _RECIPE.values():
-            if default is not None:
-                run.setdefault(key, default)
-    return run
+    return {**_RECIPE_DEFAULTS, **run} if run["library"] == "keras-ssl" else run
 
 
 def _recipe(config_path):
     """The settings of `_RECIPE` a run used, read from its operative gin config."""
-    recipe = {key: default for key, _, default in _RECIPE.values() if default is not None}
+    recipe = dict(_RECIPE_DEFAULTS)
     with open(config_path) as f:
         for line in f:
             name, _, value = line.partition(" = ")

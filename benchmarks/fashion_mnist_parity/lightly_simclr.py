@@ -12,6 +12,13 @@ and writes the pre-logits of the training and test images (the 32-px arrays that
 step 0 and at the end. `parity.py evaluate` then scores both libraries' features with
 the same kNN and linear probe.
 
+The views are cut from the 28-px IDX pixels, as a LightlySSL user's would be;
+`--train_images=resized` cuts them from the 32-px images of keras-ssl's reader
+instead, which is what keras-ssl's views are cut from (each view then resampled twice,
+and smoother: docs/results/fashion_mnist_parity.md). `--views=N` trains nothing: it
+writes one view of each of the first N training images to `--output` (`.npy`, float32
+`[N, 32, 32, 3]`) for `parity.py views` to compare with keras-ssl's.
+
 The network is keras-ssl's `resnet_v2(depth=18, widening_factor=1, small_image_stem=True)`
 written in PyTorch: a 3x3 stride-1 stem of 16 channels, pre-activation basic units
 (2 per block) of 16, 32, 64 and 128 channels with strides 1, 2, 2, 2, a final batch
@@ -120,21 +127,37 @@ def main():
     parser.add_argument("--weight_decay", type=float, default=5e-4)
     parser.add_argument("--temperature", type=float, default=0.5)
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument(
+        "--train_images", choices=("raw", "resized"), default="raw",
+        help="what the views are cut from: the 28-px IDX pixels (raw, LightlySSL's way) or "
+             "the 32-px images keras-ssl's reader makes and keras-ssl's views are cut from "
+             "(resized: two bilinear resamplings per view, as in keras-ssl)")
+    parser.add_argument("--views", type=int, default=0,
+                        help="write one view of each of the first N images to --output, no training")
     args = parser.parse_args()
 
     torch.manual_seed(args.seed)
     np.random.seed(args.seed)
     torch.set_num_threads(2)
     arrays = np.load(args.arrays)
-    raw = arrays["train_raw"]  # uint8 [60000, 28, 28], the IDX pixels
+    if args.train_images == "raw":
+        images = arrays["train_raw"]  # uint8 [60000, 28, 28], the IDX pixels
+    else:  # float [60000, 32, 32, 3] in [0, 1], to 8 bits as PIL holds them
+        images = np.round(arrays["train"][..., 0] * 255).astype(np.uint8)
     # SimCLR's CIFAR recipe in lightly's terms: jitter strength 0.5, no blur,
     # crops of 0.08-1 resized to 32 px, flip, grayscale 0.2; images stay in
     # [0, 1] as keras-ssl feeds them (no mean/std normalisation).
     transform = SimCLRTransform(
         input_size=32, cj_strength=0.5, gaussian_blur=0.0, min_scale=0.08, normalize=None
     )
+    if args.views:
+        views = [transform(Image.fromarray(image).convert("RGB"))[0].permute(1, 2, 0).numpy()
+                 for image in images[:args.views]]
+        np.save(args.output, np.stack(views).astype(np.float32))
+        print(f"wrote {args.output}: {len(views)} views cut from the {args.train_images} images")
+        return
     loader = torch.utils.data.DataLoader(
-        _TwoViews(raw, transform), batch_size=args.batch_size, shuffle=True, drop_last=True,
+        _TwoViews(images, transform), batch_size=args.batch_size, shuffle=True, drop_last=True,
         num_workers=args.workers, persistent_workers=args.workers > 0,
         generator=torch.Generator().manual_seed(args.seed),
     )
@@ -181,6 +204,7 @@ def main():
             library="lightly", lightly=__import__("lightly").__version__,
             torch=torch.__version__, steps=args.steps, batch_size=args.batch_size,
             seed=args.seed, learning_rate=lr, weight_decay=args.weight_decay,
+            train_images=args.train_images,
             temperature=args.temperature, train_seconds=seconds,
             first_loss=losses[0], last_loss=losses[-1],
         )),

@@ -12,6 +12,9 @@ Three steps (docs/results/fashion_mnist_parity.md has the commands and the resul
     python -m benchmarks.fashion_mnist_parity.parity evaluate --features='DIR/*.npz' \
         --output=benchmarks/results/fashion_mnist_parity
 
+and, apart, what the two libraries' views look like (`views`: brightness, clipping and
+fine detail of one view per image; LightlySSL's written by `lightly_simclr.py --views`).
+
 Both libraries' features are scored by the same code: keras-ssl-eval's kNN (k = 200,
 temperature 0.1, cosine similarity) and its linear probe (L2 chosen on a hold-out of
 the training features), trained on the 60,000 training images and tested on the
@@ -30,7 +33,7 @@ import numpy as np
 
 from keras_ssl_eval.probes.knn import knn_accuracy
 from keras_ssl_eval.probes.linear import fit_linear_probe
-from keras_ssl_eval.statistics import wilson_interval
+from keras_ssl_eval.statistics import welch_difference, wilson_interval
 
 _IMAGE_SIZE = 32
 _STAGES = (("step0", "random initialisation"), ("", "trained"))
@@ -94,18 +97,25 @@ _RECIPE = {
 }
 
 
-# What a run that does not bind a `_RECIPE` setting used.
-_RECIPE_DEFAULTS = {key: default for key, _, default in _RECIPE.values() if default is not None}
+# The settings lightly_simclr.py records beside its flags' values: (key, label, default).
+_LIGHTLY_RECIPE = (("train_images", "views cut from", "raw"),)
+
+
+# Per library, what a run that does not record a setting used (it predates the setting).
+_RECIPE_DEFAULTS = {
+    "keras-ssl": {key: default for key, _, default in _RECIPE.values() if default is not None},
+    "lightly": {key: default for key, _, default in _LIGHTLY_RECIPE},
+}
 
 
 def _with_recipe_defaults(run):
-    """A kept keras-ssl run with the `_RECIPE` defaults it predates filled in (same rows)."""
-    return {**_RECIPE_DEFAULTS, **run} if run["library"] == "keras-ssl" else run
+    """A run with the defaults of the settings it predates filled in (the same rows)."""
+    return {**_RECIPE_DEFAULTS.get(run["library"], {}), **run}
 
 
 def _recipe(config_path):
     """The settings of `_RECIPE` a run used, read from its operative gin config."""
-    recipe = dict(_RECIPE_DEFAULTS)
+    recipe = dict(_RECIPE_DEFAULTS["keras-ssl"])
     with open(config_path) as f:
         for line in f:
             name, _, value = line.partition(" = ")
@@ -117,13 +127,73 @@ def _recipe(config_path):
 def _library(run):
     """The row label: the library, and the recipe's settings where the run records them."""
     settings = [f"{label} {run[key]:g}" if isinstance(run.get(key), float) else
-                f"{label} {run[key]}" for key, label, _ in _RECIPE.values() if key in run]
+                f"{label} {run[key]}" for key, label, _ in (*_RECIPE.values(), *_LIGHTLY_RECIPE)
+                if key in run]
     return f"{run['library']} ({', '.join(settings)})" if settings else run["library"]
 
 
 def _scored(accuracy, n):
     low, high = wilson_interval(round(accuracy * n), n)
     return {"accuracy": 100 * accuracy, "ci95": [100 * low, 100 * high], "test_count": n}
+
+
+def view_statistics(views):
+    """What sets views `[N, H, W, C]` in [0, 1] apart: brightness, contrast, clipping, detail.
+
+    On the first channel (the views are grey). `neighbour_msd` is the mean squared
+    difference of horizontally and vertically neighbouring pixels: the detail left at
+    the finest scale, which each bilinear resampling of an enlarged crop smooths away.
+    """
+    grey = np.asarray(views, np.float64)[..., 0]
+    per_image = (np.mean(np.diff(grey, axis=1) ** 2, axis=(1, 2))
+                 + np.mean(np.diff(grey, axis=2) ** 2, axis=(1, 2))) / 2
+    half = 1.96 * per_image.std(ddof=1) / np.sqrt(len(grey))  # the mean's 95% interval
+    return {"count": len(grey), "mean": float(grey.mean()),
+            "image_std": float(grey.std(axis=(1, 2)).mean()),
+            "black": float(np.mean(grey <= 1 / 255)), "white": float(np.mean(grey >= 254 / 255)),
+            "neighbour_msd": float(per_image.mean()),
+            "neighbour_msd_ci95": [float(per_image.mean() - half), float(per_image.mean() + half)]}
+
+
+def keras_ssl_views(images, crop_sampler):
+    """One `simclr_cifar` view of each image (the parity config's stack), image i seeded by i."""
+    import tensorflow as tf
+
+    from keras_ssl import random
+    from keras_ssl.augment import simclr_cifar_augment
+
+    def view(image, index):
+        with random.seeded(tf.stack([index, 0])):
+            return simclr_cifar_augment(image, crop_sampler=crop_sampler)
+
+    indices = tf.range(len(images), dtype=tf.int32)
+    dataset = tf.data.Dataset.from_tensor_slices((images, indices)).map(view).batch(500)
+    return np.concatenate(list(dataset.as_numpy_iterator()))
+
+
+def write_views_report(arrays_path, lightly_paths, count, crop_sampler, output, command):
+    """`view_statistics` of keras-ssl's views, LightlySSL's (written by lightly_simclr.py
+    --views) and the 32-px images themselves, as JSON and markdown."""
+    images = np.load(arrays_path)["train"][:count]
+    sources = {f"keras-ssl simclr_cifar (crop {crop_sampler})": keras_ssl_views(images,
+                                                                                crop_sampler)}
+    for path in lightly_paths:
+        sources[f"LightlySSL ({os.path.basename(path)})"] = np.load(path)[:count]
+    sources["the 32-px training images (no view)"] = images
+    rows = {name: view_statistics(views) for name, views in sources.items()}
+    with open(output + ".json", "w") as f:
+        json.dump({"command": command, "views": rows}, f, indent=1)
+    lines = ["| views of the first training images | count | mean | per-image std | "
+             "pixels <= 1/255 | pixels >= 254/255 | neighbour MSD [95% CI] |",
+             "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    lines += [f"| {name} | {r['count']} | {r['mean']:.3f} | {r['image_std']:.3f} | "
+              f"{r['black']:.3f} | {r['white']:.3f} | {r['neighbour_msd']:.4f} "
+              f"[{r['neighbour_msd_ci95'][0]:.4f}, {r['neighbour_msd_ci95'][1]:.4f}] |"
+              for name, r in rows.items()]
+    lines += ["", f"Command: `{command}`"]
+    with open(output + ".md", "w") as f:
+        f.write("\n".join(lines) + "\n")
+    print("\n".join(lines))
 
 
 def write_pixels(arrays_path, output):
@@ -176,13 +246,18 @@ def _summary(values):
             "min": float(values.min()), "max": float(values.max())}
 
 
-def aggregate(results):
-    """Mean, std (ddof 1), min and max over seeds per (library, steps, stage, protocol)."""
+def _groups(results):
+    """The runs per row, `(library label, steps)`, ordered by steps then label."""
     groups = {}
     for r in results:
         groups.setdefault((_library(r), r["steps"]), []).append(r)
+    return sorted(groups.items(), key=lambda kv: (kv[0][1], kv[0][0]))
+
+
+def aggregate(results):
+    """Mean, std (ddof 1), min and max over seeds per (library, steps, stage, protocol)."""
     rows = []
-    for (library, steps), runs in sorted(groups.items(), key=lambda kv: (kv[0][1], kv[0][0])):
+    for (library, steps), runs in _groups(results):
         for stage, label in _STAGES:
             key = stage or "trained"
             if key not in runs[0]:
@@ -195,15 +270,44 @@ def aggregate(results):
     return rows
 
 
+def compare(results):
+    """Each keras-ssl recipe against LightlySSL at the same steps: Welch's test per protocol.
+
+    Only trained runs, and only rows with at least 2 seeds on both sides.
+    """
+    groups = _groups(results)
+    comparisons = []
+    for (reference, steps), reference_runs in groups:
+        if not reference.startswith("lightly") or len(reference_runs) < 2:
+            continue
+        for (library, other_steps), runs in groups:
+            if library.startswith("keras-ssl") and other_steps == steps and len(runs) > 1:
+                comparisons.append(dict(
+                    library=library, reference=reference, steps=steps,
+                    seeds=[sorted(r["seed"] for r in runs),
+                           sorted(r["seed"] for r in reference_runs)],
+                    **{p: welch_difference([r["trained"][p]["accuracy"] for r in runs],
+                                           [r["trained"][p]["accuracy"] for r in reference_runs])
+                       for p in ("knn", "linear")},
+                ))
+    return comparisons
+
+
+def _difference_cell(d):
+    low, high = d["ci95"]
+    return f"{d['difference']:+.1f} [{low:+.1f}, {high:+.1f}] (t = {d['t']:.2f}, p = {d['p']:.2g})"
+
+
 def _cell(s):
     spread = f" ± {s['std']:.1f}" if s["n"] > 1 else ""
     return f"{s['mean']:.1f}{spread} ({s['min']:.1f}-{s['max']:.1f})"
 
 
 def write_report(results, output, command):
-    rows = aggregate(results)
+    rows, comparisons = aggregate(results), compare(results)
     with open(output + ".json", "w") as f:
-        json.dump({"command": command, "runs": results, "summary": rows}, f, indent=1)
+        json.dump({"command": command, "runs": results, "summary": rows,
+                   "comparisons": comparisons}, f, indent=1)
     lines = [
         "| library | steps | model | seeds | kNN (k=200) | linear probe |",
         "| --- | ---: | --- | ---: | ---: | ---: |",
@@ -212,8 +316,18 @@ def write_report(results, output, command):
         lines.append(f"| {row['library']} | {row['steps']} | {row['stage']} | {row['seeds']} | "
                      f"{_cell(row['knn'])} | {_cell(row['linear'])} |")
     lines += ["", "Each cell: mean ± std over seeds (min-max), test accuracy in % on the 10,000 "
-              "test images. One run's 95% Wilson interval is about ±0.9 points at 75%.", "",
-              "Per run:", "", "| file | stage | kNN [95% CI] | linear [95% CI] |",
+              "test images. One run's 95% Wilson interval is about ±0.9 points at 75%.", ""]
+    if comparisons:
+        lines += ["keras-ssl minus LightlySSL, trained, at the same steps: the difference of "
+                  "the means over seeds, its 95% interval, Welch's t and two-sided p:", "",
+                  "| keras-ssl | LightlySSL | steps | seeds (keras-ssl; LightlySSL) | kNN | "
+                  "linear probe |", "| --- | --- | ---: | --- | ---: | ---: |"]
+        lines += [f"| {c['library']} | {c['reference']} | {c['steps']} | "
+                  f"{c['seeds'][0]}; {c['seeds'][1]} | "
+                  f"{_difference_cell(c['knn'])} | {_difference_cell(c['linear'])} |"
+                  for c in comparisons]
+        lines += [""]
+    lines += ["Per run:", "", "| file | stage | kNN [95% CI] | linear [95% CI] |",
               "| --- | --- | ---: | ---: |"]
     for r in results:
         for stage in ("step0", "trained"):
@@ -244,6 +358,13 @@ def main(argv=None):
     pixels = sub.add_parser("pixels", help="the raw-pixel baseline as a feature file")
     pixels.add_argument("--arrays", required=True)
     pixels.add_argument("--output", required=True)
+    views = sub.add_parser("views", help="statistics of both libraries' views")
+    views.add_argument("--arrays", required=True)
+    views.add_argument("--lightly", default="", help="comma-separated .npy files written by "
+                       "lightly_simclr.py --views")
+    views.add_argument("--count", type=int, default=2000)
+    views.add_argument("--crop_sampler", default="torchvision")
+    views.add_argument("--output", required=True, help="path prefix of the .json and .md")
     evaluate = sub.add_parser("evaluate", help="score feature files, aggregate seeds")
     evaluate.add_argument("--features", required=True, help="a glob of .npz feature files")
     evaluate.add_argument("--output", required=True, help="path prefix of the .json and .md")
@@ -256,6 +377,12 @@ def main(argv=None):
         write_features(args.model_dir, args.arrays, args.output)
     elif args.command == "pixels":
         write_pixels(args.arrays, args.output)
+    elif args.command == "views":
+        command = ("python -m benchmarks.fashion_mnist_parity.parity views "
+                   f"--arrays={args.arrays} --lightly={args.lightly} --count={args.count} "
+                   f"--crop_sampler={args.crop_sampler} --output={args.output}")
+        write_views_report(args.arrays, [p for p in args.lightly.split(",") if p], args.count,
+                           args.crop_sampler, args.output, command)
     else:
         paths = sorted(glob.glob(args.features))
         if not paths:
@@ -267,9 +394,9 @@ def main(argv=None):
             with open(args.keep_runs) as f:
                 kept = json.load(f)["runs"]
             scored = {r["file"] for r in results}
-            results = [_with_recipe_defaults(r) for r in kept if r["file"] not in scored] + results
+            results = [r for r in kept if r["file"] not in scored] + results
             command += f" --keep_runs={args.keep_runs}"
-        write_report(results, args.output, command)
+        write_report([_with_recipe_defaults(r) for r in results], args.output, command)
 
 
 if __name__ == "__main__":

@@ -24,6 +24,10 @@ keras_ssl's sweep combines it with the spread over training seeds
 - `seed_summary`: mean, standard deviation and count of one metric over
   training seeds, with an interval that adds the seeds' spread (Student t) and
   the test set's sampling noise (Wilson) in quadrature.
+- `welch_difference`: the difference of two means over seeds (two methods or
+  libraries, each trained with its own seeds), with Welch's t-test and the
+  difference's interval; unlike overlapping seed intervals it says how sure
+  the difference is.
 - `intervals_overlap`: whether two intervals share a point. Two 95% intervals
   that do not overlap differ significantly; overlapping ones may still differ
   (the test is conservative), so an overlap means "not shown", not "equal".
@@ -38,7 +42,7 @@ import scipy.special
 import scipy.stats
 
 __all__ = ["CONFIDENCE", "accuracy_interval", "bootstrap_interval", "intervals_overlap",
-           "seed_summary", "wilson_interval"]
+           "seed_summary", "welch_difference", "wilson_interval"]
 
 CONFIDENCE = 0.95
 
@@ -175,7 +179,7 @@ def seed_summary(values, test_count: int | None = None,
 
     Example:
         >>> seed_summary([0.50, 0.52], test_count=1000)["ci95"]
-        [0.382..., 0.637...]
+        [0.379..., 0.640...]
     """
     values = np.asarray([float(v) for v in values], np.float64)
     if len(values) == 0:
@@ -200,6 +204,62 @@ def seed_summary(values, test_count: int | None = None,
     if test_count:  # An accuracy stays a fraction.
         summary[key] = [max(0.0, summary[key][0]), min(1.0, summary[key][1])]
     return summary
+
+
+def welch_difference(a, b, confidence: float = CONFIDENCE) -> dict:
+    """``mean(a) - mean(b)`` for two independent sets of runs, with Welch's t-test.
+
+    Welch's test does not assume the two spreads are equal (two libraries'
+    seeds need not vary alike)::
+
+        se  = sqrt(s_a^2 / n_a + s_b^2 / n_b)          (s: sample std, ddof 1)
+        t   = (mean(a) - mean(b)) / se
+        dof = se^4 / ((s_a^2 / n_a)^2 / (n_a - 1) + (s_b^2 / n_b)^2 / (n_b - 1))
+
+    with the two-sided p-value of ``t`` under Student's t at ``dof`` degrees
+    of freedom, and the interval ``difference +- t_q se`` (``t_q`` its
+    ``(1 + confidence) / 2`` quantile). A large p says the runs cannot tell
+    the difference from none, not that it is zero: read the interval.
+
+    Args:
+        a: One metric per run of the first set (at least 2 runs).
+        b: The same metric per run of the second set (at least 2 runs).
+        confidence: The interval's coverage.
+
+    Returns:
+        ``{"difference", "ci95": [low, high], "t", "dof", "p", "n": [n_a, n_b]}``;
+        where both sets have no spread at all, ``t`` is 0 (equal means) or
+        infinite, with p 1 or 0 and the interval the difference itself.
+
+    Raises:
+        ValueError: A set has fewer than 2 runs (no spread to test against).
+
+    Example:
+        >>> result = welch_difference([74.1, 75.0, 73.2, 74.4], [75.9, 76.3, 75.2, 76.0])
+        >>> round(result["difference"], 2), result["p"] < 0.05
+        (-1.67, True)
+    """
+    a = np.asarray([float(v) for v in a], np.float64)
+    b = np.asarray([float(v) for v in b], np.float64)
+    if len(a) < 2 or len(b) < 2:
+        raise ValueError(f"welch_difference needs at least 2 runs in each set, got "
+                         f"{len(a)} and {len(b)}.")
+    _z(confidence)  # Checks the range.
+    difference = float(a.mean() - b.mean())
+    var_a, var_b = a.var(ddof=1) / len(a), b.var(ddof=1) / len(b)
+    se = math.sqrt(var_a + var_b)
+    key = f"ci{round(100 * confidence):d}"
+    if se == 0:
+        return {"difference": difference, key: [difference, difference],
+                "t": 0.0 if difference == 0 else math.copysign(math.inf, difference),
+                "dof": float(len(a) + len(b) - 2), "p": 1.0 if difference == 0 else 0.0,
+                "n": [len(a), len(b)]}
+    dof = (var_a + var_b) ** 2 / (var_a**2 / (len(a) - 1) + var_b**2 / (len(b) - 1))
+    t = difference / se
+    half = float(scipy.stats.t.ppf((1 + confidence) / 2, dof)) * se
+    return {"difference": difference, key: [difference - half, difference + half],
+            "t": float(t), "dof": float(dof), "p": float(2 * scipy.stats.t.sf(abs(t), dof)),
+            "n": [len(a), len(b)]}
 
 
 def intervals_overlap(a, b) -> bool:

@@ -1,5 +1,6 @@
 """Tests of keras_ssl_eval.statistics: Wilson intervals, bootstrap, seed summaries."""
 
+import doctest
 import math
 
 import numpy as np
@@ -94,6 +95,51 @@ def test_seed_summary_combines_seeds_and_test_noise():
     assert utility["ci95"] == pytest.approx([2 - 4.30265 / math.sqrt(3), 2 + 4.30265 /
                                              math.sqrt(3)], abs=1e-4)
     assert statistics.seed_summary([1.0])["ci95"] is None
+
+
+def welch_reference(a, b):
+    """Welch's t-test written out with numpy: t, Welch-Satterthwaite dof, two-sided p."""
+    va, vb = np.var(a, ddof=1) / len(a), np.var(b, ddof=1) / len(b)
+    t = (np.mean(a) - np.mean(b)) / np.sqrt(va + vb)
+    dof = (va + vb) ** 2 / (va**2 / (len(a) - 1) + vb**2 / (len(b) - 1))
+    # p = P(|T| > |t|) = I_{dof / (dof + t^2)}(dof / 2, 1 / 2), the regularized beta.
+    from scipy.special import betainc
+    return t, dof, betainc(dof / 2, 0.5, dof / (dof + t * t))
+
+
+@pytest.mark.parametrize("a,b", [
+    ([74.1, 75.0, 73.2, 74.4], [75.9, 76.3, 75.2, 76.0]),
+    ([76.28, 74.07, 72.82, 75.03, 74.45], [75.08, 76.75, 75.72, 75.55, 74.72]),
+    ([0.5, 0.52], [0.61, 0.40, 0.55]),
+])
+def test_welch_difference_matches_the_formula(a, b):
+    result = statistics.welch_difference(a, b)
+    t, dof, p = welch_reference(a, b)
+    assert result["difference"] == pytest.approx(np.mean(a) - np.mean(b))
+    assert result["t"] == pytest.approx(t) and result["dof"] == pytest.approx(dof)
+    assert result["p"] == pytest.approx(p) and result["n"] == [len(a), len(b)]
+    # The interval and the test agree: 0 lies outside the 95% interval exactly when p < 0.05.
+    low, high = result["ci95"]
+    assert low < result["difference"] < high
+    assert (low > 0 or high < 0) == (result["p"] < 0.05)
+    half = (high - low) / 2
+    se = abs(result["difference"] / result["t"])
+    assert statistics.welch_difference(a, b, confidence=0.5)["ci50"][1] - result["difference"] \
+        < half and half / se > 1.96  # A t quantile at finite dof exceeds the normal one.
+
+
+def test_welch_difference_without_spread_or_runs():
+    same = statistics.welch_difference([1.0, 1.0], [1.0, 1.0])
+    assert same["t"] == 0 and same["p"] == 1 and same["ci95"] == [0.0, 0.0]
+    apart = statistics.welch_difference([2.0, 2.0], [1.0, 1.0, 1.0])
+    assert apart["t"] == math.inf and apart["p"] == 0 and apart["ci95"] == [1.0, 1.0]
+    with pytest.raises(ValueError, match="at least 2 runs in each set, got 1 and 3"):
+        statistics.welch_difference([1.0], [1.0, 2.0, 3.0])
+
+
+def test_docstring_examples_hold():
+    failures, attempted = doctest.testmod(statistics, optionflags=doctest.ELLIPSIS)
+    assert attempted > 5 and failures == 0
 
 
 def test_intervals_overlap():

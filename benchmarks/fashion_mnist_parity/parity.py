@@ -278,10 +278,10 @@ def compare(results):
     groups = _groups(results)
     comparisons = []
     for (reference, steps), reference_runs in groups:
-        if not reference.startswith("lightly") or len(reference_runs) < 2:
+        if reference_runs[0]["library"] != "lightly" or len(reference_runs) < 2:
             continue
         for (library, other_steps), runs in groups:
-            if library.startswith("keras-ssl") and other_steps == steps and len(runs) > 1:
+            if runs[0]["library"] == "keras-ssl" and other_steps == steps and len(runs) > 1:
                 comparisons.append(dict(
                     library=library, reference=reference, steps=steps,
                     seeds=[sorted(r["seed"] for r in runs),

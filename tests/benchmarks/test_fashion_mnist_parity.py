@@ -4,7 +4,6 @@ recipe read from its config, rows per recipe, and keras-ssl tested against Light
 import json
 
 import numpy as np
-
 import pytest
 
 from benchmarks.fashion_mnist_parity import parity

@@ -45,6 +45,7 @@ def projection_head(
     output_batch_norm: str | None = "no_offset",
     activation: str = "relu",
     synchronized_bn: bool = False,
+    batch_norm_epsilon: float = 1e-3,
     name: str = "projection_head",
 ) -> keras.Sequential:
     """An MLP of `num_layers` Dense layers, built for `[batch, input_dim]`.
@@ -76,6 +77,8 @@ def projection_head(
         (neither; SimSiam), `affine`, or `none`/None.
       activation: Of the hidden layers (`relu`, `gelu`).
       synchronized_bn: The batch norms compute statistics across replicas.
+      batch_norm_epsilon: The batch norms' epsilon (Keras' 1e-3; PyTorch's
+        `BatchNorm1d`, as LightlySSL's heads use it, 1e-5).
       name: The model's name.
 
     Returns:
@@ -106,7 +109,8 @@ def projection_head(
         if norm is not None:
             center, scale = norm
             layers.append(BatchNormalization(
-                center=center, scale=scale, synchronized=synchronized_bn, name=f"bn_{i}"
+                center=center, scale=scale, epsilon=batch_norm_epsilon,
+                synchronized=synchronized_bn, name=f"bn_{i}"
             ))
         if not last:
             layers.append(keras.layers.Activation(activation, name=f"{activation}_{i}"))

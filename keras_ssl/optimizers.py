@@ -262,8 +262,45 @@ class _WeightDecay:
         return config
 
 
-class SGD(_WeightDecay, keras.optimizers.SGD):
-    """`keras.optimizers.SGD` with `_WeightDecay`'s decay (coupled by default)."""
+# What SGD's momentum buffer holds (build_optimizer's `momentum_form`).
+MOMENTUM_FORMS = ("keras", "pytorch")
+
+
+class _MomentumForm(keras.optimizers.SGD):
+    """Keras' SGD, or with `momentum_form='pytorch'` PyTorch's momentum buffer.
+
+    Keras keeps the step: `v <- m v - lr g`, `w <- w + v` (Nesterov:
+    `w <- w + m v - lr g`). PyTorch keeps the gradients: `b <- m b + g`,
+    `w <- w - lr b` (Nesterov: `w <- w - lr (g + m b)`). At a constant
+    learning rate the two are the same update; under a schedule Keras' buffer
+    carries the earlier, larger rates into later steps.
+    """
+
+    def __init__(self, *args, momentum_form: str = "keras", **kwargs):
+        if momentum_form not in MOMENTUM_FORMS:
+            raise ValueError(f"momentum_form must be one of {MOMENTUM_FORMS}, got {momentum_form!r}.")
+        super().__init__(*args, **kwargs)
+        self.momentum_form = momentum_form
+
+    def update_step(self, gradient, variable, learning_rate):
+        if self.momentum_form == "keras" or self.momentum == 0:
+            return super().update_step(gradient, variable, learning_rate)
+        learning_rate = ops.cast(learning_rate, variable.dtype)
+        gradient = ops.cast(gradient, variable.dtype)
+        momentum = ops.cast(self.momentum, variable.dtype)
+        buffer = self.momentums[self._get_variable_index(variable)]
+        # PyTorch's first step puts the gradient itself in the (empty) buffer:
+        # with b = 0 that is m b + g.
+        self.assign(buffer, ops.add(ops.multiply(buffer, momentum), gradient))
+        step = ops.add(gradient, ops.multiply(buffer, momentum)) if self.nesterov else buffer
+        self.assign_sub(variable, ops.multiply(step, learning_rate))
+
+    def get_config(self):
+        return {**super().get_config(), "momentum_form": self.momentum_form}
+
+
+class SGD(_WeightDecay, _MomentumForm):
+    """`keras.optimizers.SGD` with `_WeightDecay`'s decay (coupled by default) and `momentum_form`."""
 
 
 class Adam(_WeightDecay, keras.optimizers.Adam):
@@ -280,6 +317,7 @@ _OPTION_APPLIES_TO = {
     "weight_decay_end": ("sgd", "adam", "adamw", "lamb"),
     "momentum": ("sgd", "lars"),
     "nesterov": ("sgd", "lars"),
+    "momentum_form": ("sgd",),
     "lars_eta": ("lars",),
     "beta_1": ("adam", "adamw", "lamb"),
     "beta_2": ("adam", "adamw", "lamb"),
@@ -296,6 +334,7 @@ def build_optimizer(
     name: str = "sgd",
     momentum: float | None = None,
     nesterov: bool | None = None,
+    momentum_form: str | None = None,
     weight_decay: float = 0.0,
     weight_decay_end: float | None = None,
     lars_eta: float | None = None,
@@ -315,6 +354,12 @@ def build_optimizer(
       name: `sgd` (with momentum), `adam`, `adamw`, `lamb` or `lars`.
       momentum: SGD and LARS momentum (None: 0.9).
       nesterov: Nesterov momentum, SGD and LARS (None: off; needs momentum > 0).
+      momentum_form: SGD's momentum buffer (None: `keras`): `keras` keeps the
+        learning-rate-scaled step (`v <- m v - lr g`), `pytorch` the gradients
+        (`b <- m b + g`, step `lr b`), as `torch.optim.SGD` does. The same
+        update at a constant learning rate; under a decaying schedule Keras'
+        later steps are slightly larger. Bind `pytorch` to reproduce a PyTorch
+        recipe step for step.
       weight_decay: Every optimizer. Never applied to biases, batch-norm
         parameters or online probes (`decay_excluded`). `sgd`, `adam` and
         `lars` add `weight_decay * w` to the gradient (coupled L2, as
@@ -352,7 +397,8 @@ def build_optimizer(
         raise ConfigError(
             f"Unknown optimizer {name!r} (keras_ssl.build_optimizer.name); choose "
             f"{', '.join(OPTIMIZER_NAMES[:-1])} or {OPTIMIZER_NAMES[-1]}.")
-    options = {"momentum": momentum, "nesterov": nesterov, "lars_eta": lars_eta,
+    options = {"momentum": momentum, "nesterov": nesterov, "momentum_form": momentum_form,
+               "lars_eta": lars_eta,
                "weight_decay_end": weight_decay_end, "beta_1": beta_1, "beta_2": beta_2}
     for option, value in options.items():
         if value is not None and name not in _OPTION_APPLIES_TO[option]:
@@ -382,11 +428,16 @@ def build_optimizer(
             f"keras_ssl.build_optimizer.nesterov = True needs momentum > 0 (got momentum = "
             f"{momentum}); set a momentum or drop nesterov.")
     nesterov = bool(nesterov)
+    if momentum_form is not None and momentum_form not in MOMENTUM_FORMS:
+        raise ConfigError(
+            f"keras_ssl.build_optimizer.momentum_form must be one of {', '.join(MOMENTUM_FORMS)}, "
+            f"got {momentum_form!r}.")
     decay = dict(weight_decay_rate=weight_decay, weight_decay_mode=WEIGHT_DECAY_MODES[name],
                  weight_decay_end=weight_decay_end,
                  decay_steps=total_steps if weight_decay_end is not None else None)
     if name == "sgd":
-        optimizer = SGD(learning_rate, momentum=momentum, nesterov=nesterov, **decay)
+        optimizer = SGD(learning_rate, momentum=momentum, nesterov=nesterov,
+                        momentum_form=momentum_form or "keras", **decay)
     elif name in ("adam", "adamw"):
         optimizer = Adam(learning_rate, name=name, **betas, **decay)
     elif name == "lamb":

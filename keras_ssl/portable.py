@@ -75,7 +75,7 @@ import numpy as np
 import tensorflow as tf
 from keras import ops
 
-from keras_ssl.backbones.common import PadToAtLeast
+from keras_ssl.backbones.common import PadToAtLeast, SymmetricPad
 from keras_ssl.backbones.revnet import PoolAndPadChannels, ReversibleUnit
 from keras_ssl.backbones.vit import (
     CheckPatchDivisible, PatchTokenMap, Pooling, TokenEmbedding, TransformerBlock, bicubic_matrix,
@@ -395,6 +395,13 @@ def _pad_to_at_least(layer, context, x):
     return context.new(keras.layers.ZeroPadding2D, layer.name, padding)(x)
 
 
+def _symmetric_pad(layer, context, x):
+    if layer.value == 0:
+        return context.new(keras.layers.ZeroPadding2D, layer.name, layer.pad)(x)
+    p = layer.pad
+    return ops.pad(x, [[0, 0], [p, p], [p, p], [0, 0]], constant_values=layer.value)
+
+
 def _reversible_unit(layer, context, x, training=None):
     del training
     half = x.shape[-1] // 2
@@ -502,6 +509,7 @@ def _pooling(layer, context, tokens):
 _RULES = (
     (SplitFreeBatchNormalization, _batch_norm),
     (PadToAtLeast, _pad_to_at_least),
+    (SymmetricPad, _symmetric_pad),
     (ReversibleUnit, _reversible_unit),
     (PoolAndPadChannels, _pool_and_pad),
     (CheckPatchDivisible, _check_patch),

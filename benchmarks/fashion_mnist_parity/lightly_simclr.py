@@ -18,6 +18,10 @@ instead, which is what keras-ssl's views are cut from (each view then resampled 
 and smoother: docs/results/fashion_mnist_parity.md). `--views=N` trains nothing: it
 writes one view of each of the first N training images to `--output` (`.npy`, float32
 `[N, 32, 32, 3]`) for `parity.py views` to compare with keras-ssl's.
+`--trajectory=float64` (or `float32`) trains `--steps` steps in that precision and
+writes their views, losses and the weights before and after instead of features:
+`trajectory.py` trains keras-ssl's SimCLR from the same weights on the same views and
+compares the two.
 
 The network is keras-ssl's `resnet_v2(depth=18, widening_factor=1, small_image_stem=True)`
 written in PyTorch: a 3x3 stride-1 stem of 16 channels, pre-activation basic units
@@ -116,6 +120,13 @@ def _features(backbone, images, batch=1000):
     return np.concatenate(out)
 
 
+def _weights(backbone, head):
+    """Every parameter and batch-norm statistic, by its PyTorch name, as numpy."""
+    return {f"{prefix}.{k}": v.detach().numpy().copy()
+            for prefix, module in (("backbone", backbone), ("head", head))
+            for k, v in module.state_dict().items() if not k.endswith("num_batches_tracked")}
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--arrays", required=True, help="arrays.npz written by parity.py arrays")
@@ -127,6 +138,8 @@ def main():
     parser.add_argument("--weight_decay", type=float, default=5e-4)
     parser.add_argument("--temperature", type=float, default=0.5)
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=2,
+                        help="torch's compute threads (its float32 sums' order depends on them)")
     parser.add_argument(
         "--train_images", choices=("raw", "resized"), default="raw",
         help="what the views are cut from: the 28-px IDX pixels (raw, LightlySSL's way) or "
@@ -134,11 +147,15 @@ def main():
              "(resized: two bilinear resamplings per view, as in keras-ssl)")
     parser.add_argument("--views", type=int, default=0,
                         help="write one view of each of the first N images to --output, no training")
+    parser.add_argument("--trajectory", choices=("float64", "float32"),
+                        help="train --steps steps in this precision and write the weights before "
+                             "and after, each step's views and loss to --output for "
+                             "trajectory.py, no features")
     args = parser.parse_args()
 
     torch.manual_seed(args.seed)
     np.random.seed(args.seed)
-    torch.set_num_threads(2)
+    torch.set_num_threads(args.threads)
     arrays = np.load(args.arrays)
     if args.train_images == "raw":
         images = arrays["train_raw"]  # uint8 [60000, 28, 28], the IDX pixels
@@ -176,13 +193,23 @@ def main():
     schedule = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: 0.5 * (1 + math.cos(math.pi * min(step, args.steps) / args.steps))
     )
-    initial = {
-        "train_step0": _features(backbone, arrays["train"]),
-        "test_step0": _features(backbone, arrays["test"]),
-    }
+    if args.trajectory:
+        # float64, so that float32 rounding (which grows step by step) does not
+        # hide a difference between the two libraries' steps; float32 measures it.
+        dtype = getattr(torch, args.trajectory)
+        backbone.to(dtype), head.to(dtype)
+        batches = [tuple(view.to(dtype) for view in batch)
+                   for batch, _ in zip(loader, range(args.steps))]
+        start_weights = _weights(backbone, head)
+    else:
+        batches = loader
+        initial = {
+            "train_step0": _features(backbone, arrays["train"]),
+            "test_step0": _features(backbone, arrays["test"]),
+        }
     step, start, losses = 0, time.time(), []
     while step < args.steps:
-        for x1, x2 in loader:
+        for x1, x2 in batches:
             loss = criterion(head(backbone(x1)), head(backbone(x2)))
             optimizer.zero_grad()
             loss.backward()
@@ -195,6 +222,20 @@ def main():
                 print(f"step {step}/{args.steps} | loss {loss:.4f} | {rate:.1f} images/s", flush=True)
             if step == args.steps:
                 break
+    if args.trajectory:
+        def stacked(i):
+            return np.stack([b[i].permute(0, 2, 3, 1).numpy() for b in batches]).astype(np.float32)
+
+        np.savez(args.output, view_1=stacked(0), view_2=stacked(1), losses=np.array(losses),
+                 **{f"start/{k}": v for k, v in start_weights.items()},
+                 **{f"end/{k}": v for k, v in _weights(backbone, head).items()},
+                 info=json.dumps(dict(library="lightly", torch=torch.__version__,
+                                      dtype=args.trajectory, steps=args.steps,
+                                      batch_size=args.batch_size, seed=args.seed,
+                                      learning_rate=lr, weight_decay=args.weight_decay,
+                                      temperature=args.temperature)))
+        print(f"wrote {args.output}: {args.steps} steps' views, losses and weights")
+        return
     seconds = time.time() - start
     np.savez(
         args.output, **initial,

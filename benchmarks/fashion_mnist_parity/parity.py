@@ -94,6 +94,9 @@ _RECIPE = {
     "simclr.head_output_batch_norm": ("head_output_batch_norm", "head output norm", "no_offset"),
     "simclr.views_in_one_batch": ("views_in_one_batch", "views in one batch", True),
     "simclr_cifar.crop_sampler": ("crop_sampler", "crop", "tensorflow"),
+    "resnet_v2.strided_padding": ("strided_padding", "padding", "same"),
+    "simclr.head_batch_norm_epsilon": ("head_batch_norm_epsilon", "head bn eps", 1e-3),
+    "build_optimizer.momentum_form": ("momentum_form", "momentum", "keras"),
 }
 
 

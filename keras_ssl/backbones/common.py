@@ -1,9 +1,9 @@
 """Building blocks shared by the backbone families.
 
 Every family builds its convolutions and batch norms through `Layers`, so the
-shared options (`weight_decay`, `bn_momentum`, `bn_epsilon`,
-`synchronized_bn`, `kernel_initializer`) mean the same thing everywhere, and checks its arguments
-with the helpers below so a bad value fails the same way in every family.
+shared options (`weight_decay`, `bn_momentum`, `bn_epsilon`, `synchronized_bn`,
+`kernel_initializer`, `strided_padding`) mean the same thing everywhere, and checks
+its arguments with the helpers below so a bad value fails the same way in every family.
 """
 
 from __future__ import annotations
@@ -74,6 +74,52 @@ def kernel_initializer_of(name: str):
     return name
 
 
+# How a strided convolution or max-pool pads its input (docs/backbones.md, "Padding").
+STRIDED_PADDINGS = ("same", "symmetric")
+
+
+def check_strided_padding(family: str, strided_padding: str) -> str:
+    if strided_padding not in STRIDED_PADDINGS:
+        raise ValueError(
+            f"{family}: strided_padding must be one of {STRIDED_PADDINGS}, got "
+            f"{strided_padding!r}; 'symmetric' pads as PyTorch's padding = kernel // 2 does.")
+    return strided_padding
+
+
+@keras.saving.register_keras_serializable(package="keras_ssl")
+class SymmetricPad(keras.layers.Layer):
+    """Pads height and width by `pad` on every side with `value`.
+
+    Put before a strided `valid` convolution (value 0) or max-pool (value
+    -inf, which never wins the max) of an odd `kernel = 2 pad + 1`, it gives the
+    output size of Keras' `same` padding with the windows centred on rows and
+    columns 0, s, 2s, ... as PyTorch's are (on an even map Keras' `same` pads
+    only the bottom and right, which centres them one row and column later).
+
+    Example:
+
+    >>> SymmetricPad(1)(tf.ones([1, 4, 4, 2])).shape
+    TensorShape([1, 6, 6, 2])
+    """
+
+    def __init__(self, pad: int, value: float = 0.0, **kwargs):
+        super().__init__(**kwargs)
+        self.pad, self.value = int(pad), float(value)
+
+    def call(self, x):
+        p = self.pad
+        return tf.pad(x, [[0, 0], [p, p], [p, p], [0, 0]], constant_values=self.value)
+
+    def compute_output_shape(self, input_shape):
+        def grow(d):
+            return None if d is None else d + 2 * self.pad
+
+        return (input_shape[0], grow(input_shape[1]), grow(input_shape[2]), input_shape[3])
+
+    def get_config(self):
+        return {**super().get_config(), "pad": self.pad, "value": self.value}
+
+
 class Layers:
     """Builds convolutions and batch norms with the network's shared options.
 
@@ -83,10 +129,13 @@ class Layers:
       bn_epsilon: Batch-norm epsilon.
       synchronized_bn: Compute batch statistics across replicas.
       kernel_initializer: A name `kernel_initializer_of` accepts (above).
+      strided_padding: `'same'` (Keras': a strided convolution's extra padding
+        goes to the bottom and right) or `'symmetric'` (`kernel // 2` on every
+        side, as PyTorch pads; the same output size).
     """
 
     def __init__(self, weight_decay, bn_momentum, bn_epsilon, synchronized_bn,
-                 kernel_initializer="he_normal"):
+                 kernel_initializer="he_normal", strided_padding="same"):
         # Keras' L2(l) adds l * sum(w^2), whose gradient is 2 l w; weight
         # decay wd in the papers means a gradient of wd * w, hence wd / 2.
         self.regularizer = (
@@ -97,6 +146,11 @@ class Layers:
         )
         kernel_initializer_of(kernel_initializer)  # refuses an unknown name before building
         self.kernel_initializer = kernel_initializer
+        self.strided_padding = check_strided_padding("backbone", strided_padding)
+
+    def _pads_symmetrically(self, stride, padding):
+        # Stride 1 with an odd kernel is already symmetric under "same".
+        return self.strided_padding == "symmetric" and padding == "same" and stride > 1
 
     def conv_layer(self, filters, kernel, stride, name, padding="same"):
         return keras.layers.Conv2D(
@@ -111,7 +165,20 @@ class Layers:
         )
 
     def conv(self, x, filters, kernel, stride, name, padding="same"):
+        if self._pads_symmetrically(stride, padding):
+            if kernel % 2 == 0:
+                raise ValueError(
+                    f"{name}: strided_padding = 'symmetric' needs an odd kernel, got {kernel}; "
+                    f"use strided_padding = 'same'.")
+            x = SymmetricPad(kernel // 2, name=f"{name}_pad")(x) if kernel > 1 else x
+            padding = "valid"
         return self.conv_layer(filters, kernel, stride, name, padding)(x)
+
+    def max_pool(self, x, size, stride, name):
+        if self._pads_symmetrically(stride, "same"):
+            x = SymmetricPad(size // 2, float("-inf"), name=f"{name}_pad")(x)
+            return keras.layers.MaxPooling2D(size, stride, padding="valid", name=name)(x)
+        return keras.layers.MaxPooling2D(size, stride, padding="same", name=name)(x)
 
     def bn_layer(self, name):
         return BatchNormalization(name=name, **self.bn_options)
@@ -202,7 +269,7 @@ def residual_stem(layers: Layers, inputs, width, *, small_image_stem, root_strid
     if bn_relu:
         x = layers.bn_relu(x, "root")
     if root_pool:
-        x = keras.layers.MaxPooling2D(3, 2, padding="same", name="root_pool")(x)
+        x = layers.max_pool(x, 3, 2, "root_pool")
     return x
 
 

@@ -24,6 +24,7 @@ from keras_ssl.backbones.common import (
     RESNET_DEPTHS,
     Layers,
     check_depth,
+    check_strided_padding,
     check_strides,
     check_widening_factor,
     global_average,
@@ -76,7 +77,7 @@ def _unit_v1(layers: Layers, x, filters, stride, kind, name):
 def _resnet(
     version, depth, widening_factor, last_relu, small_image_stem, root_stride, root_pool,
     block_strides, weight_decay, bn_momentum, bn_epsilon, synchronized_bn, kernel_initializer,
-    image_size, name,
+    strided_padding, image_size, name,
 ):
     family = f"resnet_{version}"
     check_depth(family, depth, RESNET_DEPTHS)
@@ -86,7 +87,8 @@ def _resnet(
     block_strides = check_strides(family, "block_strides", block_strides, 4)
     kind, units = RESNET_DEPTHS[depth]
     unit = _unit_v1 if version == "v1" else _unit_v2
-    layers = Layers(weight_decay, bn_momentum, bn_epsilon, synchronized_bn, kernel_initializer)
+    layers = Layers(weight_decay, bn_momentum, bn_epsilon, synchronized_bn, kernel_initializer,
+                    check_strided_padding(family, strided_padding))
 
     inputs = image_input(image_size)
     x = residual_stem(
@@ -124,6 +126,7 @@ def resnet_v2(
     bn_epsilon: float = 1e-3,
     synchronized_bn: bool = False,
     kernel_initializer: str = "he_normal",
+    strided_padding: str = "same",
     image_size: int | None = None,
     name: str | None = None,
 ) -> keras.Model:
@@ -151,6 +154,9 @@ def resnet_v2(
       synchronized_bn: Compute batch statistics across replicas.
       kernel_initializer: Convolution kernels' initialisation: 'he_normal', 'pytorch'
         (PyTorch's default) or another Keras initializer name.
+      strided_padding: How stride-2 convolutions and the max-pool pad: 'same'
+        (Keras': the extra row and column at the bottom and right) or
+        'symmetric' (kernel // 2 on every side, as PyTorch's ResNets).
       image_size: Fixes the input height/width; None accepts any size.
       name: Model name (default `resnet{depth}_v2`).
 
@@ -167,7 +173,7 @@ def resnet_v2(
     return _resnet(
         "v2", depth, widening_factor, last_relu, small_image_stem, root_stride, root_pool,
         block_strides, weight_decay, bn_momentum, bn_epsilon, synchronized_bn, kernel_initializer,
-        image_size, name,
+        strided_padding, image_size, name,
     )
 
 
@@ -183,6 +189,7 @@ def resnet_v1(
     bn_epsilon: float = 1e-3,
     synchronized_bn: bool = False,
     kernel_initializer: str = "he_normal",
+    strided_padding: str = "same",
     image_size: int | None = None,
     name: str | None = None,
 ) -> keras.Model:
@@ -213,6 +220,9 @@ def resnet_v1(
       synchronized_bn: Compute batch statistics across replicas.
       kernel_initializer: Convolution kernels' initialisation: 'he_normal', 'pytorch'
         (PyTorch's default) or another Keras initializer name.
+      strided_padding: How stride-2 convolutions and the max-pool pad: 'same'
+        (Keras': the extra row and column at the bottom and right) or
+        'symmetric' (kernel // 2 on every side, as PyTorch's ResNets).
       image_size: Fixes the input height/width; None accepts any size.
       name: Model name (default `resnet{depth}_v1`).
 
@@ -229,5 +239,5 @@ def resnet_v1(
     return _resnet(
         "v1", depth, widening_factor, True, small_image_stem, root_stride, root_pool,
         block_strides, weight_decay, bn_momentum, bn_epsilon, synchronized_bn, kernel_initializer,
-        image_size, name,
+        strided_padding, image_size, name,
     )

@@ -35,8 +35,10 @@ class SimCLR(ContrastiveMethod):
       head_batch_norm: Batch norm in the head.
       head_output_batch_norm: The batch norm after the head's last layer, one of
         `projection_head`'s `output_batch_norm` values (default `no_offset`,
-        SimCLR v2's scale-only norm; `none` as LightlySSL's head). Needs
+        SimCLR v2's scale-only norm; `affine` as LightlySSL's head). Needs
         `head_batch_norm`.
+      head_batch_norm_epsilon: The head's batch-norm epsilon (1e-3, Keras';
+        1e-5 as PyTorch's `BatchNorm1d`).
       views_in_one_batch: Run both views through the backbone and head as one
         batch, so batch norm normalises them with shared statistics (SimCLR's
         code); False runs one view at a time, statistics per view (the PyTorch
@@ -70,6 +72,7 @@ class SimCLR(ContrastiveMethod):
         num_head_layers: int = 2,
         head_batch_norm: bool = True,
         head_output_batch_norm: str | None = None,
+        head_batch_norm_epsilon: float = 1e-3,
         views_in_one_batch: bool = True,
         cross_replica_negatives: bool = True,
         num_classes: int | None = None,
@@ -89,6 +92,7 @@ class SimCLR(ContrastiveMethod):
         self.head = projection_head(
             width, hidden_dim or width, projection_dim, num_head_layers, head_batch_norm,
             output_batch_norm=head_output_batch_norm or "no_offset",
+            batch_norm_epsilon=head_batch_norm_epsilon,
             synchronized_bn=uses_synchronized_bn(backbone), name="simclr_head",
         )
 

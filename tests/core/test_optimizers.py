@@ -189,7 +189,48 @@ REFUSED = [
     (name, option, value)
     for name in ("adam", "adamw", "lamb")
     for option, value in (("momentum", 0.9), ("nesterov", False), ("lars_eta", 1e-3))
-] + [("sgd", "lars_eta", 1e-3), ("sgd", "beta_2", 0.95), ("lars", "beta_1", 0.9)]
+] + [("sgd", "lars_eta", 1e-3), ("sgd", "beta_2", 0.95), ("lars", "beta_1", 0.9),
+      ("adam", "momentum_form", "pytorch"), ("lars", "momentum_form", "keras")]
+
+
+# A rate that halves each step: where the two momentum buffers part.
+HALVING = keras.optimizers.schedules.ExponentialDecay(LR, decay_steps=1, decay_rate=0.5)
+
+
+def numpy_pytorch_sgd(weights, grads_per_step, rates, momentum, nesterov, decay):
+    """`torch.optim.SGD`'s documented update: b <- m b + g (b = g at first), w <- w - lr b."""
+    w = {k: v.astype(np.float64) for k, v in weights.items()}
+    b = {k: None for k in w}
+    for lr, grads in zip(rates, grads_per_step):
+        for k in w:
+            g = grads[k].astype(np.float64) + (decay * w[k] if k == "kernel" else 0.0)
+            b[k] = g if b[k] is None else momentum * b[k] + g
+            w[k] = w[k] - lr * (g + momentum * b[k] if nesterov else b[k])
+    return w
+
+
+@pytest.mark.parametrize("options", [{}, {"nesterov": True}, {"weight_decay": 0.1},
+                                     {"momentum": 0.5}])
+def test_pytorch_momentum_form_is_torch_sgd_and_keras_form_is_not(options):
+    weights, grads = _initial()
+
+    def trained(form, rate):
+        variables = {k: keras.Variable(v, name=k) for k, v in weights.items()}
+        optimizer = build_optimizer(rate, momentum_form=form, **options)
+        for g in grads:
+            optimizer.apply_gradients([(tf.constant(g[k]), variables[k]) for k in variables])
+        return {k: v.numpy() for k, v in variables.items()}
+
+    expected = numpy_pytorch_sgd(weights, grads, [LR, LR / 2], options.get("momentum", 0.9),
+                                 options.get("nesterov", False), options.get("weight_decay", 0.0))
+    pytorch, keras_form = trained("pytorch", HALVING), trained("keras", HALVING)
+    for k in weights:
+        np.testing.assert_allclose(pytorch[k], expected[k], rtol=2e-5, atol=2e-6, err_msg=k)
+    # Under a schedule Keras' buffer carries the first step's larger rate into the second.
+    assert np.abs(keras_form["kernel"] - expected["kernel"]).max() > 1e-3
+    # At a constant rate the two forms are one update.
+    for k, value in trained("pytorch", LR).items():
+        np.testing.assert_allclose(value, trained("keras", LR)[k], rtol=2e-5, atol=2e-6)
 
 
 @pytest.mark.parametrize("name,option,value", REFUSED)
@@ -203,6 +244,7 @@ def test_an_option_the_optimizer_does_not_take_is_refused(name, option, value):
     ({"name": "adamw", "weight_decay": -1e-4}, "weight_decay must be >= 0"),
     ({"name": "rmsprop"}, "Unknown optimizer 'rmsprop'.*lars"),
     ({"name": "adamw", "beta_2": 1.0}, r"beta_2 must be in \[0, 1\), got 1.0"),
+    ({"name": "sgd", "momentum_form": "torch"}, "momentum_form must be one of keras, pytorch"),
 ])
 def test_settings_that_cannot_work_are_refused(options, match):
     with pytest.raises(ConfigError, match=match):

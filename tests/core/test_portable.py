@@ -39,10 +39,15 @@ CASES = {family: KNOWN.get(family, (family, None, 16)) for family in registry.BA
 VIT_VARIANT = "vit_registers_layer_scale_mean"
 CASES[VIT_VARIANT] = (
     "vit", dict(TINY_VIT, num_registers=2, layer_scale=0.5, pooling="mean", mask_token=True), 24)
+# PyTorch's padding: the 7x7 stride-2 root and its max-pool (of values below zero, padded
+# with -inf), and the units' stride-2 convolutions.
+SYMMETRIC_VARIANT = "resnet_v2_symmetric_padding"
+CASES[SYMMETRIC_VARIANT] = ("resnet_v2", dict(TINY_BACKBONE, small_image_stem=False,
+                                              strided_padding="symmetric"), 32)
 NAMES = sorted(CASES)
 # Made of keras_ssl's own layers: their portable models hold Keras built-ins only (a family
 # wrapping another package's network keeps that network's layers).
-OWN_LAYERS = {*KNOWN, VIT_VARIANT}
+OWN_LAYERS = {*KNOWN, VIT_VARIANT, SYMMETRIC_VARIANT}
 
 
 def _build(case, seed=0, **overrides):

@@ -72,6 +72,19 @@ def test_head_output_batch_norm(norm, kinds):
         assert last.scale and last.center
 
 
+def test_head_batch_norm_epsilon_reaches_every_norm_and_the_output():
+    """PyTorch's BatchNorm1d epsilon (1e-5) against Keras' (1e-3): a different output."""
+    heads = {eps: tiny_method("simclr", head_output_batch_norm="affine",
+                              head_batch_norm_epsilon=eps).head for eps in (1e-3, 1e-5)}
+    width = heads[1e-3].layers[0].kernel.shape[0]
+    x = tf.random.stateless_normal([16, width], seed=[0, 1]) * 0.02  # variance near Keras' eps
+    norms = [layer for layer in heads[1e-5].layers if "BatchNormalization" in type(layer).__name__]
+    assert len(norms) == 2 and all(layer.epsilon == 1e-5 for layer in norms)
+    heads[1e-5].set_weights(heads[1e-3].get_weights())
+    outputs = {eps: head(x, training=True).numpy() for eps, head in heads.items()}
+    assert np.abs(outputs[1e-5] - outputs[1e-3]).max() > 1e-2
+
+
 def test_head_output_batch_norm_without_head_batch_norm_is_refused():
     with pytest.raises(ValueError, match="needs head_batch_norm = True"):
         tiny_method("simclr", head_batch_norm=False, head_output_batch_norm="none")

@@ -289,6 +289,67 @@ def test_an_unknown_kernel_initializer_is_refused_before_building():
         build_backbone("resnet_v2", kernel_initializer="kaiming", **TINY_BACKBONE)
 
 
+# ------------------------------------------------------------ strided padding
+def _explicit_conv(x, kernel, stride, pads):
+    """A convolution padded by hand: `pads` = ((top, bottom), (left, right))."""
+    return tf.nn.conv2d(x, kernel, stride, padding=[[0, 0], *map(list, pads), [0, 0]])
+
+
+@pytest.mark.parametrize("size", [8, 9])
+def test_symmetric_strided_convolutions_pad_every_side_as_pytorch(size):
+    x = tf.random.uniform((2, size, size, 3), seed=1)
+    kernel = tf.random.normal((3, 3, 3, 4), seed=2)
+    for padding, pads in [("symmetric", ((1, 1), (1, 1))), ("same", None)]:
+        layers = Layers(0.0, 0.99, 1e-3, False, strided_padding=padding)
+        inputs = keras.Input((size, size, 3))
+        net = keras.Model(inputs, layers.conv(inputs, 4, 3, 2, "conv"))
+        net.get_layer("conv").kernel.assign(kernel)
+        # Keras' "same" puts the odd row and column of padding at the bottom and right.
+        pads = pads or (((0, 1), (0, 1)) if size % 2 == 0 else ((1, 1), (1, 1)))
+        np.testing.assert_allclose(net(x), _explicit_conv(x, kernel, 2, pads), atol=1e-5)
+
+
+def test_symmetric_max_pool_pads_with_minus_infinity():
+    x = -tf.random.uniform((1, 6, 6, 2), 1.0, 2.0, seed=3)  # all negative: a zero pad would win
+    layers = Layers(0.0, 0.99, 1e-3, False, strided_padding="symmetric")
+    inputs = keras.Input((6, 6, 2))
+    pooled = keras.Model(inputs, layers.max_pool(inputs, 3, 2, "pool"))(x).numpy()
+    padded = np.pad(x.numpy(), [(0, 0), (1, 1), (1, 1), (0, 0)], constant_values=-np.inf)
+    expected = np.array([[padded[0, 2 * i:2 * i + 3, 2 * j:2 * j + 3].max(axis=(0, 1))
+                          for j in range(3)] for i in range(3)])
+    np.testing.assert_allclose(pooled[0], expected)
+
+
+@pytest.mark.parametrize("name", ["resnet_v1", "resnet_v2"])
+@pytest.mark.parametrize("small_image_stem", [True, False])
+def test_strided_padding_keeps_the_end_points_and_weights(name, small_image_stem):
+    def build(padding):
+        return build_backbone(name, **{**TINY_BACKBONE, "small_image_stem": small_image_stem},
+                              strided_padding=padding)
+
+    same, symmetric = build("same"), build("symmetric")
+    x = tf.random.uniform((2, 32, 32, 3), seed=4)
+    symmetric.set_weights(same.get_weights())  # the same variables, in the same order
+    out_same, out_symmetric = same(x, training=False), symmetric(x, training=False)
+    for key in out_same:
+        assert out_symmetric[key].shape == out_same[key].shape, key
+    # Identical before the first strided layer (the small stem has none), different after.
+    unstrided = ["after_root", "block1"] if small_image_stem else []
+    for key in unstrided:
+        np.testing.assert_allclose(out_symmetric[key], out_same[key], atol=1e-6)
+    first_strided = "block2" if small_image_stem else "after_root"
+    assert not np.allclose(out_symmetric[first_strided], out_same[first_strided], atol=1e-4)
+    assert not np.allclose(out_symmetric["pre_logits"], out_same["pre_logits"], atol=1e-4)
+
+
+def test_an_unknown_strided_padding_is_refused():
+    with pytest.raises(ValueError, match="resnet_v2: strided_padding must be one of"):
+        build_backbone("resnet_v2", strided_padding="reflect", **TINY_BACKBONE)
+    layers = Layers(0.0, 0.99, 1e-3, False, strided_padding="symmetric")
+    with pytest.raises(ValueError, match="needs an odd kernel, got 4"):
+        layers.conv(keras.Input((8, 8, 3)), 4, 4, 2, "conv")
+
+
 # -------------------------------------------------------------- errors, gin
 @pytest.mark.parametrize(
     "name, kwargs, message",
